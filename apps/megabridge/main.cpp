@@ -1,0 +1,152 @@
+// megabridge: Qwen3.5 checkpoints between HuggingFace safetensors and
+// Megatron-Core's parallel layout. See README.md for usage.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "dist/mpi_context.hpp"
+#include "layout/import_plan.hpp"
+#include "pipelines/import_pipeline.hpp"
+#include "pipelines/job_config.hpp"
+#include "pipelines/plan_report.hpp"
+#include "pipelines/synth.hpp"
+#include "core/file.hpp"
+
+namespace {
+
+// Flags shared by import and plan. Optional so that only the flags the user
+// gives override the YAML job file.
+struct ImportFlags {
+  std::string config, hf_path, out, format, dtype;
+  std::optional<uint64_t> tp, pp, ep, etp, first, last, buffer_mb;
+  bool not_strict = false, overwrite = false;
+
+  void add(CLI::App* c, bool with_output) {
+    c->add_option("--config", config, "YAML job file (configs/*.yaml)");
+    c->add_option("--hf-path", hf_path, "HuggingFace checkpoint directory");
+    if (with_output) c->add_option("--out", out, "output directory");
+    c->add_option("--tp", tp, "tensor-parallel size");
+    c->add_option("--pp", pp, "pipeline-parallel size");
+    c->add_option("--ep", ep, "expert-parallel size");
+    c->add_option("--etp", etp, "expert tensor-parallel size (1 or TP)");
+    c->add_option("--first-stage-layers", first, "decoder layers on the first pipeline stage");
+    c->add_option("--last-stage-layers", last, "decoder layers on the last pipeline stage");
+    if (with_output) c->add_option("--format", format, "output format: hdf5");
+    c->add_option("--dtype", dtype, "keep (default), bf16, fp16 or fp32");
+    c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
+    c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
+    if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
+  }
+
+  mb::ImportOptions resolve() const {
+    mb::ImportOptions o = config.empty() ? mb::ImportOptions{} : mb::load_import_job(config);
+    if (!hf_path.empty()) o.hf_path = hf_path;
+    if (!out.empty()) o.out = out;
+    if (!format.empty()) o.format = format;
+    if (tp) o.layout.tp = *tp;
+    if (pp) o.layout.pp = *pp;
+    if (ep) o.layout.ep = *ep;
+    if (etp) o.layout.etp = *etp;
+    if (first) o.layout.first_stage_layers = *first;
+    if (last) o.layout.last_stage_layers = *last;
+    if (!dtype.empty()) o.dtype = mb::parse_dtype_option(dtype);
+    if (buffer_mb) o.buffer_bytes = *buffer_mb << 20;
+    if (not_strict) o.strict = false;
+    if (overwrite) o.overwrite = true;
+    MB_CHECK(!o.hf_path.empty(), "no HF checkpoint given: use --hf-path or source.hf_path in --config");
+    return o;
+  }
+};
+
+int run_plan(const mb::ImportOptions& o, int ranks, bool per_shard, mb::MpiContext& mpi) {
+  if (!mpi.is_root()) return 0;
+  const mb::ModelConfig model = mb::load_model_config(o.hf_path / "config.json");
+  mb::validate_layout(o.layout, model);
+  mb::PlanRequest req{o.layout, o.dtype, o.strict, ranks > 0 ? ranks : mpi.size()};
+  const mb::ImportPlan plan = mb::build_import_plan(model, mb::read_hf_catalog(o.hf_path), req);
+  std::fputs(mb::plan_report(plan, per_shard).c_str(), stdout);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  mb::MpiContext mpi(&argc, &argv);
+  CLI::App app{"megabridge: Qwen3.5 checkpoints between HuggingFace and Megatron-Core"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  bool quiet = false;
+  app.add_option("--log-level", log_level, "debug, info, warn, error or off");
+  app.add_flag("--quiet,-q", quiet, "only warnings and errors");
+
+  ImportFlags import_flags, plan_flags;
+  CLI::App* import_cmd = app.add_subcommand("import", "convert a HF checkpoint to Megatron shards");
+  import_flags.add(import_cmd, true);
+  CLI::App* plan_cmd =
+      app.add_subcommand("plan", "print what each rank would read and write, converting nothing");
+  plan_flags.add(plan_cmd, false);
+  int plan_ranks = 0;
+  bool per_shard = false;
+  plan_cmd->add_option("--ranks", plan_ranks, "number of MPI ranks to plan for (default: this job's)");
+  plan_cmd->add_flag("--shards", per_shard, "also list every shard");
+  CLI::App* synth_cmd = app.add_subcommand(
+      "synth", "write a random HF checkpoint with the real shapes of a released size");
+  std::string synth_config, synth_out, synth_experts = "fused", synth_mtp_experts = "per_expert";
+  std::optional<uint64_t> synth_layers, synth_depth;
+  uint64_t synth_shard_mb = 5120, synth_seed = 1;
+  synth_cmd->add_option("--hf-config", synth_config, "a config.json, e.g. configs/hf/qwen3.5-35b-a3b.json")
+      ->required();
+  synth_cmd->add_option("--out", synth_out, "output directory")->required();
+  synth_cmd->add_option("--layers", synth_layers, "keep the first N decoder layers");
+  synth_cmd->add_option("--vision-depth", synth_depth, "keep the first N vision blocks");
+  synth_cmd->add_option("--experts", synth_experts, "decoder expert layout: fused or per_expert");
+  synth_cmd->add_option("--mtp-experts", synth_mtp_experts, "MTP expert layout: fused or per_expert");
+  synth_cmd->add_option("--max-shard-mb", synth_shard_mb, "shard file size target (default 5120)");
+  synth_cmd->add_option("--seed", synth_seed, "random seed");
+  for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd}) {
+    c->add_option("--log-level", log_level, "debug, info, warn, error or off");
+    c->add_flag("--quiet,-q", quiet, "only warnings and errors");
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return mpi.is_root() ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+  }
+  try {
+    mb::log::set_level(quiet ? mb::log::Level::Warn : mb::log::parse_level(log_level));
+    if (*import_cmd) {
+      mb::ImportOptions o = import_flags.resolve();
+      MB_CHECK(!o.out.empty(), "no output directory given: use --out or target.path in --config");
+      return mb::run_import(o, mpi);
+    }
+    if (*plan_cmd) return run_plan(plan_flags.resolve(), plan_ranks, per_shard, mpi);
+    if (*synth_cmd) {
+      if (!mpi.is_root()) return 0;
+      mb::SynthOptions o;
+      try {
+        o.hf_config = nlohmann::json::parse(mb::read_text_file(synth_config));
+      } catch (const nlohmann::json::parse_error& e) {
+        throw mb::Error("{}: malformed JSON: {}", synth_config, e.what());
+      }
+      o.num_layers = synth_layers;
+      o.vision_depth = synth_depth;
+      o.experts.main = mb::expert_layout_from_name(synth_experts);
+      o.experts.mtp = mb::expert_layout_from_name(synth_mtp_experts);
+      o.max_shard_bytes = synth_shard_mb << 20;
+      o.seed = synth_seed;
+      o.out = synth_out;
+      const mb::SynthResult r = mb::synthesize_checkpoint(o);
+      mb::log::info("synth: {} tensors, {:.3f} GB in {} files under {}", r.tensors,
+                    static_cast<double>(r.bytes) / 1e9, r.files, synth_out);
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    mb::log::error("{}", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,175 @@
+#include "core/file.hpp"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "core/error.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+
+namespace {
+std::string errno_text(int e) { return std::strerror(e); }
+}  // namespace
+
+File::File(const fs::path& path, Mode mode) : path_(path) {
+  int flags = O_CLOEXEC;
+  switch (mode) {
+    case Mode::Read: flags |= O_RDONLY; break;
+    case Mode::Write: flags |= O_RDWR | O_CREAT | O_TRUNC; break;
+    case Mode::ReadWrite: flags |= O_RDWR; break;
+  }
+  fd_ = ::open(path.c_str(), flags, 0644);
+  if (fd_ < 0) {
+    int e = errno;
+    throw Error("cannot open {} for {}: {}", path.string(), mode == Mode::Read ? "reading" : "writing",
+                errno_text(e));
+  }
+}
+
+File::~File() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+File::File(File&& o) noexcept : fd_(o.fd_), path_(std::move(o.path_)) { o.fd_ = -1; }
+
+File& File::operator=(File&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    path_ = std::move(o.path_);
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+uint64_t File::size() const {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) throw Error("cannot stat {}: {}", path_.string(), errno_text(errno));
+  return static_cast<uint64_t>(st.st_size);
+}
+
+void File::pread_exact(void* buf, uint64_t n, uint64_t offset, std::string_view what) const {
+  auto* p = static_cast<char*>(buf);
+  uint64_t done = 0;
+  while (done < n) {
+    ssize_t r = ::pread(fd_, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw Error("read error in {} at byte {}{}{}: {}", path_.string(), offset + done,
+                  what.empty() ? "" : " while reading ", what, errno_text(errno));
+    }
+    if (r == 0)
+      throw Error("{} is truncated: needed bytes [{}, {}){}{} but the file has {} bytes",
+                  path_.string(), offset, offset + n, what.empty() ? "" : " for ", what, size());
+    done += static_cast<uint64_t>(r);
+  }
+}
+
+void File::preadv_exact(std::vector<iovec>& iov, uint64_t offset, std::string_view what) const {
+  size_t first = 0;
+  uint64_t pos = offset;
+  while (first < iov.size()) {
+    int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+    ssize_t r = ::preadv(fd_, iov.data() + first, count, static_cast<off_t>(pos));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw Error("read error in {} at byte {}{}{}: {}", path_.string(), pos,
+                  what.empty() ? "" : " while reading ", what, errno_text(errno));
+    }
+    if (r == 0)
+      throw Error("{} is truncated at byte {}{}{} (file has {} bytes)", path_.string(), pos,
+                  what.empty() ? "" : " while reading ", what, size());
+    pos += static_cast<uint64_t>(r);
+    // Advance past fully read iovecs; trim a partially read one.
+    auto left = static_cast<uint64_t>(r);
+    while (first < iov.size() && left >= iov[first].iov_len) {
+      left -= iov[first].iov_len;
+      ++first;
+    }
+    if (left > 0) {
+      iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+      iov[first].iov_len -= left;
+    }
+  }
+}
+
+void File::pwrite_exact(const void* buf, uint64_t n, uint64_t offset) {
+  const auto* p = static_cast<const char*>(buf);
+  uint64_t done = 0;
+  while (done < n) {
+    ssize_t r = ::pwrite(fd_, p + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw Error("write error in {} at byte {}: {}", path_.string(), offset + done,
+                  errno_text(errno));
+    }
+    done += static_cast<uint64_t>(r);
+  }
+}
+
+void File::truncate(uint64_t size) {
+  if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+    throw Error("cannot resize {} to {} bytes: {}", path_.string(), size, errno_text(errno));
+}
+
+void File::fsync() {
+  if (::fsync(fd_) != 0) throw Error("fsync of {} failed: {}", path_.string(), errno_text(errno));
+}
+
+void File::close() {
+  if (fd_ >= 0) {
+    int r = ::close(fd_);
+    fd_ = -1;
+    if (r != 0) throw Error("closing {} failed: {}", path_.string(), errno_text(errno));
+  }
+}
+
+std::string read_text_file(const fs::path& path) {
+  File f(path, File::Mode::Read);
+  std::string s(f.size(), '\0');
+  f.pread_exact(s.data(), s.size(), 0);
+  return s;
+}
+
+void write_file_atomic(const fs::path& path, std::string_view data) {
+  fs::path tmp = path;
+  tmp += ".tmp";
+  {
+    File f(tmp, File::Mode::Write);
+    f.pwrite_exact(data.data(), data.size(), 0);
+    f.fsync();
+    f.close();
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw Error("cannot rename {} to {}: {}", tmp.string(), path.string(), ec.message());
+}
+
+void fsync_directory(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw Error("cannot open directory {}: {}", dir.string(), errno_text(errno));
+  int r = ::fsync(fd);
+  int e = errno;
+  ::close(fd);
+  if (r != 0) throw Error("fsync of directory {} failed: {}", dir.string(), errno_text(e));
+}
+
+fs::path resolve_inside(const fs::path& dir, std::string_view relative, std::string_view what) {
+  fs::path rel(relative);
+  MB_CHECK(!relative.empty(), "{}: empty file name", what);
+  MB_CHECK(!rel.is_absolute(), "{}: file name '{}' is an absolute path; it must be inside {}", what,
+           relative, dir.string());
+  for (const auto& part : rel)
+    MB_CHECK(part != "..", "{}: file name '{}' points outside {} (path traversal)", what, relative,
+             dir.string());
+  return dir / rel;
+}
+
+}  // namespace mb

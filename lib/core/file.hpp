@@ -1,0 +1,58 @@
+// Positional file I/O with errors that name the file. Every read and write
+// loops until the full count is done, because pread/pwrite may return short.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mb {
+
+class File {
+ public:
+  enum class Mode { Read, Write /* create or truncate */, ReadWrite /* existing */ };
+
+  File() = default;
+  File(const std::filesystem::path& path, Mode mode);
+  ~File();
+  File(File&& o) noexcept;
+  File& operator=(File&& o) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+
+  bool is_open() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+  const std::filesystem::path& path() const { return path_; }
+  uint64_t size() const;
+
+  // Reads exactly n bytes at `offset`; a short file is an error naming `what`.
+  void pread_exact(void* buf, uint64_t n, uint64_t offset, std::string_view what = {}) const;
+  // Scatter read of consecutive file bytes starting at `offset`.
+  void preadv_exact(std::vector<iovec>& iov, uint64_t offset, std::string_view what = {}) const;
+  void pwrite_exact(const void* buf, uint64_t n, uint64_t offset);
+  void truncate(uint64_t size);
+  void fsync();
+  void close();
+
+ private:
+  int fd_ = -1;
+  std::filesystem::path path_;
+};
+
+// Reads a whole (small) file, e.g. config.json or an index.
+std::string read_text_file(const std::filesystem::path& path);
+// Writes `data` to `path` through a temporary name, fsyncs it, then renames:
+// readers see either the old file or the complete new one.
+void write_file_atomic(const std::filesystem::path& path, std::string_view data);
+void fsync_directory(const std::filesystem::path& dir);
+
+// Resolves `relative` inside `dir` and refuses names that escape it (absolute
+// paths, "..", symlink tricks in the name itself).
+std::filesystem::path resolve_inside(const std::filesystem::path& dir, std::string_view relative,
+                                     std::string_view what);
+
+}  // namespace mb

@@ -1,0 +1,58 @@
+#include "core/hash.hpp"
+
+#include <xxhash.h>
+
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+
+namespace mb {
+
+Hasher::Hasher() : state_(XXH3_createState()) {
+  MB_CHECK(state_ != nullptr, "out of memory creating a hash state");
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+Hasher::~Hasher() {
+  if (state_) XXH3_freeState(static_cast<XXH3_state_t*>(state_));
+}
+Hasher::Hasher(Hasher&& o) noexcept : state_(o.state_) { o.state_ = nullptr; }
+Hasher& Hasher::operator=(Hasher&& o) noexcept {
+  if (this != &o) {
+    if (state_) XXH3_freeState(static_cast<XXH3_state_t*>(state_));
+    state_ = o.state_;
+    o.state_ = nullptr;
+  }
+  return *this;
+}
+void Hasher::update(const void* data, uint64_t n) {
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, n);
+}
+uint64_t Hasher::digest() const { return XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_)); }
+
+uint64_t hash_bytes(const void* data, uint64_t n) { return XXH3_64bits(data, n); }
+
+uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes) {
+  File f(path, File::Mode::Read);
+  const uint64_t size = f.size();
+  std::vector<char> buf(std::min<uint64_t>(block_bytes, std::max<uint64_t>(size, 1)));
+  Hasher h;
+  for (uint64_t off = 0; off < size;) {
+    uint64_t n = std::min<uint64_t>(buf.size(), size - off);
+    f.pread_exact(buf.data(), n, off);
+    h.update(buf.data(), n);
+    off += n;
+  }
+  return h.digest();
+}
+
+std::string hash_hex(uint64_t h) { return fmt::format("{:016x}", h); }
+
+uint64_t hash_from_hex(const std::string& s) {
+  MB_CHECK(s.size() == 16, "malformed checksum '{}' (expected 16 hex digits)", s);
+  return std::stoull(s, nullptr, 16);
+}
+
+}  // namespace mb

@@ -1,0 +1,33 @@
+// Content checksums (XXH3-64): fast enough to run on every byte we write.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace mb {
+
+class Hasher {
+ public:
+  Hasher();
+  ~Hasher();
+  Hasher(const Hasher&) = delete;
+  Hasher& operator=(const Hasher&) = delete;
+  Hasher(Hasher&& o) noexcept;
+  Hasher& operator=(Hasher&& o) noexcept;
+
+  void update(const void* data, uint64_t n);
+  uint64_t digest() const;
+
+ private:
+  void* state_;
+};
+
+uint64_t hash_bytes(const void* data, uint64_t n);
+// Streams the file through the hasher in bounded blocks.
+uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes = 8u << 20);
+// 16 lowercase hex digits, the form stored in manifests.
+std::string hash_hex(uint64_t h);
+uint64_t hash_from_hex(const std::string& s);
+
+}  // namespace mb

@@ -1,0 +1,86 @@
+// Per-rank Megatron shards as HDF5 files: one dataset per state_dict tensor,
+// named as the rank's state_dict names it, with attributes global_name,
+// global_shape, dtype and xxh3. bf16 is stored as an HDF5 floating-point type
+// with bf16's bit layout (see docs/formats.md), so the bytes round-trip
+// exactly and generic readers (h5py) see bf16 values, never float16.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/dtype.hpp"
+#include "core/shape.hpp"
+
+namespace mb {
+
+// Attributes of one dataset.
+struct ShardDatasetInfo {
+  std::string name;
+  std::string global_name;
+  Shape shape;
+  Shape global_shape;
+  DType dtype = DType::BF16;
+  std::string xxh3;  // checksum of the raw little-endian bytes, row-major
+};
+
+// Attributes of the file: where it sits in the parallel layout.
+struct ShardFileInfo {
+  uint64_t tp_rank = 0, pp_rank = 0, ep_rank = 0, etp_rank = 0;
+  uint64_t tp_size = 1, pp_size = 1, ep_size = 1, etp_size = 1;
+  std::string format = "megabridge.hdf5-shard.v1";
+  std::map<std::string, std::string> extra;  // free-form string attributes
+};
+
+class Hdf5ShardWriter {
+ public:
+  Hdf5ShardWriter(const std::filesystem::path& path, const ShardFileInfo& info);
+  ~Hdf5ShardWriter();
+  Hdf5ShardWriter(const Hdf5ShardWriter&) = delete;
+  Hdf5ShardWriter& operator=(const Hdf5ShardWriter&) = delete;
+
+  // Creates the dataset (contiguous layout); rows are written in blocks.
+  void begin_dataset(const ShardDatasetInfo& info);
+  // Writes rows [row0, row0+rows) of the 2-D view of the current dataset.
+  void write_rows(uint64_t row0, uint64_t rows, const void* data);
+  // Stores the checksum attribute and closes the dataset.
+  void end_dataset(const std::string& xxh3);
+  void close();
+
+ private:
+  std::filesystem::path path_;
+  int64_t file_ = -1;
+  int64_t dset_ = -1;
+  ShardDatasetInfo cur_;
+};
+
+class Hdf5ShardReader {
+ public:
+  explicit Hdf5ShardReader(const std::filesystem::path& path);
+  ~Hdf5ShardReader();
+  Hdf5ShardReader(const Hdf5ShardReader&) = delete;
+  Hdf5ShardReader& operator=(const Hdf5ShardReader&) = delete;
+
+  const ShardFileInfo& file_info() const { return info_; }
+  const std::vector<ShardDatasetInfo>& datasets() const { return datasets_; }
+  const ShardDatasetInfo* find(const std::string& name) const;
+  // Reads a rectangle of the 2-D view of dataset `name` into dst (rows
+  // dst_stride bytes apart).
+  void read(const std::string& name, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+            void* dst, uint64_t dst_stride) const;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  int64_t file_ = -1;
+  ShardFileInfo info_;
+  std::vector<ShardDatasetInfo> datasets_;
+  mutable std::map<std::string, int64_t> open_;  // dataset handles, opened lazily
+};
+
+// The HDF5 type we store for a dtype, and the dtype a stored type stands for.
+int64_t hdf5_type_for(DType t);
+
+}  // namespace mb

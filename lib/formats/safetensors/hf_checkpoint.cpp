@@ -1,0 +1,172 @@
+#include "formats/safetensors/hf_checkpoint.hpp"
+
+#include <algorithm>
+#include <set>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+#include "core/log.hpp"
+#include "formats/safetensors/safetensors_header.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+constexpr const char* kIndexName = "model.safetensors.index.json";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+const HfTensor* HfCatalog::find(const std::string& name) const {
+  auto it = std::lower_bound(tensors.begin(), tensors.end(), name,
+                             [](const HfTensor& t, const std::string& n) { return t.name < n; });
+  return (it != tensors.end() && it->name == name) ? &*it : nullptr;
+}
+
+uint32_t HfCatalog::id(const std::string& name) const {
+  const HfTensor* t = find(name);
+  MB_CHECK(t != nullptr, "{}: tensor '{}' is missing from the checkpoint", dir.string(), name);
+  return static_cast<uint32_t>(t - tensors.data());
+}
+
+uint64_t HfCatalog::total_bytes() const {
+  uint64_t n = 0;
+  for (const auto& t : tensors) n += t.nbytes;
+  return n;
+}
+
+HfCatalog read_hf_catalog(const fs::path& dir) {
+  HfCatalog c;
+  c.dir = dir;
+  MB_CHECK(fs::is_directory(dir), "HF checkpoint directory {} does not exist", dir.string());
+  const fs::path index_path = dir / kIndexName;
+  std::map<std::string, std::string> weight_map;  // tensor -> file
+  if (fs::exists(index_path)) {
+    c.has_index = true;
+    json j;
+    try {
+      j = json::parse(read_text_file(index_path));
+    } catch (const json::parse_error& e) {
+      throw Error("{}: malformed JSON: {}", index_path.string(), e.what());
+    }
+    MB_CHECK(j.is_object() && j.contains("weight_map") && j.at("weight_map").is_object(),
+             "{}: has no weight_map object", index_path.string());
+    for (auto it = j.at("weight_map").begin(); it != j.at("weight_map").end(); ++it) {
+      MB_CHECK(it.value().is_string(), "{}: weight_map entry for '{}' is not a file name",
+               index_path.string(), it.key());
+      const std::string file = it.value().get<std::string>();
+      resolve_inside(dir, file, fmt::format("{}: weight_map entry for '{}'", index_path.string(), it.key()));
+      weight_map[it.key()] = file;
+    }
+    if (j.contains("metadata") && j.at("metadata").is_object() &&
+        j.at("metadata").contains("total_size")) {
+      // Some releases write total_size as a float (e.g. 55562855904.0).
+      const json& ts = j.at("metadata").at("total_size");
+      MB_CHECK(ts.is_number(), "{}: metadata.total_size is not a number: {}", index_path.string(),
+               ts.dump());
+      c.declared_total_size = ts.is_number_float() ? static_cast<uint64_t>(ts.get<double>())
+                                                   : ts.get<uint64_t>();
+    }
+    std::set<std::string> files;
+    for (const auto& [name, file] : weight_map) files.insert(file);
+    c.files.assign(files.begin(), files.end());
+  } else {
+    std::vector<std::string> found;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_regular_file() && ends_with(e.path().filename().string(), ".safetensors"))
+        found.push_back(e.path().filename().string());
+    MB_CHECK(!found.empty(), "{}: no {} and no .safetensors file", dir.string(), kIndexName);
+    MB_CHECK(found.size() == 1, "{}: {} safetensors files but no {} to say which tensor is where",
+             dir.string(), found.size(), kIndexName);
+    c.files = found;
+  }
+
+  std::map<std::string, size_t> seen;  // tensor -> file index, to catch duplicates
+  for (uint32_t fi = 0; fi < c.files.size(); ++fi) {
+    const fs::path path = resolve_inside(dir, c.files[fi], "shard file");
+    MB_CHECK(fs::exists(path), "{}: shard file {} listed in the index does not exist", dir.string(),
+             c.files[fi]);
+    const SafetensorsHeader h = read_safetensors_header(path);
+    c.file_sizes.push_back(fs::file_size(path));
+    for (const auto& e : h.entries) {
+      if (c.has_index) {
+        auto it = weight_map.find(e.name);
+        MB_CHECK(it != weight_map.end(), "{}: contains tensor '{}' which {} does not list",
+                 path.string(), e.name, kIndexName);
+        MB_CHECK(it->second == c.files[fi],
+                 "{}: contains tensor '{}' but {} places it in {}", path.string(), e.name,
+                 kIndexName, it->second);
+      }
+      auto [it, inserted] = seen.emplace(e.name, fi);
+      MB_CHECK(inserted, "tensor '{}' appears in both {} and {}", e.name, c.files[it->second],
+               c.files[fi]);
+      HfTensor t;
+      t.name = e.name;
+      t.dtype = e.dtype;
+      t.shape = e.shape;
+      t.file = fi;
+      t.offset = h.data_start + e.begin;
+      t.nbytes = e.end - e.begin;
+      c.tensors.push_back(std::move(t));
+    }
+  }
+  for (const auto& [name, file] : weight_map)
+    MB_CHECK(seen.count(name), "{}: lists tensor '{}' in {}, but that file does not contain it",
+             index_path.string(), name, file);
+  std::sort(c.tensors.begin(), c.tensors.end(),
+            [](const HfTensor& a, const HfTensor& b) { return a.name < b.name; });
+  if (c.declared_total_size && *c.declared_total_size != c.total_bytes())
+    log::warn("{}: metadata.total_size is {} but the tensors hold {} bytes", index_path.string(),
+              *c.declared_total_size, c.total_bytes());
+
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_regular_file() || name.empty() || name[0] == '.') continue;
+    if (ends_with(name, ".safetensors") || name == kIndexName || name == "config.json") continue;
+    c.extra_files.push_back(name);
+  }
+  std::sort(c.extra_files.begin(), c.extra_files.end());
+  return c;
+}
+
+json catalog_to_json(const HfCatalog& c) {
+  json j;
+  j["dir"] = c.dir.string();
+  j["files"] = c.files;
+  j["file_sizes"] = c.file_sizes;
+  j["has_index"] = c.has_index;
+  j["declared_total_size"] = c.declared_total_size ? json(*c.declared_total_size) : json(nullptr);
+  j["extra_files"] = c.extra_files;
+  json ts = json::array();
+  for (const auto& t : c.tensors)
+    ts.push_back({t.name, std::string(dtype_name(t.dtype)), t.shape, t.file, t.offset, t.nbytes});
+  j["tensors"] = std::move(ts);
+  return j;
+}
+
+HfCatalog catalog_from_json(const json& j) {
+  HfCatalog c;
+  c.dir = j.at("dir").get<std::string>();
+  c.files = j.at("files").get<std::vector<std::string>>();
+  c.file_sizes = j.at("file_sizes").get<std::vector<uint64_t>>();
+  c.has_index = j.at("has_index").get<bool>();
+  if (!j.at("declared_total_size").is_null())
+    c.declared_total_size = j.at("declared_total_size").get<uint64_t>();
+  c.extra_files = j.at("extra_files").get<std::vector<std::string>>();
+  for (const auto& t : j.at("tensors")) {
+    HfTensor x;
+    x.name = t.at(0).get<std::string>();
+    x.dtype = *dtype_from_name(t.at(1).get<std::string>());
+    x.shape = t.at(2).get<Shape>();
+    x.file = t.at(3).get<uint32_t>();
+    x.offset = t.at(4).get<uint64_t>();
+    x.nbytes = t.at(5).get<uint64_t>();
+    c.tensors.push_back(std::move(x));
+  }
+  return c;
+}
+
+}  // namespace mb

@@ -1,0 +1,16 @@
+// HF config.json -> the Megatron-Core / Megatron-Bridge model configuration
+// (spec qwen35-mapping.md §8), written next to the shards as YAML.
+#pragma once
+
+#include <string>
+
+#include "layout/parallel_layout.hpp"
+#include "model/qwen35_config.hpp"
+
+namespace mb {
+
+// The provider fields Megatron-Bridge derives for Qwen3.5 VL, plus the
+// parallel layout the shards were written for.
+std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l);
+
+}  // namespace mb

@@ -1,0 +1,65 @@
+// Executes a segment list: builds one destination tensor block by block from
+// rectangles of source tensors, applies the element op and dtype cast, and
+// hands each block to a sink. Memory stays within the configured buffer, so a
+// tensor of any size streams.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.hpp"
+#include "transforms/elementwise.hpp"
+#include "transforms/segment.hpp"
+
+namespace mb {
+
+class RowSource {
+ public:
+  virtual ~RowSource() = default;
+  // Reads rows [row0, row0+rows) x cols [col0, col0+cols) of source tensor `id`
+  // (2-D view) into dst, whose rows are dst_stride bytes apart.
+  virtual void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                    void* dst, uint64_t dst_stride) = 0;
+  virtual uint64_t bytes_read() const = 0;
+};
+
+class RowSink {
+ public:
+  virtual ~RowSink() = default;
+  // Consumes rows [row0, row0+rows) of the destination, in increasing order.
+  virtual void write(uint64_t row0, uint64_t rows, const void* data) = 0;
+};
+
+struct CopyJob {
+  std::string what;  // the destination tensor's name, for errors
+  const std::vector<Segment>* segments = nullptr;
+  uint64_t rows = 0, cols = 0;  // destination 2-D view
+  DType src_dtype = DType::BF16;
+  DType dst_dtype = DType::BF16;
+  ElementOp op = ElementOp::None;
+};
+
+struct CopyResult {
+  uint64_t xxh3 = 0;          // of the destination bytes in row order
+  uint64_t not_invertible = 0;  // elements whose op would not round-trip (see elementwise.hpp)
+};
+
+class CopyEngine {
+ public:
+  // `buffer_bytes` bounds the staging memory (source block + converted block).
+  explicit CopyEngine(uint64_t buffer_bytes);
+
+  CopyResult run(const CopyJob& job, RowSource& src, RowSink& sink);
+
+  uint64_t buffer_bytes() const { return buffer_bytes_; }
+  // The largest staging footprint used so far (>= buffer only if one row alone is larger).
+  uint64_t peak_staging_bytes() const { return peak_; }
+
+ private:
+  uint64_t buffer_bytes_;
+  uint64_t peak_ = 0;
+  std::vector<unsigned char> staging_;
+};
+
+}  // namespace mb

@@ -1,0 +1,31 @@
+// HF -> Megatron-Core shards, distributed over MPI.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "core/dtype.hpp"
+#include "layout/parallel_layout.hpp"
+
+namespace mb {
+
+class MpiContext;
+
+struct ImportOptions {
+  std::filesystem::path hf_path;
+  std::filesystem::path out;
+  ParallelLayout layout;
+  std::string format = "hdf5";
+  std::optional<DType> dtype;  // nullopt: keep every tensor's source dtype
+  uint64_t buffer_bytes = 256ull << 20;
+  bool strict = true;
+  bool overwrite = false;
+};
+
+// Runs on every rank. Returns the process exit code (0 on success). A failure
+// on any rank aborts the whole job; nothing is committed unless all succeed.
+int run_import(const ImportOptions& opt, MpiContext& mpi);
+
+}  // namespace mb

@@ -1,0 +1,108 @@
+#include "pipelines/manifest.hpp"
+
+#include <algorithm>
+#include <ctime>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+
+namespace mb {
+using nlohmann::json;
+
+json shard_result_to_json(const ShardResult& r) {
+  json ts = json::array();
+  for (const auto& t : r.tensors) ts.push_back({t.name, t.xxh3});
+  return {{"tp", r.coord.tp},     {"pp", r.coord.pp},   {"ep", r.coord.ep},
+          {"file", r.file},       {"bytes", r.bytes},   {"xxh3", r.xxh3},
+          {"bytes_read", r.bytes_read}, {"tensors", std::move(ts)}};
+}
+
+ShardResult shard_result_from_json(const json& j) {
+  ShardResult r;
+  r.coord = {j.at("tp").get<uint64_t>(), j.at("pp").get<uint64_t>(), j.at("ep").get<uint64_t>()};
+  r.file = j.at("file").get<std::string>();
+  r.bytes = j.at("bytes").get<uint64_t>();
+  r.xxh3 = j.at("xxh3").get<std::string>();
+  r.bytes_read = j.at("bytes_read").get<uint64_t>();
+  for (const auto& t : j.at("tensors"))
+    r.tensors.push_back({t.at(0).get<std::string>(), t.at(1).get<std::string>()});
+  return r;
+}
+
+json build_manifest(const ImportPlan& plan, const std::string& shard_format,
+                    const std::vector<ShardResult>& results) {
+  json source;
+  source["hf_path"] = plan.catalog.dir.string();
+  source["files"] = plan.catalog.files;
+  source["has_index"] = plan.catalog.has_index;
+  source["index_total_size"] =
+      plan.catalog.declared_total_size ? json(*plan.catalog.declared_total_size) : json(nullptr);
+  source["extra_files"] = plan.catalog.extra_files;
+  source["expert_layouts"] = {{"main", expert_layout_name(plan.experts.main)},
+                              {"mtp", expert_layout_name(plan.experts.mtp)}};
+  json tensors = json::array();
+  for (const auto& t : plan.catalog.tensors)
+    tensors.push_back({{"name", t.name},
+                       {"dtype", dtype_name(t.dtype)},
+                       {"shape", t.shape},
+                       {"file", plan.catalog.files[t.file]}});
+  source["tensors"] = std::move(tensors);
+  source["unconsumed"] = plan.unconsumed;
+
+  std::vector<ShardResult> sorted = results;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const ShardResult& a, const ShardResult& b) { return a.file < b.file; });
+  json files = json::array();
+  uint64_t count = 0, bytes = 0;
+  for (const auto& r : sorted) {
+    json ts = json::array();
+    for (const auto& t : r.tensors) ts.push_back({{"name", t.name}, {"xxh3", t.xxh3}});
+    files.push_back({{"path", r.file},
+                     {"tp", r.coord.tp},
+                     {"pp", r.coord.pp},
+                     {"ep", r.coord.ep},
+                     {"tensor_count", r.tensors.size()},
+                     {"bytes", r.bytes},
+                     {"xxh3", r.xxh3},
+                     {"tensors", std::move(ts)}});
+    count += r.tensors.size();
+    bytes += r.bytes;
+  }
+  const std::time_t now = std::time(nullptr);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return {{"format", kManifestFormat},
+          {"tool", {{"name", "megabridge"}, {"version", MEGABRIDGE_VERSION}}},
+          {"created", when},
+          {"shard_format", shard_format},
+          {"checksum", "xxh3-64"},
+          {"model",
+           {{"architecture", plan.model.architecture},
+            {"hf_config", plan.config_json},
+            {"megatron_config", "megatron_config.yaml"}}},
+          {"layout", layout_to_json(plan.layout)},
+          {"dtype", plan.cast ? json(dtype_name(*plan.cast)) : json("keep")},
+          {"source", std::move(source)},
+          {"file_count", files.size()},
+          {"tensor_count", count},
+          {"total_bytes", bytes},
+          {"files", std::move(files)}};
+}
+
+json read_manifest(const std::filesystem::path& dir) {
+  const auto path = dir / kManifestName;
+  MB_CHECK(std::filesystem::exists(path),
+           "{} has no {}: not a megabridge output, or the conversion did not finish",
+           dir.string(), kManifestName);
+  json j;
+  try {
+    j = json::parse(read_text_file(path));
+  } catch (const json::parse_error& e) {
+    throw Error("{}: malformed JSON: {}", path.string(), e.what());
+  }
+  MB_CHECK(j.is_object() && j.value("format", std::string{}) == kManifestFormat,
+           "{}: not a {} manifest", path.string(), kManifestFormat);
+  return j;
+}
+
+}  // namespace mb

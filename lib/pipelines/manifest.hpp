@@ -1,0 +1,45 @@
+// manifest.json: what a megabridge output holds. Rank 0 writes it last, so
+// its presence (inside a committed directory) marks a complete conversion.
+// It carries the model config, the parallel layout, the HF source description
+// (for export), the file list with tensor counts and per-file checksums, and
+// per-tensor checksums.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "layout/import_plan.hpp"
+
+namespace mb {
+
+inline constexpr const char* kManifestName = "manifest.json";
+inline constexpr const char* kManifestFormat = "megabridge.manifest.v1";
+
+struct TensorRecord {
+  std::string name;
+  std::string xxh3;
+};
+
+// What one rank reports about one shard file it wrote.
+struct ShardResult {
+  ShardCoord coord;
+  std::string file;  // relative to the output directory
+  uint64_t bytes = 0;
+  std::string xxh3;  // of the whole file
+  uint64_t bytes_read = 0;
+  std::vector<TensorRecord> tensors;
+};
+
+nlohmann::json shard_result_to_json(const ShardResult& r);
+ShardResult shard_result_from_json(const nlohmann::json& j);
+
+nlohmann::json build_manifest(const ImportPlan& plan, const std::string& shard_format,
+                              const std::vector<ShardResult>& results);
+
+nlohmann::json read_manifest(const std::filesystem::path& dir);
+
+}  // namespace mb
