@@ -93,17 +93,25 @@ std::string get_string_attr(hid_t obj, const char* name, const std::string& wher
   if (H5Tis_variable_str(ftype) > 0) {
     hid_t mtype = H5Tcopy(H5T_C_S1);
     H5Tset_size(mtype, H5T_VARIABLE);
+    H5Tset_cset(mtype, H5Tget_cset(ftype));  // HDF5 does not convert between ASCII and UTF-8
     char* p = nullptr;
-    if (H5Aread(attr, mtype, &p) >= 0 && p) {
+    const herr_t rc = H5Aread(attr, mtype, &p);
+    if (rc >= 0 && p) {
       out = p;
       H5free_memory(p);
     }
     H5Tclose(mtype);
+    if (rc < 0) {
+      H5Tclose(ftype);
+      H5Aclose(attr);
+      throw Error("{}: cannot read attribute '{}'", where, name);
+    }
   } else {
     size_t n = H5Tget_size(ftype);
     std::vector<char> buf(n + 1, '\0');
     hid_t mtype = H5Tcopy(H5T_C_S1);
     H5Tset_size(mtype, n);
+    H5Tset_cset(mtype, H5Tget_cset(ftype));
     H5Aread(attr, mtype, buf.data());
     H5Tclose(mtype);
     out.assign(buf.data(), strnlen(buf.data(), n));

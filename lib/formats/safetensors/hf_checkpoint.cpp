@@ -125,7 +125,12 @@ HfCatalog read_hf_catalog(const fs::path& dir) {
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
     if (!e.is_regular_file() || name.empty() || name[0] == '.') continue;
-    if (ends_with(name, ".safetensors") || name == kIndexName || name == "config.json") continue;
+    if (ends_with(name, ".safetensors")) {
+      if (std::find(c.files.begin(), c.files.end(), name) == c.files.end())
+        log::warn("{}: {} is not referenced by {}; ignoring it", dir.string(), name, kIndexName);
+      continue;
+    }
+    if (name == kIndexName || name == "config.json") continue;
     c.extra_files.push_back(name);
   }
   std::sort(c.extra_files.begin(), c.extra_files.end());
