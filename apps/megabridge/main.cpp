@@ -12,7 +12,9 @@
 #include "pipelines/import_pipeline.hpp"
 #include "pipelines/job_config.hpp"
 #include "pipelines/plan_report.hpp"
+#include "pipelines/reshard_pipeline.hpp"
 #include "pipelines/synth.hpp"
+#include "pipelines/verify_pipeline.hpp"
 #include "core/file.hpp"
 
 namespace {
@@ -57,6 +59,42 @@ struct ImportFlags {
     if (not_strict) o.strict = false;
     if (overwrite) o.overwrite = true;
     MB_CHECK(!o.hf_path.empty(), "no HF checkpoint given: use --hf-path or source.hf_path in --config");
+    return o;
+  }
+};
+
+struct ExportFlags {
+  std::string config, megatron_path, hf_path, experts, mtp_experts, max_shard_size, dtype;
+  std::optional<uint64_t> buffer_mb;
+  bool no_verify = false, overwrite = false;
+
+  void add(CLI::App* c) {
+    c->add_option("--config", config, "YAML job file");
+    c->add_option("--megatron-path", megatron_path, "megabridge Megatron output directory");
+    c->add_option("--hf-path", hf_path, "output HF checkpoint directory");
+    c->add_option("--experts", experts, "decoder expert layout: fused or per_expert (default: as the source)");
+    c->add_option("--mtp-experts", mtp_experts, "MTP expert layout: fused or per_expert (default: as the source)");
+    c->add_option("--max-shard-size", max_shard_size,
+                  "split files at this size, e.g. 5GB (default: the source's file map)");
+    c->add_option("--dtype", dtype, "keep (default: the source dtypes), bf16, fp16 or fp32");
+    c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
+    c->add_flag("--no-verify-checksums", no_verify, "skip the shard checksum check");
+    c->add_flag("--overwrite", overwrite, "replace an existing output directory");
+  }
+
+  mb::ExportOptions resolve() const {
+    mb::ExportOptions o = config.empty() ? mb::ExportOptions{} : mb::load_export_job(config);
+    if (!megatron_path.empty()) o.megatron_path = megatron_path;
+    if (!hf_path.empty()) o.hf_path = hf_path;
+    if (!experts.empty()) o.experts = mb::expert_layout_from_name(experts);
+    if (!mtp_experts.empty()) o.mtp_experts = mb::expert_layout_from_name(mtp_experts);
+    if (!max_shard_size.empty()) o.max_shard_bytes = mb::parse_size(max_shard_size);
+    if (!dtype.empty()) o.dtype = mb::parse_dtype_option(dtype);
+    if (buffer_mb) o.buffer_bytes = *buffer_mb << 20;
+    if (no_verify) o.verify_checksums = false;
+    if (overwrite) o.overwrite = true;
+    MB_CHECK(!o.megatron_path.empty(), "no Megatron checkpoint given: use --megatron-path");
+    MB_CHECK(!o.hf_path.empty(), "no output directory given: use --hf-path");
     return o;
   }
 };
@@ -106,7 +144,37 @@ int main(int argc, char** argv) {
   synth_cmd->add_option("--mtp-experts", synth_mtp_experts, "MTP expert layout: fused or per_expert");
   synth_cmd->add_option("--max-shard-mb", synth_shard_mb, "shard file size target (default 5120)");
   synth_cmd->add_option("--seed", synth_seed, "random seed");
-  for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd}) {
+  ExportFlags export_flags;
+  CLI::App* export_cmd = app.add_subcommand("export", "convert Megatron shards back to a HF checkpoint");
+  export_flags.add(export_cmd);
+  mb::VerifyOptions verify_opt;
+  std::optional<uint64_t> verify_buffer_mb;
+  bool verify_no_checksums = false;
+  CLI::App* verify_cmd = app.add_subcommand(
+      "verify", "compare two checkpoints (HF/HF or HF/Megatron) tensor by tensor");
+  verify_cmd->add_option("A", verify_opt.a, "a HF checkpoint or megabridge output")->required();
+  verify_cmd->add_option("B", verify_opt.b, "a HF checkpoint or megabridge output")->required();
+  verify_cmd->add_option("--atol", verify_opt.atol, "absolute tolerance (default 0: bit-exact)");
+  verify_cmd->add_option("--rtol", verify_opt.rtol, "relative tolerance (default 0: bit-exact)");
+  verify_cmd->add_option("--buffer-mb", verify_buffer_mb, "staging memory per rank in MiB");
+  verify_cmd->add_flag("--no-verify-checksums", verify_no_checksums, "skip the shard checksum check");
+  mb::ReshardOptions reshard_opt;
+  std::optional<uint64_t> reshard_first, reshard_last, reshard_buffer_mb;
+  bool reshard_no_checksums = false;
+  CLI::App* reshard_cmd = app.add_subcommand(
+      "reshard", "convert Megatron shards to another parallel layout, without HF in between");
+  reshard_cmd->add_option("--megatron-path", reshard_opt.src, "megabridge Megatron output")->required();
+  reshard_cmd->add_option("--out", reshard_opt.out, "output directory")->required();
+  reshard_cmd->add_option("--tp", reshard_opt.layout.tp, "target tensor-parallel size");
+  reshard_cmd->add_option("--pp", reshard_opt.layout.pp, "target pipeline-parallel size");
+  reshard_cmd->add_option("--ep", reshard_opt.layout.ep, "target expert-parallel size");
+  reshard_cmd->add_option("--etp", reshard_opt.layout.etp, "target expert tensor-parallel size");
+  reshard_cmd->add_option("--first-stage-layers", reshard_first, "layers on the first stage");
+  reshard_cmd->add_option("--last-stage-layers", reshard_last, "layers on the last stage");
+  reshard_cmd->add_option("--buffer-mb", reshard_buffer_mb, "staging memory per rank in MiB");
+  reshard_cmd->add_flag("--no-verify-checksums", reshard_no_checksums, "skip the shard checksum check");
+  reshard_cmd->add_flag("--overwrite", reshard_opt.overwrite, "replace an existing output directory");
+  for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd, export_cmd, verify_cmd, reshard_cmd}) {
     c->add_option("--log-level", log_level, "debug, info, warn, error or off");
     c->add_flag("--quiet,-q", quiet, "only warnings and errors");
   }
@@ -123,6 +191,19 @@ int main(int argc, char** argv) {
       MB_CHECK(!o.out.empty(), "no output directory given: use --out or target.path in --config");
       return mb::run_import(o, mpi);
     }
+    if (*verify_cmd) {
+      if (verify_buffer_mb) verify_opt.buffer_bytes = *verify_buffer_mb << 20;
+      verify_opt.verify_checksums = !verify_no_checksums;
+      return mb::run_verify(verify_opt, mpi);
+    }
+    if (*reshard_cmd) {
+      reshard_opt.layout.first_stage_layers = reshard_first;
+      reshard_opt.layout.last_stage_layers = reshard_last;
+      if (reshard_buffer_mb) reshard_opt.buffer_bytes = *reshard_buffer_mb << 20;
+      reshard_opt.verify_checksums = !reshard_no_checksums;
+      return mb::run_reshard(reshard_opt, mpi);
+    }
+    if (*export_cmd) return mb::run_export(export_flags.resolve(), mpi);
     if (*plan_cmd) return run_plan(plan_flags.resolve(), plan_ranks, per_shard, mpi);
     if (*synth_cmd) {
       if (!mpi.is_root()) return 0;

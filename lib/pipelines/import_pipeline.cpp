@@ -1,21 +1,18 @@
 #include "pipelines/import_pipeline.hpp"
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <filesystem>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
-#include "core/hash.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
-#include "formats/hdf5/hdf5_shard.hpp"
 #include "layout/import_plan.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/manifest.hpp"
 #include "pipelines/safetensors_source.hpp"
+#include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
 
 namespace mb {
@@ -24,75 +21,6 @@ using nlohmann::json;
 
 namespace {
 
-class Hdf5DatasetSink : public RowSink {
- public:
-  explicit Hdf5DatasetSink(Hdf5ShardWriter& w) : w_(w) {}
-  void write(uint64_t row0, uint64_t rows, const void* data) override { w_.write_rows(row0, rows, data); }
-
- private:
-  Hdf5ShardWriter& w_;
-};
-
-ShardResult write_hdf5_shard(const ImportPlan& plan, const ShardPlan& shard, const fs::path& dir,
-                             CopyEngine& engine, SafetensorsSource& source) {
-  const std::string name = shard.coord.file_name();
-  const fs::path tmp = dir / (name + ".tmp"), final_path = dir / name;
-  ShardFileInfo info;
-  info.tp_rank = shard.coord.tp;
-  info.pp_rank = shard.coord.pp;
-  info.ep_rank = shard.coord.ep;
-  info.etp_rank = shard.coord.etp_rank(plan.layout);
-  info.tp_size = plan.layout.tp;
-  info.pp_size = plan.layout.pp;
-  info.ep_size = plan.layout.ep;
-  info.etp_size = plan.layout.etp;
-  info.extra["architecture"] = plan.model.architecture;
-  info.extra["megabridge_version"] = MEGABRIDGE_VERSION;
-
-  ShardResult result;
-  result.coord = shard.coord;
-  result.file = name;
-  const uint64_t read_before = source.bytes_read();
-  {
-    Hdf5ShardWriter w(tmp, info);
-    Hdf5DatasetSink sink(w);
-    for (const LocalTensor& t : shard.tensors) {
-      w.begin_dataset({t.name, t.global_name, t.shape, t.global_shape, t.dtype, {}});
-      CopyJob job{t.name, &t.segments, t.rows(), t.cols(), t.source_dtype, t.dtype, t.op};
-      CopyResult r;
-      try {
-        r = engine.run(job, source, sink);
-      } catch (...) {
-        rethrow_with_context(fmt::format("writing {} of {}", t.name, name));
-      }
-      if (r.not_invertible > 0)
-        log::warn("{}: {} element(s) of {} do not survive {} and back bit-exactly in {} "
-                  "(values below 0.5 in magnitude); the Megatron side is still correct",
-                  name, r.not_invertible, t.global_name, op_name(t.op), dtype_name(t.dtype));
-      w.end_dataset(hash_hex(r.xxh3));
-      result.tensors.push_back({t.name, hash_hex(r.xxh3)});
-    }
-    w.close();
-  }
-  {
-    File f(tmp, File::Mode::ReadWrite);
-    f.fsync();
-  }
-  std::error_code ec;
-  fs::rename(tmp, final_path, ec);
-  MB_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), final_path.string(), ec.message());
-  result.bytes = fs::file_size(final_path);
-  result.xxh3 = hash_hex(hash_file(final_path));
-  result.bytes_read = source.bytes_read() - read_before;
-  return result;
-}
-
-uint64_t peak_rss_bytes() {
-  struct rusage ru {};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
-}
-
 void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
   const fs::path dst = staging / "hf";
   fs::create_directories(dst);
@@ -100,13 +28,6 @@ void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
   for (const auto& f : plan.catalog.extra_files)
     fs::copy_file(resolve_inside(plan.catalog.dir, f, "extra file"), dst / f,
                   fs::copy_options::overwrite_existing);
-}
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  return fmt::format("{:.1f} {}", b, units[u]);
 }
 
 }  // namespace
@@ -154,32 +75,26 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       const ShardPlan& s = plan.shards[i];
       log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
                  human_bytes(static_cast<double>(s.bytes_written())));
-      results.push_back(write_hdf5_shard(plan, s, out.staging(), engine, source));
+      results.push_back(
+          write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(), engine, source));
     }
   } catch (const std::exception& e) {
     log::error("{}", e.what());
     mpi.abort(1);
   }
 
-  json mine_json = json::array();
-  for (const auto& r : results) mine_json.push_back(shard_result_to_json(r));
-  const json stats = {{"results", mine_json}, {"rss", peak_rss_bytes()}};
-  const auto gathered = mpi.gather(stats.dump());
+  const GatheredResults gathered = gather_shard_results(results, mpi);
   if (mpi.is_root()) {
     try {
-      std::vector<ShardResult> all;
-      uint64_t max_rss = 0, read = 0;
-      for (const auto& g : gathered) {
-        const json j = json::parse(g);
-        for (const auto& r : j.at("results")) all.push_back(shard_result_from_json(r));
-        max_rss = std::max(max_rss, j.at("rss").get<uint64_t>());
-      }
+      const std::vector<ShardResult>& all = gathered.results;
+      const uint64_t max_rss = gathered.max_rss;
+      uint64_t read = 0;
       MB_CHECK(all.size() == plan.shards.size(), "internal: {} of {} shards reported",
                all.size(), plan.shards.size());
       copy_hf_side_files(plan, out.staging());
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));
-      const json manifest = build_manifest(plan, opt.format, all);
+      const json manifest = build_manifest(plan, opt.format, all, source_description(plan));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
       out.commit();
       uint64_t written = 0, tensors = 0;

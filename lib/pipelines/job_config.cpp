@@ -31,6 +31,16 @@ T get(const YAML::Node& n, const std::string& key, const std::string& file) {
 }
 }  // namespace
 
+namespace {
+YAML::Node load_yaml(const std::string& file) {
+  try {
+    return YAML::LoadFile(file);
+  } catch (const YAML::Exception& e) {
+    throw Error("{}: {}", file, e.what());
+  }
+}
+}  // namespace
+
 std::optional<DType> parse_dtype_option(const std::string& s) {
   if (s.empty() || s == "keep" || s == "auto" || s == "source") return std::nullopt;
   auto t = dtype_from_user(s);
@@ -40,12 +50,7 @@ std::optional<DType> parse_dtype_option(const std::string& s) {
 
 ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   const std::string file = yaml_path.string();
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(file);
-  } catch (const YAML::Exception& e) {
-    throw Error("{}: {}", file, e.what());
-  }
+  const YAML::Node root = load_yaml(file);
   ImportOptions o;
   check_keys(root, {"source", "target", "parallel", "dtype", "buffer_mb", "strict", "overwrite"},
              "the job file", file);
@@ -74,6 +79,32 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   if (root["dtype"]) o.dtype = parse_dtype_option(get<std::string>(root, "dtype", file));
   if (root["buffer_mb"]) o.buffer_bytes = get<uint64_t>(root, "buffer_mb", file) << 20;
   if (root["strict"]) o.strict = get<bool>(root, "strict", file);
+  if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
+  return o;
+}
+
+ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
+  const std::string file = yaml_path.string();
+  const YAML::Node root = load_yaml(file);
+  ExportOptions o;
+  check_keys(root, {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite"},
+             "the job file", file);
+  if (root["source"]) {
+    check_keys(root["source"], {"megatron_path"}, "source", file);
+    if (root["source"]["megatron_path"])
+      o.megatron_path = get<std::string>(root["source"], "megatron_path", file);
+  }
+  if (root["target"]) {
+    const YAML::Node t = root["target"];
+    check_keys(t, {"hf_path", "experts", "mtp_experts", "max_shard_size"}, "target", file);
+    if (t["hf_path"]) o.hf_path = get<std::string>(t, "hf_path", file);
+    if (t["experts"]) o.experts = expert_layout_from_name(get<std::string>(t, "experts", file));
+    if (t["mtp_experts"]) o.mtp_experts = expert_layout_from_name(get<std::string>(t, "mtp_experts", file));
+    if (t["max_shard_size"]) o.max_shard_bytes = parse_size(get<std::string>(t, "max_shard_size", file));
+  }
+  if (root["dtype"]) o.dtype = parse_dtype_option(get<std::string>(root, "dtype", file));
+  if (root["buffer_mb"]) o.buffer_bytes = get<uint64_t>(root, "buffer_mb", file) << 20;
+  if (root["verify_checksums"]) o.verify_checksums = get<bool>(root, "verify_checksums", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
   return o;
 }

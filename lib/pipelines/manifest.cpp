@@ -29,8 +29,7 @@ ShardResult shard_result_from_json(const json& j) {
   return r;
 }
 
-json build_manifest(const ImportPlan& plan, const std::string& shard_format,
-                    const std::vector<ShardResult>& results) {
+json source_description(const ImportPlan& plan) {
   json source;
   source["hf_path"] = plan.catalog.dir.string();
   source["files"] = plan.catalog.files;
@@ -48,7 +47,11 @@ json build_manifest(const ImportPlan& plan, const std::string& shard_format,
                        {"file", plan.catalog.files[t.file]}});
   source["tensors"] = std::move(tensors);
   source["unconsumed"] = plan.unconsumed;
+  return source;
+}
 
+json build_manifest(const ImportPlan& plan, const std::string& shard_format,
+                    const std::vector<ShardResult>& results, const json& source) {
   std::vector<ShardResult> sorted = results;
   std::sort(sorted.begin(), sorted.end(),
             [](const ShardResult& a, const ShardResult& b) { return a.file < b.file; });
@@ -82,7 +85,7 @@ json build_manifest(const ImportPlan& plan, const std::string& shard_format,
             {"megatron_config", "megatron_config.yaml"}}},
           {"layout", layout_to_json(plan.layout)},
           {"dtype", plan.cast ? json(dtype_name(*plan.cast)) : json("keep")},
-          {"source", std::move(source)},
+          {"source", source},
           {"file_count", files.size()},
           {"tensor_count", count},
           {"total_bytes", bytes},

@@ -37,8 +37,13 @@ struct ShardResult {
 nlohmann::json shard_result_to_json(const ShardResult& r);
 ShardResult shard_result_from_json(const nlohmann::json& j);
 
+// The HF checkpoint an output was converted from: files, tensor names,
+// dtypes and shapes, expert layouts, non-weight files. Export rebuilds the
+// HF side from it; reshard copies it unchanged.
+nlohmann::json source_description(const ImportPlan& plan);
+
 nlohmann::json build_manifest(const ImportPlan& plan, const std::string& shard_format,
-                              const std::vector<ShardResult>& results);
+                              const std::vector<ShardResult>& results, const nlohmann::json& source);
 
 nlohmann::json read_manifest(const std::filesystem::path& dir);
 

@@ -1,0 +1,34 @@
+// Megatron-Core shards -> a HuggingFace checkpoint, distributed over MPI.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+
+#include "core/dtype.hpp"
+#include "model/qwen35_hf_schema.hpp"
+
+namespace mb {
+
+class MpiContext;
+
+struct ExportOptions {
+  std::filesystem::path megatron_path;
+  std::filesystem::path hf_path;
+  std::optional<ExpertLayout> experts;      // decoder expert layout; default: as the source
+  std::optional<ExpertLayout> mtp_experts;  // MTP expert layout; default: as the source
+  // Split into files of at most this size. Default: reproduce the source's
+  // file names and shard map when the tensor set is unchanged, else 5 GiB.
+  std::optional<uint64_t> max_shard_bytes;
+  std::optional<DType> dtype;  // default: each tensor's source dtype
+  uint64_t buffer_bytes = 256ull << 20;
+  bool verify_checksums = true;
+  bool overwrite = false;
+};
+
+int run_export(const ExportOptions& opt, MpiContext& mpi);
+
+// Parses "5GB", "500MB", "4GiB", "123" (bytes).
+uint64_t parse_size(const std::string& s);
+
+}  // namespace mb

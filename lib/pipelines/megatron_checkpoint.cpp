@@ -1,0 +1,211 @@
+#include "pipelines/megatron_checkpoint.hpp"
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+
+#include "core/error.hpp"
+#include "core/hash.hpp"
+#include "dist/mpi_context.hpp"
+#include "pipelines/manifest.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+HfCatalog virtual_catalog(const json& source_tensors, const std::vector<std::string>& files) {
+  HfCatalog c;
+  c.files = files;
+  c.file_sizes.assign(files.size(), 0);
+  for (const auto& t : source_tensors) {
+    HfTensor x;
+    x.name = t.at("name").get<std::string>();
+    auto dt = dtype_from_name(t.at("dtype").get<std::string>());
+    MB_CHECK(dt.has_value(), "manifest: tensor '{}' has unknown dtype {}", x.name, t.at("dtype").dump());
+    x.dtype = *dt;
+    x.shape = t.at("shape").get<Shape>();
+    x.nbytes = numel(x.shape) * dtype_size(x.dtype);
+    const std::string file = t.value("file", std::string{});
+    auto it = std::find(files.begin(), files.end(), file);
+    x.file = it == files.end() ? 0 : static_cast<uint32_t>(it - files.begin());
+    c.tensors.push_back(std::move(x));
+  }
+  std::sort(c.tensors.begin(), c.tensors.end(),
+            [](const HfTensor& a, const HfTensor& b) { return a.name < b.name; });
+  return c;
+}
+
+MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir) {
+  MegatronCheckpoint ck;
+  ck.dir = dir;
+  ck.manifest = read_manifest(dir);
+  const json& m = ck.manifest;
+  const std::string where = (dir / kManifestName).string();
+  try {
+    MB_CHECK(m.at("shard_format").get<std::string>() == "hdf5",
+             "shard format '{}' is not supported here", m.at("shard_format").get<std::string>());
+    ck.model = parse_model_config(m.at("model").at("hf_config"), where + " (model.hf_config)");
+    ck.layout = layout_from_json(m.at("layout"));
+    const std::string dtype = m.at("dtype").get<std::string>();
+    if (dtype != "keep") ck.cast = dtype_from_name(dtype);
+    const json& src = m.at("source");
+    ck.experts.main = expert_layout_from_name(src.at("expert_layouts").at("main").get<std::string>());
+    ck.experts.mtp = expert_layout_from_name(src.at("expert_layouts").at("mtp").get<std::string>());
+    ck.source = virtual_catalog(src.at("tensors"), src.at("files").get<std::vector<std::string>>());
+    ck.source.dir = src.at("hf_path").get<std::string>();
+    ck.source.extra_files = src.at("extra_files").get<std::vector<std::string>>();
+  } catch (const json::exception& e) {
+    throw Error("{}: malformed manifest: {}", where, e.what());
+  }
+  validate_layout(ck.layout, ck.model);
+  std::set<std::string> listed;
+  for (const auto& f : m.at("files")) listed.insert(f.at("path").get<std::string>());
+  std::set<std::string> expected;
+  for (const ShardCoord& c : all_shards(ck.layout)) {
+    expected.insert(c.file_name());
+    ShardPlan s;
+    s.coord = c;
+    s.tensors = plan_shard_tensors(ck.model, ck.source, ck.experts, ck.layout, c, ck.cast);
+    ck.shards.push_back(std::move(s));
+  }
+  MB_CHECK(listed == expected,
+           "{}: lists {} shard files, but layout {} has {} shards ({}); the manifest does not "
+           "match the checkpoint",
+           where, listed.size(), ck.layout.describe(), expected.size(),
+           listed.size() > expected.size() ? "extra files listed" : "files missing from the list");
+  return ck;
+}
+
+std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t shard, bool checksums) {
+  std::vector<std::string> problems;
+  const ShardPlan& s = ck.shards.at(shard);
+  const std::string name = s.coord.file_name();
+  const fs::path path = ck.dir / name;
+  const json* entry = nullptr;
+  for (const auto& f : ck.manifest.at("files"))
+    if (f.at("path").get<std::string>() == name) entry = &f;
+  try {
+    MB_CHECK(fs::exists(path), "shard file {} is missing", path.string());
+    MB_CHECK(entry != nullptr, "{} is not listed in the manifest", path.string());
+    MB_CHECK(fs::file_size(path) == entry->at("bytes").get<uint64_t>(),
+             "{} has {} bytes but the manifest recorded {}: truncated or replaced", path.string(),
+             fs::file_size(path), entry->at("bytes").get<uint64_t>());
+    if (checksums) {
+      const std::string got = hash_hex(hash_file(path));
+      const std::string want = entry->at("xxh3").get<std::string>();
+      if (got != want)
+        problems.push_back(fmt::format(
+            "{} is corrupt: its xxh3 checksum is {} but the manifest recorded {} (pass "
+            "--no-verify-checksums to use it anyway)",
+            path.string(), got, want));
+    }
+    Hdf5ShardReader r(path);
+    const ShardFileInfo& fi = r.file_info();
+    MB_CHECK(fi.tp_rank == s.coord.tp && fi.pp_rank == s.coord.pp && fi.ep_rank == s.coord.ep &&
+                 fi.tp_size == ck.layout.tp && fi.pp_size == ck.layout.pp &&
+                 fi.ep_size == ck.layout.ep && fi.etp_size == ck.layout.etp,
+             "{} was written for rank (tp {}, pp {}, ep {}) of TP{}·PP{}·EP{}·ETP{}, but this "
+             "checkpoint's layout is {}: a shard from a different layout",
+             path.string(), fi.tp_rank, fi.pp_rank, fi.ep_rank, fi.tp_size, fi.pp_size, fi.ep_size,
+             fi.etp_size, ck.layout.describe());
+    std::set<std::string> want;
+    for (const auto& t : s.tensors) {
+      want.insert(t.name);
+      const ShardDatasetInfo* d = r.find(t.name);
+      if (d == nullptr) {
+        problems.push_back(fmt::format("{} is missing dataset '{}'", path.string(), t.name));
+        continue;
+      }
+      if (d->shape != t.shape || d->dtype != t.dtype)
+        problems.push_back(fmt::format("{}: dataset '{}' is {} {} but the model needs {} {}",
+                                       path.string(), t.name, dtype_name(d->dtype),
+                                       shape_str(d->shape), dtype_name(t.dtype), shape_str(t.shape)));
+    }
+    for (const auto& d : r.datasets())
+      if (!want.count(d.name))
+        problems.push_back(fmt::format("{} holds unexpected dataset '{}'", path.string(), d.name));
+  } catch (const std::exception& e) {
+    problems.push_back(e.what());
+  }
+  return problems;
+}
+
+std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, MpiContext& mpi) {
+  std::string problem;
+  for (size_t i = 0; i < ck.shards.size() && problem.empty(); ++i) {
+    if (static_cast<int>(i % static_cast<size_t>(mpi.size())) != mpi.rank()) continue;
+    const auto p = check_shard_file(ck, i, checksums);
+    if (!p.empty()) problem = p.front();
+  }
+  for (const auto& p : mpi.all_gather(problem))
+    if (!p.empty()) return p;
+  return {};
+}
+
+Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs)
+    : ck_(ck), refs_(std::move(refs)) {}
+
+const Hdf5ShardReader& Hdf5ShardSource::reader(uint32_t shard) {
+  auto it = open_.find(shard);
+  if (it != open_.end()) return *it->second;
+  // Keep a bounded number of files open; big layouts have thousands of shards.
+  constexpr size_t kMaxOpen = 64;
+  if (open_.size() >= kMaxOpen) {
+    open_.erase(lru_.front());
+    lru_.erase(lru_.begin());
+  }
+  lru_.push_back(shard);
+  const fs::path path = ck_.dir / ck_.shards.at(shard).coord.file_name();
+  return *open_.emplace(shard, std::make_unique<Hdf5ShardReader>(path)).first->second;
+}
+
+void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                           void* dst, uint64_t dst_stride) {
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  reader(ref.shard).read(t.name, row0, rows, col0, cols, dst, dst_stride);
+  bytes_read_ += rows * cols * dtype_size(t.dtype);
+}
+
+ExportIndex build_export_index(const std::vector<ShardPlan>& shards, size_t num_hf_tensors) {
+  ExportIndex x;
+  x.per_hf.resize(num_hf_tensors);
+  x.op.assign(num_hf_tensors, ElementOp::None);
+  x.stored_dtype.assign(num_hf_tensors, DType::BF16);
+  for (uint32_t i = 0; i < shards.size(); ++i) {
+    for (uint32_t k = 0; k < shards[i].tensors.size(); ++k) {
+      const LocalTensor& t = shards[i].tensors[k];
+      if (!t.canonical) continue;
+      const auto ref = static_cast<uint32_t>(x.refs.size());
+      x.refs.push_back({i, k});
+      for (const Segment& s : t.segments) {
+        x.per_hf.at(s.src).push_back(invert(s, ref));
+        x.op[s.src] = inverse(t.op);
+        x.stored_dtype[s.src] = t.dtype;
+      }
+    }
+  }
+  for (auto& v : x.per_hf)
+    std::sort(v.begin(), v.end(), [](const Segment& a, const Segment& b) {
+      return a.dst_row != b.dst_row ? a.dst_row < b.dst_row : a.dst_col < b.dst_col;
+    });
+  return x;
+}
+
+std::vector<Segment> compose_through(const std::vector<Segment>& in, const ExportIndex& index) {
+  std::vector<Segment> out;
+  for (const Segment& s : in) {
+    const uint64_t sr1 = s.src_row + s.rows, sc1 = s.src_col + s.cols;
+    for (const Segment& e : index.per_hf.at(s.src)) {
+      if (e.dst_row >= sr1) break;  // sorted by the HF row they cover
+      const uint64_t r0 = std::max(s.src_row, e.dst_row), r1 = std::min(sr1, e.dst_row + e.rows);
+      const uint64_t c0 = std::max(s.src_col, e.dst_col), c1 = std::min(sc1, e.dst_col + e.cols);
+      if (r0 >= r1 || c0 >= c1) continue;
+      out.push_back({e.src, e.src_row + (r0 - e.dst_row), e.src_col + (c0 - e.dst_col),
+                     s.dst_row + (r0 - s.src_row), s.dst_col + (c0 - s.src_col), r1 - r0, c1 - c0});
+    }
+  }
+  return coalesce(std::move(out));
+}
+
+}  // namespace mb

@@ -1,0 +1,89 @@
+// A megabridge Megatron output opened for reading: its manifest, the HF
+// checkpoint it came from (as a catalogue of names, dtypes and shapes), and
+// the exact tensors every shard file must hold, re-derived from the plan.
+// Export, verify and reshard all start here.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/hdf5/hdf5_shard.hpp"
+#include "layout/import_plan.hpp"
+#include "pipelines/copy_engine.hpp"
+
+namespace mb {
+
+class MpiContext;
+
+struct MegatronCheckpoint {
+  std::filesystem::path dir;
+  nlohmann::json manifest;
+  ModelConfig model;
+  ParallelLayout layout;
+  std::optional<DType> cast;
+  ExpertLayouts experts;           // of the HF source
+  HfCatalog source;                // names, dtypes, shapes, file names (no offsets)
+  std::vector<ShardPlan> shards;   // what each shard file holds; segments index `source`
+};
+
+// Reads the manifest and re-derives every shard's tensors. Throws if the
+// manifest is malformed or inconsistent with the model it describes.
+MegatronCheckpoint open_megatron_checkpoint(const std::filesystem::path& dir);
+
+// A catalogue with the given tensors and no byte offsets, for planning only.
+HfCatalog virtual_catalog(const nlohmann::json& source_tensors, const std::vector<std::string>& files);
+
+// Checks shard files before anything is read or written: each must exist,
+// match its manifest checksum (unless !checksums), carry the coordinates of
+// its place in the layout, and hold exactly the planned datasets with their
+// shapes and dtypes. Work is split over the ranks; every rank gets the same
+// verdict (an empty string, or the first problem found).
+std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, MpiContext& mpi);
+
+// The checks of validate_shard_files for one shard (index into ck.shards):
+// every problem found, not only the first.
+std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t shard, bool checksums);
+
+// Reads rectangles of shard datasets. Source ids index `refs`.
+struct LocalTensorRef {
+  uint32_t shard = 0;   // index into MegatronCheckpoint::shards
+  uint32_t tensor = 0;  // index into that shard's tensors
+};
+
+class Hdf5ShardSource : public RowSource {
+ public:
+  Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs);
+  void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
+            uint64_t dst_stride) override;
+  uint64_t bytes_read() const override { return bytes_read_; }
+
+ private:
+  const Hdf5ShardReader& reader(uint32_t shard);
+
+  const MegatronCheckpoint& ck_;
+  std::vector<LocalTensorRef> refs_;
+  std::map<uint32_t, std::unique_ptr<Hdf5ShardReader>> open_;
+  std::vector<uint32_t> lru_;
+  uint64_t bytes_read_ = 0;
+};
+
+// For every HF tensor, where its elements live in the checkpoint: the
+// canonical copies' segments inverted (src = index into `refs`).
+struct ExportIndex {
+  std::vector<LocalTensorRef> refs;
+  std::vector<std::vector<Segment>> per_hf;  // indexed like the catalogue used to plan
+  std::vector<ElementOp> op;                 // the op to undo, per HF tensor
+  std::vector<DType> stored_dtype;           // dtype of the canonical copies, per HF tensor
+};
+ExportIndex build_export_index(const std::vector<ShardPlan>& shards, size_t num_hf_tensors);
+
+// Re-expresses segments that read HF tensors (`in`) as segments that read the
+// checkpoint's local tensors, by intersecting rectangles with `index`.
+std::vector<Segment> compose_through(const std::vector<Segment>& in, const ExportIndex& index);
+
+}  // namespace mb

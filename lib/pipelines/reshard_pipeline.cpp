@@ -1,0 +1,140 @@
+#include "pipelines/reshard_pipeline.hpp"
+
+#include <chrono>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+#include "core/log.hpp"
+#include "dist/mpi_context.hpp"
+#include "model/megatron_config.hpp"
+#include "pipelines/manifest.hpp"
+#include "pipelines/megatron_checkpoint.hpp"
+#include "pipelines/shard_writer.hpp"
+#include "pipelines/staged_output.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+// The target layout's shards, with segments that read the source shards: the
+// HF-facing segments of a direct import, composed through the source's
+// export index. Ops cancel: both sides store op(HF) in the same dtype.
+ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout& target, int world) {
+  validate_layout(target, ck.model);
+  ImportPlan p;
+  p.config_json = ck.manifest.at("model").at("hf_config");
+  p.model = ck.model;
+  p.layout = target;
+  p.catalog = ck.source;
+  p.experts = ck.experts;
+  p.cast = ck.cast;
+  p.world_size = world;
+  const ExportIndex index = build_export_index(ck.shards, ck.source.tensors.size());
+  for (const ShardCoord& c : all_shards(target)) {
+    ShardPlan s;
+    s.coord = c;
+    s.tensors = plan_shard_tensors(ck.model, ck.source, ck.experts, target, c, ck.cast);
+    for (LocalTensor& t : s.tensors) {
+      // Every source of this tensor was stored with the same op and dtype.
+      for (const Segment& g : t.segments) {
+        MB_CHECK(index.op[g.src] == inverse(t.op) && index.stored_dtype[g.src] == t.dtype,
+                 "internal: {} is stored differently in the source checkpoint", t.global_name);
+      }
+      t.segments = compose_through(t.segments, index);
+      t.op = ElementOp::None;
+      t.source_dtype = t.dtype;
+      uint64_t area = 0;
+      for (const auto& g : t.segments) area += g.rows * g.cols;
+      MB_CHECK(area == t.rows() * t.cols(), "{} cannot be rebuilt from {}: {} of {} elements found",
+               t.global_name, ck.dir.string(), area, t.rows() * t.cols());
+    }
+    p.shards.push_back(std::move(s));
+  }
+  assign_shards_to_ranks(p.shards, world);
+  return p;
+}
+}  // namespace
+
+int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const StagedOutput out(opt.out);
+  std::string status = "ok", blob;
+  std::optional<MegatronCheckpoint> ck;
+  try {
+    ck = open_megatron_checkpoint(opt.src);
+    if (mpi.is_root()) {
+      const auto packed = json::to_msgpack(plan_to_json(build_reshard_plan(*ck, opt.layout, mpi.size())));
+      blob.assign(packed.begin(), packed.end());
+    }
+  } catch (const std::exception& e) {
+    status = e.what();
+  }
+  for (const auto& s : mpi.all_gather(status))
+    if (s != "ok") {
+      if (mpi.is_root()) log::error("{}", s);
+      return 2;
+    }
+  const std::string problem = validate_shard_files(*ck, opt.verify_checksums, mpi);
+  if (!problem.empty()) {
+    if (mpi.is_root()) log::error("{}", problem);
+    return 2;
+  }
+  status = "ok";
+  if (mpi.is_root()) {
+    try {
+      out.prepare(opt.overwrite);
+    } catch (const std::exception& e) {
+      status = e.what();
+    }
+  }
+  mpi.broadcast(status);
+  if (status != "ok") {
+    if (mpi.is_root()) log::error("{}", status);
+    return 2;
+  }
+  mpi.broadcast(blob);
+  const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
+  const ExportIndex index = build_export_index(ck->shards, ck->source.tensors.size());
+
+  std::vector<ShardResult> results;
+  try {
+    CopyEngine engine(opt.buffer_bytes);
+    Hdf5ShardSource source(*ck, index.refs);
+    for (size_t i : plan.shards_of_rank(mpi.rank()))
+      results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, plan.shards[i],
+                                         out.staging(), engine, source));
+  } catch (const std::exception& e) {
+    log::error("{}", e.what());
+    mpi.abort(1);
+  }
+  const GatheredResults gathered = gather_shard_results(results, mpi);
+  if (mpi.is_root()) {
+    try {
+      // The HF side (config, tokenizer files, source description) carries over.
+      fs::create_directories(out.staging() / "hf");
+      for (const auto& e : fs::directory_iterator(ck->dir / "hf"))
+        fs::copy_file(e.path(), out.staging() / "hf" / e.path().filename());
+      write_file_atomic(out.staging() / "megatron_config.yaml",
+                        megatron_config_yaml(plan.model, plan.layout));
+      const json manifest =
+          build_manifest(plan, "hdf5", gathered.results, ck->manifest.at("source"));
+      write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
+      out.commit();
+      uint64_t bytes = 0;
+      for (const auto& r : gathered.results) bytes += r.bytes;
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      log::info("reshard done: {} -> {}: {} shard files ({}) under {}, {:.2f} s, peak RSS per rank {}",
+                ck->layout.describe(), plan.layout.describe(), gathered.results.size(),
+                human_bytes(static_cast<double>(bytes)), out.target().string(), secs,
+                human_bytes(static_cast<double>(gathered.max_rss)));
+    } catch (const std::exception& e) {
+      log::error("{}", e.what());
+      mpi.abort(1);
+    }
+  }
+  mpi.barrier();
+  return 0;
+}
+
+}  // namespace mb

@@ -1,0 +1,26 @@
+// `megabridge reshard`: Megatron shards in one layout -> another layout,
+// directly (no HF in between). The result is bit-identical to importing the
+// original HF checkpoint at the target layout.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+#include "layout/parallel_layout.hpp"
+
+namespace mb {
+
+class MpiContext;
+
+struct ReshardOptions {
+  std::filesystem::path src;
+  std::filesystem::path out;
+  ParallelLayout layout;
+  uint64_t buffer_bytes = 256ull << 20;
+  bool verify_checksums = true;
+  bool overwrite = false;
+};
+
+int run_reshard(const ReshardOptions& opt, MpiContext& mpi);
+
+}  // namespace mb

@@ -1,0 +1,31 @@
+// Writes one model-parallel rank's HDF5 shard from any row source (HF
+// safetensors for import, other shards for reshard): under a temporary name,
+// fsynced, then renamed, with its checksums reported for the manifest.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "layout/import_plan.hpp"
+#include "pipelines/copy_engine.hpp"
+#include "pipelines/manifest.hpp"
+
+namespace mb {
+
+ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& architecture,
+                             const ShardPlan& shard, const std::filesystem::path& dir,
+                             CopyEngine& engine, RowSource& source);
+
+// Collects every rank's shard results on rank 0 (empty elsewhere), plus the
+// largest peak RSS of any rank.
+struct GatheredResults {
+  std::vector<ShardResult> results;
+  uint64_t max_rss = 0;
+};
+class MpiContext;
+GatheredResults gather_shard_results(const std::vector<ShardResult>& mine, MpiContext& mpi);
+
+uint64_t peak_rss_bytes();
+std::string human_bytes(double bytes);
+
+}  // namespace mb

@@ -1,0 +1,262 @@
+#include "pipelines/verify_pipeline.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+#include "core/log.hpp"
+#include "dist/mpi_context.hpp"
+#include "formats/hdf5/hdf5_shard.hpp"
+#include "pipelines/manifest.hpp"
+#include "pipelines/megatron_checkpoint.hpp"
+#include "pipelines/safetensors_source.hpp"
+#include "pipelines/tensor_compare.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+bool is_megatron(const fs::path& p) { return fs::exists(p / kManifestName); }
+
+// Balances items over ranks by size, largest first.
+std::vector<int> assign(const std::vector<uint64_t>& sizes, int world) {
+  std::vector<size_t> order(sizes.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sizes[a] > sizes[b]; });
+  std::vector<uint64_t> load(static_cast<size_t>(world), 0);
+  std::vector<int> out(sizes.size(), 0);
+  for (size_t i : order) {
+    const auto r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    out[i] = static_cast<int>(r);
+    load[r] += sizes[i];
+  }
+  return out;
+}
+
+// Runs `work` on rank 0 and shares its result string (or its error) with all ranks.
+bool root_step(MpiContext& mpi, std::string& result, const std::function<std::string()>& work) {
+  std::string status = "ok";
+  if (mpi.is_root()) {
+    try {
+      result = work();
+    } catch (const std::exception& e) {
+      status = e.what();
+    }
+  }
+  mpi.broadcast(status);
+  if (status != "ok") {
+    if (mpi.is_root()) log::error("{}", status);
+    return false;
+  }
+  mpi.broadcast(result);
+  return true;
+}
+
+void compare_hf_hf(const VerifyOptions& opt, MpiContext& mpi, std::vector<std::string>& findings,
+                   uint64_t& compared, bool& ok) {
+  std::string blob;
+  ok = root_step(mpi, blob, [&] {
+    return json{{"a", catalog_to_json(read_hf_catalog(opt.a))},
+                {"b", catalog_to_json(read_hf_catalog(opt.b))}}
+        .dump();
+  });
+  if (!ok) return;
+  const json j = json::parse(blob);
+  const HfCatalog a = catalog_from_json(j.at("a")), b = catalog_from_json(j.at("b"));
+  std::vector<std::pair<uint32_t, uint32_t>> common;
+  for (uint32_t i = 0; i < a.tensors.size(); ++i) {
+    const HfTensor* t = b.find(a.tensors[i].name);
+    if (!t) {
+      if (mpi.is_root()) findings.push_back(fmt::format("MISSING {}: in A only", a.tensors[i].name));
+      continue;
+    }
+    common.emplace_back(i, static_cast<uint32_t>(t - b.tensors.data()));
+  }
+  if (mpi.is_root())
+    for (const auto& t : b.tensors)
+      if (!a.find(t.name)) findings.push_back(fmt::format("EXTRA   {}: in B only", t.name));
+  std::vector<uint64_t> sizes;
+  for (auto [i, k] : common) sizes.push_back(a.tensors[i].nbytes);
+  const auto ranks = assign(sizes, mpi.size());
+  SafetensorsSource sa(a), sb(b);
+  const bool exact = opt.atol == 0 && opt.rtol == 0;
+  std::vector<unsigned char> ba, bb;
+  for (size_t c = 0; c < common.size(); ++c) {
+    if (ranks[c] != mpi.rank()) continue;
+    const HfTensor &x = a.tensors[common[c].first], &y = b.tensors[common[c].second];
+    if (x.shape != y.shape) {
+      findings.push_back(fmt::format("SHAPE   {}: A {} vs B {}", x.name, shape_str(x.shape), shape_str(y.shape)));
+      continue;
+    }
+    if (x.dtype != y.dtype && (exact || !dtype_is_castable(x.dtype) || !dtype_is_castable(y.dtype))) {
+      findings.push_back(fmt::format("DTYPE   {}: A {} vs B {}", x.name, dtype_name(x.dtype), dtype_name(y.dtype)));
+      continue;
+    }
+    TensorCompare cmp(x.dtype, y.dtype, opt.atol, opt.rtol);
+    const uint64_t rb = std::max(x.row_bytes(), y.row_bytes());
+    const uint64_t block = std::max<uint64_t>(1, opt.buffer_bytes / 2 / std::max<uint64_t>(rb, 1));
+    for (uint64_t r0 = 0; r0 < x.rows(); r0 += block) {
+      const uint64_t n = std::min(block, x.rows() - r0);
+      ba.resize(n * x.row_bytes());
+      bb.resize(n * y.row_bytes());
+      sa.read(common[c].first, r0, n, 0, x.cols(), ba.data(), x.row_bytes());
+      sb.read(common[c].second, r0, n, 0, y.cols(), bb.data(), y.row_bytes());
+      cmp.add(ba.data(), bb.data(), n * x.cols(), r0 * x.cols());
+    }
+    ++compared;
+    if (cmp.differing()) findings.push_back(fmt::format("DIFF    {}: {}", x.name, cmp.describe(x.shape)));
+  }
+}
+
+// Compares what the engine produces (the expectation from HF) with the rows
+// stored in the shard dataset.
+class CompareSink : public RowSink {
+ public:
+  CompareSink(const Hdf5ShardReader& r, const LocalTensor& t, TensorCompare& cmp, bool hf_is_a)
+      : r_(r), t_(t), cmp_(cmp), hf_is_a_(hf_is_a) {}
+  void write(uint64_t row0, uint64_t rows, const void* expected) override {
+    const uint64_t rb = t_.cols() * dtype_size(t_.dtype);
+    buf_.resize(rows * rb);
+    r_.read(t_.name, row0, rows, 0, t_.cols(), buf_.data(), rb);
+    if (hf_is_a_)
+      cmp_.add(expected, buf_.data(), rows * t_.cols(), row0 * t_.cols());
+    else
+      cmp_.add(buf_.data(), expected, rows * t_.cols(), row0 * t_.cols());
+  }
+
+ private:
+  const Hdf5ShardReader& r_;
+  const LocalTensor& t_;
+  TensorCompare& cmp_;
+  bool hf_is_a_;
+  std::vector<unsigned char> buf_;
+};
+
+void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs::path& meg,
+                         bool hf_is_a, MpiContext& mpi, std::vector<std::string>& findings,
+                         uint64_t& compared, bool& ok) {
+  std::optional<MegatronCheckpoint> ck;
+  std::string status = "ok";
+  try {
+    ck = open_megatron_checkpoint(meg);
+  } catch (const std::exception& e) {
+    status = e.what();
+  }
+  for (const auto& s : mpi.all_gather(status))
+    if (s != "ok") {
+      if (mpi.is_root()) log::error("{}", s);
+      ok = false;
+      return;
+    }
+  // The plan of what every shard must hold, derived from the HF checkpoint.
+  std::string blob, notes;
+  ok = root_step(mpi, blob, [&] {
+    const ModelConfig model = load_model_config(hf / "config.json");
+    if (model.raw != ck->manifest.at("model").at("hf_config"))
+      notes += fmt::format("CONFIG  {}/config.json differs from the config the checkpoint was "
+                           "converted from\n", hf.string());
+    const ImportPlan plan = build_import_plan(model, read_hf_catalog(hf),
+                                              {ck->layout, ck->cast, /*strict=*/false, mpi.size()});
+    for (const auto& u : plan.unconsumed)
+      notes += fmt::format("{} {}: in the HF checkpoint only\n", hf_is_a ? "MISSING" : "EXTRA  ", u);
+    const auto packed = json::to_msgpack(plan_to_json(plan));
+    return std::string(packed.begin(), packed.end());
+  });
+  if (!ok) return;
+  if (mpi.is_root())
+    for (size_t p = 0, q; p < notes.size(); p = q + 1) {
+      q = notes.find('\n', p);
+      findings.push_back(notes.substr(p, q - p));
+    }
+  const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
+  SafetensorsSource source(plan.catalog);
+  CopyEngine engine(opt.buffer_bytes);
+  for (size_t i = 0; i < plan.shards.size(); ++i) {
+    const ShardPlan& s = plan.shards[i];
+    if (s.rank != mpi.rank()) continue;
+    for (const auto& p : check_shard_file(*ck, i, opt.verify_checksums)) findings.push_back("FILE    " + p);
+    const fs::path path = meg / s.coord.file_name();
+    if (!fs::exists(path)) continue;
+    try {
+      Hdf5ShardReader r(path);
+      for (const LocalTensor& t : s.tensors) {
+        const ShardDatasetInfo* d = r.find(t.name);
+        if (!d || d->shape != t.shape || d->dtype != t.dtype) continue;  // reported above
+        TensorCompare cmp(hf_is_a ? t.dtype : d->dtype, hf_is_a ? d->dtype : t.dtype, opt.atol, opt.rtol);
+        CompareSink sink(r, t, cmp, hf_is_a);
+        engine.run({t.name, &t.segments, t.rows(), t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
+        ++compared;
+        if (cmp.differing())
+          findings.push_back(fmt::format("DIFF    {}:{} ({}): {}", s.coord.file_name(), t.name,
+                                         t.global_name, cmp.describe(t.shape)));
+      }
+    } catch (const std::exception& e) {
+      findings.push_back(fmt::format("FILE    {}: {}", path.string(), e.what()));
+    }
+  }
+}
+
+}  // namespace
+
+int run_verify(const VerifyOptions& opt, MpiContext& mpi) {
+  const bool am = is_megatron(opt.a), bm = is_megatron(opt.b);
+  for (const auto& p : {opt.a, opt.b})
+    if (!fs::is_directory(p)) {
+      if (mpi.is_root()) log::error("{} is not a directory", p.string());
+      return 2;
+    }
+  if (am && bm) {
+    if (mpi.is_root())
+      log::error("both {} and {} are Megatron checkpoints; verify compares HF with HF or HF with "
+                 "Megatron (export one of them first)",
+                 opt.a.string(), opt.b.string());
+    return 2;
+  }
+  std::vector<std::string> findings;
+  uint64_t compared = 0;
+  bool ok = true;
+  if (!am && !bm)
+    compare_hf_hf(opt, mpi, findings, compared, ok);
+  else if (bm)
+    compare_hf_megatron(opt, opt.a, opt.b, true, mpi, findings, compared, ok);
+  else
+    compare_hf_megatron(opt, opt.b, opt.a, false, mpi, findings, compared, ok);
+  if (!ok) return 2;
+
+  json mine = {{"findings", findings}, {"compared", compared}};
+  const auto all = mpi.gather(mine.dump());
+  int code = 0;
+  if (mpi.is_root()) {
+    std::vector<std::string> every;
+    uint64_t total = 0;
+    for (const auto& g : all) {
+      const json j = json::parse(g);
+      for (const auto& f : j.at("findings")) every.push_back(f.get<std::string>());
+      total += j.at("compared").get<uint64_t>();
+    }
+    std::sort(every.begin(), every.end());
+    std::string out = fmt::format("verify A={} B={} ({})\n", opt.a.string(), opt.b.string(),
+                                  opt.atol == 0 && opt.rtol == 0
+                                      ? std::string("bit-exact")
+                                      : fmt::format("atol {:g}, rtol {:g}", opt.atol, opt.rtol));
+    for (const auto& f : every) out += f + "\n";
+    if (every.empty())
+      out += fmt::format("OK: {} tensors compared, all identical\n", total);
+    else
+      out += fmt::format("FAILED: {} problem(s); {} tensors compared\n", every.size(), total);
+    std::fputs(out.c_str(), stdout);
+    std::fflush(stdout);
+    code = every.empty() ? 0 : 1;
+  }
+  std::string c = std::to_string(code);
+  mpi.broadcast(c);
+  return std::stoi(c);
+}
+
+}  // namespace mb

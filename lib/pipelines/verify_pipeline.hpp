@@ -1,0 +1,24 @@
+// `megabridge verify A B`: compares two checkpoints tensor by tensor, HF with
+// HF or HF with Megatron shards (through the mapping, in any layout).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+namespace mb {
+
+class MpiContext;
+
+struct VerifyOptions {
+  std::filesystem::path a, b;
+  double atol = 0;  // both zero: bit-exact
+  double rtol = 0;
+  uint64_t buffer_bytes = 256ull << 20;
+  bool verify_checksums = true;
+};
+
+// Returns 0 when the checkpoints match, 1 when differences were found, 2 on
+// errors that prevented the comparison.
+int run_verify(const VerifyOptions& opt, MpiContext& mpi);
+
+}  // namespace mb
