@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Corruption and misuse (issue: export/verify): each case must fail with a
+# clear error naming the problem, and leave nothing that looks complete.
+#   misuse.sh BIN FIXTURE_DIR
+set -euo pipefail
+bin="$1" fixture="$2"
+work="$(mktemp -d "${TMPDIR:-/tmp}/mb-misuse-XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+run() { mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" "$@"; }
+fails=0
+
+# expect CODE PATTERN -- command...: the command exits with CODE and its
+# output matches PATTERN.
+expect() {
+  local code="$1" pattern="$2"
+  shift 3
+  set +e
+  out="$("$@" 2>&1)"
+  got=$?
+  set -e
+  if [ "$got" -ne "$code" ] || ! grep -qE "$pattern" <<<"$out"; then
+    echo "FAIL: $* -> exit $got (want $code), output:"
+    echo "$out" | head -20
+    echo "(wanted /$pattern/)"
+    fails=$((fails + 1))
+  else
+    echo "ok: $(head -c 120 <<<"$(grep -E "$pattern" <<<"$out" | head -1)")"
+  fi
+}
+no_output() {
+  if [ -e "$1" ] || [ -e "$1.partial" ]; then
+    echo "FAIL: $1 (or its staging directory) exists after a refused run"
+    fails=$((fails + 1))
+  fi
+}
+
+run import --quiet --hf-path "$fixture" --out "$work/meg" --tp 2 --pp 2
+run import --quiet --hf-path "$fixture" --out "$work/meg_tp1" --tp 1 --pp 2
+
+# A shard with one flipped byte in its tensor data.
+cp -r "$work/meg" "$work/flipped"
+python3 - "$work/flipped/mp_rank_01_001_000.h5" <<'PY'
+import sys
+p = sys.argv[1]
+data = bytearray(open(p, "rb").read())
+data[len(data) // 2] ^= 0x40
+open(p, "wb").write(data)
+PY
+expect 1 "mp_rank_01_001_000.h5 is corrupt: its xxh3 checksum" -- run verify "$fixture" "$work/flipped"
+expect 2 "mp_rank_01_001_000.h5 is corrupt" -- run export --megatron-path "$work/flipped" --hf-path "$work/x1"
+no_output "$work/x1"
+
+# A missing shard file.
+cp -r "$work/meg" "$work/missing"
+rm "$work/missing/mp_rank_00_000_000.h5"
+expect 2 "mp_rank_00_000_000.h5 is missing" -- run export --megatron-path "$work/missing" --hf-path "$work/x2"
+no_output "$work/x2"
+
+# A shard from a different layout put in place of one of ours (with a manifest
+# entry that matches it, as if the file had been copied in carefully).
+cp -r "$work/meg" "$work/mixed"
+cp "$work/meg_tp1/mp_rank_00_001_000.h5" "$work/mixed/mp_rank_00_001_000.h5"
+python3 - "$work/mixed" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+m = json.load(open(os.path.join(d, "manifest.json")))
+other = json.load(open(os.path.join(d, "..", "meg_tp1", "manifest.json")))
+src = {f["path"]: f for f in other["files"]}["mp_rank_00_001_000.h5"]
+for f in m["files"]:
+    if f["path"] == "mp_rank_00_001_000.h5":
+        f["bytes"], f["xxh3"] = src["bytes"], src["xxh3"]
+json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
+PY
+expect 2 "shard from a different layout" -- run export --megatron-path "$work/mixed" --hf-path "$work/x3"
+no_output "$work/x3"
+
+# A manifest that does not match the shards (layout edited).
+cp -r "$work/meg" "$work/badmanifest"
+python3 - "$work/badmanifest/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["layout"]["tp"] = 4
+json.dump(m, open(sys.argv[1], "w"))
+PY
+expect 2 "manifest does not match the checkpoint" -- run export --megatron-path "$work/badmanifest" --hf-path "$work/x4"
+no_output "$work/x4"
+
+# Not a megabridge output at all.
+expect 2 "has no manifest.json" -- run export --megatron-path "$fixture" --hf-path "$work/x5"
+no_output "$work/x5"
+
+# --no-verify-checksums lets a flipped byte through; verify still finds it.
+run export --quiet --no-verify-checksums --megatron-path "$work/flipped" --hf-path "$work/x6" || true
+
+# Refuses to replace an existing output unless --overwrite.
+expect 2 "already holds files; pass --overwrite" -- run import --hf-path "$fixture" --out "$work/meg" --tp 2
+expect 2 "already holds files; pass --overwrite" -- run export --megatron-path "$work/meg" --hf-path "$work/meg"
+
+# Bad layouts are refused before any I/O, naming the values.
+expect 2 "num_attention_heads = 8 is not divisible by TP = 3" -- run import --hf-path "$fixture" --out "$work/x7" --tp 3
+no_output "$work/x7"
+expect 2 "EP = 2 needs an MoE model" -- run import --hf-path "$fixture" --out "$work/x8" --ep 2
+no_output "$work/x8"
+
+# verify exits non-zero and names what differs.
+cp -r "$fixture" "$work/hf_changed"
+python3 - "$work/hf_changed" <<'PY'
+import json, os, struct, sys
+d = sys.argv[1]
+idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))
+f = idx["weight_map"]["model.language_model.norm.weight"]
+p = os.path.join(d, f)
+data = bytearray(open(p, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+meta = json.loads(data[8:8 + n])["model.language_model.norm.weight"]
+data[8 + n + meta["data_offsets"][0] + 6] ^= 0x01
+open(p, "wb").write(data)
+PY
+expect 1 "DIFF +model.language_model.norm.weight: 1 of 64 elements differ, max abs diff .*first at \[3\]" -- run verify "$fixture" "$work/hf_changed"
+expect 1 "DIFF +.*language_model.decoder.final_layernorm.weight" -- run verify "$work/hf_changed" "$work/meg"
+
+if [ "$fails" -ne 0 ]; then
+  echo "$fails misuse case(s) failed"
+  exit 1
+fi
+echo "OK: every misuse case failed cleanly"
