@@ -216,8 +216,12 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
   const auto dims = dims_of(info.shape);
   hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
   TypeHandle type = type_for(info.dtype);
-  dset_ = H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, H5P_DEFAULT,
-                     H5P_DEFAULT);
+  // No modification times in object headers: the same tensors give the same
+  // file bytes, so outputs can be compared with cmp (reshard vs import).
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_obj_track_times(dcpl, false);
+  dset_ = H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
   H5Sclose(space);
   MB_CHECK(dset_ >= 0, "{}: cannot create dataset '{}'", path_.string(), info.name);
   put_string_attr(dset_, "global_name", info.global_name);
