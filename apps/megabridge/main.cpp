@@ -9,6 +9,7 @@
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
 #include "layout/import_plan.hpp"
+#include "pipelines/bench.hpp"
 #include "pipelines/import_pipeline.hpp"
 #include "pipelines/job_config.hpp"
 #include "pipelines/plan_report.hpp"
@@ -174,7 +175,21 @@ int main(int argc, char** argv) {
   reshard_cmd->add_option("--buffer-mb", reshard_buffer_mb, "staging memory per rank in MiB");
   reshard_cmd->add_flag("--no-verify-checksums", reshard_no_checksums, "skip the shard checksum check");
   reshard_cmd->add_flag("--overwrite", reshard_opt.overwrite, "replace an existing output directory");
-  for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd, export_cmd, verify_cmd, reshard_cmd}) {
+  mb::BenchOptions bench_opt;
+  std::optional<uint64_t> bench_buffer_mb;
+  CLI::App* bench_cmd = app.add_subcommand(
+      "bench", "import and export a synthetic checkpoint, timed against cp -r of it");
+  bench_cmd->add_option("--hf-config", bench_opt.hf_config, "configs/hf/<size>.json")->required();
+  bench_cmd->add_option("--layers", bench_opt.layers, "decoder layers to keep (default 4)");
+  bench_cmd->add_option("--vision-depth", bench_opt.vision_depth, "vision blocks to keep");
+  bench_cmd->add_option("--dir", bench_opt.dir, "work directory on the filesystem to measure")->required();
+  bench_cmd->add_option("--tp", bench_opt.layout.tp, "tensor-parallel size");
+  bench_cmd->add_option("--pp", bench_opt.layout.pp, "pipeline-parallel size");
+  bench_cmd->add_option("--ep", bench_opt.layout.ep, "expert-parallel size");
+  bench_cmd->add_option("--etp", bench_opt.layout.etp, "expert tensor-parallel size");
+  bench_cmd->add_option("--buffer-mb", bench_buffer_mb, "staging memory per rank in MiB (default 256)");
+  bench_cmd->add_flag("--keep", bench_opt.keep, "keep the import and export outputs");
+  for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd, export_cmd, verify_cmd, reshard_cmd, bench_cmd}) {
     c->add_option("--log-level", log_level, "debug, info, warn, error or off");
     c->add_flag("--quiet,-q", quiet, "only warnings and errors");
   }
@@ -195,6 +210,10 @@ int main(int argc, char** argv) {
       if (verify_buffer_mb) verify_opt.buffer_bytes = *verify_buffer_mb << 20;
       verify_opt.verify_checksums = !verify_no_checksums;
       return mb::run_verify(verify_opt, mpi);
+    }
+    if (*bench_cmd) {
+      if (bench_buffer_mb) bench_opt.buffer_bytes = *bench_buffer_mb << 20;
+      return mb::run_bench(bench_opt, mpi);
     }
     if (*reshard_cmd) {
       reshard_opt.layout.first_stage_layers = reshard_first;

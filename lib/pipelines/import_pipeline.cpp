@@ -86,9 +86,9 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
   const GatheredResults gathered = gather_shard_results(results, mpi);
   if (mpi.is_root()) {
     try {
-      const std::vector<ShardResult>& all = gathered.results;
-      const uint64_t max_rss = gathered.max_rss;
-      uint64_t read = 0;
+      std::vector<ShardResult> all = gathered.results;
+      std::sort(all.begin(), all.end(),
+                [](const ShardResult& a, const ShardResult& b) { return a.file < b.file; });
       MB_CHECK(all.size() == plan.shards.size(), "internal: {} of {} shards reported",
                all.size(), plan.shards.size());
       copy_hf_side_files(plan, out.staging());
@@ -97,7 +97,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       const json manifest = build_manifest(plan, opt.format, all, source_description(plan));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
       out.commit();
-      uint64_t written = 0, tensors = 0;
+      uint64_t written = 0, read = 0, tensors = 0;
       for (const auto& r : all) {
         written += r.bytes;
         read += r.bytes_read;
@@ -105,17 +105,20 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       }
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log::info("import done: {} shard files ({}) for {} in {}", all.size(),
-                human_bytes(static_cast<double>(written)),
-                plan.layout.describe(), out.target().string());
+      log::info("import done: {}, {} shard files ({}) in {}", plan.layout.describe(), all.size(),
+                human_bytes(static_cast<double>(written)), out.target().string());
       if (all.size() <= 16)
         for (const auto& r : all)
-          log::info("  {}  {} tensors  {}", (out.target() / r.file).string(), r.tensors.size(),
+          log::info("  {:<24} {:>5} tensors {:>11}", r.file, r.tensors.size(),
                     human_bytes(static_cast<double>(r.bytes)));
-      log::info("{} tensors, {} read from {} HF tensors, {:.2f} s, {:.2f} GB/s, peak RSS per rank "
-                "{}",
-                tensors, human_bytes(static_cast<double>(read)), plan.catalog.tensors.size(), secs,
-                static_cast<double>(read) / secs / 1e9, human_bytes(static_cast<double>(max_rss)));
+      log::info("  manifest.json, megatron_config.yaml, hf/ (config.json and {} side files)",
+                plan.catalog.extra_files.size());
+      log::info("{} tensors from {} HF tensors: read {}, wrote {} in {:.2f} s ({:.2f} GB/s "
+                "read); peak RSS per rank {}",
+                tensors, plan.catalog.tensors.size(), human_bytes(static_cast<double>(read)),
+                human_bytes(static_cast<double>(written)), secs,
+                static_cast<double>(read) / secs / 1e9,
+                human_bytes(static_cast<double>(gathered.max_rss)));
     } catch (const std::exception& e) {
       log::error("{}", e.what());
       mpi.abort(1);

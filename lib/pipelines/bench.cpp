@@ -1,0 +1,169 @@
+#include "pipelines/bench.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+#include "core/log.hpp"
+#include "core/proc_stats.hpp"
+#include "dist/mpi_context.hpp"
+#include "pipelines/export_pipeline.hpp"
+#include "pipelines/import_pipeline.hpp"
+#include "pipelines/shard_writer.hpp"
+#include "pipelines/synth.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+uint64_t dir_bytes(const fs::path& d) {
+  uint64_t n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(d))
+    if (e.is_regular_file()) n += e.file_size();
+  return n;
+}
+
+// Runs `phase` on every rank and returns, on rank 0, each rank's counters.
+json measure(MpiContext& mpi, const std::function<int()>& phase, double& wall, int& code) {
+  mpi.barrier();
+  const bool reset = reset_peak_rss();
+  const IoCounters io0 = read_io_counters();
+  const auto t0 = Clock::now();
+  code = phase();
+  const double mine = std::chrono::duration<double>(Clock::now() - t0).count();
+  mpi.barrier();
+  wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  const IoCounters io = read_io_counters() - io0;
+  const json j = {{"seconds", mine},        {"rchar", io.rchar},
+                  {"wchar", io.wchar},      {"read_bytes", io.read_bytes},
+                  {"write_bytes", io.write_bytes},
+                  {"peak_rss", reset ? peak_rss_now() : peak_rss_bytes()},
+                  {"peak_rss_reset", reset}};
+  json all = json::array();
+  for (const auto& g : mpi.gather(j.dump())) all.push_back(json::parse(g));
+  return all;
+}
+
+std::string gb(uint64_t b) { return fmt::format("{:.2f}", static_cast<double>(b) / 1e9); }
+}  // namespace
+
+int run_bench(const BenchOptions& opt, MpiContext& mpi) {
+  const fs::path hf = opt.dir / "hf", cp = opt.dir / "cp", meg = opt.dir / "meg", back = opt.dir / "back";
+  std::string status = "ok";
+  if (mpi.is_root()) {
+    try {
+      fs::create_directories(opt.dir);
+      if (!fs::exists(hf / "model.safetensors.index.json")) {
+        SynthOptions s;
+        s.hf_config = json::parse(read_text_file(opt.hf_config));
+        s.num_layers = opt.layers;
+        s.vision_depth = opt.vision_depth;
+        s.out = hf;
+        log::info("bench: writing the synthetic checkpoint to {}", hf.string());
+        synthesize_checkpoint(s);
+      }
+      for (const auto& p : {cp, meg, back}) fs::remove_all(p);
+      // Start every phase with nothing dirty in the page cache, so that no
+      // phase pays for the previous one's writes.
+      MB_CHECK(std::system("sync") == 0, "bench: sync failed");
+    } catch (const std::exception& e) {
+      status = e.what();
+    }
+  }
+  mpi.broadcast(status);
+  if (status != "ok") {
+    if (mpi.is_root()) log::error("{}", status);
+    return 2;
+  }
+  const auto level = log::level();
+  log::set_level(log::Level::Warn);
+
+  double cp_wall = 0, imp_wall = 0, exp_wall = 0;
+  int code = 0;
+  // The floor: the same bytes copied by cp on the same filesystem, flushed
+  // like our outputs are (we fsync every file we write).
+  const json cp_stats = measure(
+      mpi,
+      [&] {
+        if (!mpi.is_root()) return 0;
+        const std::string cmd = fmt::format("cp -r '{}' '{}' && sync", hf.string(), cp.string());
+        return std::system(cmd.c_str());
+      },
+      cp_wall, code);
+  MB_CHECK(code == 0, "bench: cp -r failed");
+  if (mpi.is_root()) {
+    fs::remove_all(cp);
+    MB_CHECK(std::system("sync") == 0, "bench: sync failed");
+  }
+
+  ImportOptions io;
+  io.hf_path = hf;
+  io.out = meg;
+  io.layout = opt.layout;
+  io.buffer_bytes = opt.buffer_bytes;
+  const json imp_stats = measure(mpi, [&] { return run_import(io, mpi); }, imp_wall, code);
+  MB_CHECK(code == 0, "bench: import failed");
+  if (mpi.is_root()) MB_CHECK(std::system("sync") == 0, "bench: sync failed");
+  ExportOptions eo;
+  eo.megatron_path = meg;
+  eo.hf_path = back;
+  eo.buffer_bytes = opt.buffer_bytes;
+  const json exp_stats = measure(mpi, [&] { return run_export(eo, mpi); }, exp_wall, code);
+  MB_CHECK(code == 0, "bench: export failed");
+  log::set_level(level);
+
+  if (mpi.is_root()) {
+    const uint64_t hf_bytes = dir_bytes(hf), meg_bytes = dir_bytes(meg);
+    std::string out = fmt::format(
+        "bench: {} ({} layers), HF {} GB, Megatron {} GB; {} ranks, {}, buffer {} MiB\n",
+        opt.hf_config.filename().string(), opt.layers, gb(hf_bytes), gb(meg_bytes), mpi.size(),
+        opt.layout.describe(), opt.buffer_bytes >> 20);
+    out += "phase      wall s    GB/s  x cp\n";
+    auto row = [&](const char* name, double wall, uint64_t bytes) {
+      out += fmt::format("{:<8} {:>8.2f} {:>7.2f} {:>5.2f}\n", name, wall,
+                         static_cast<double>(bytes) / wall / 1e9, wall / cp_wall);
+    };
+    row("cp -r", cp_wall, hf_bytes);
+    row("import", imp_wall, hf_bytes);
+    row("export", exp_wall, hf_bytes);
+    out += "phase  rank  seconds  read GB (syscall / storage)  written GB (syscall / storage)  peak RSS MiB\n";
+    for (const auto& [name, stats] : {std::pair{"import", &imp_stats}, std::pair{"export", &exp_stats}}) {
+      uint64_t total_read = 0;
+      for (size_t r = 0; r < stats->size(); ++r) {
+        const json& s = (*stats)[r];
+        total_read += s.at("rchar").get<uint64_t>();
+        out += fmt::format("{:<6} {:>4} {:>8.2f}       {:>7} / {:<7}              {:>7} / {:<7}        {:>7.1f}{}\n",
+                           name, r, s.at("seconds").get<double>(), gb(s.at("rchar").get<uint64_t>()),
+                           gb(s.at("read_bytes").get<uint64_t>()), gb(s.at("wchar").get<uint64_t>()),
+                           gb(s.at("write_bytes").get<uint64_t>()),
+                           static_cast<double>(s.at("peak_rss").get<uint64_t>()) / (1 << 20),
+                           s.at("peak_rss_reset").get<bool>() ? "" : " (process peak)");
+      }
+      out += fmt::format("{:<6}  all  read {:.3f}x the HF bytes\n", name,
+                         static_cast<double>(total_read) / static_cast<double>(hf_bytes));
+    }
+    std::fputs(out.c_str(), stdout);
+    const json record = {{"config", opt.hf_config.filename().string()}, {"layers", opt.layers},
+                         {"ranks", mpi.size()}, {"layout", opt.layout.describe()},
+                         {"buffer_mb", opt.buffer_bytes >> 20}, {"hf_bytes", hf_bytes},
+                         {"cp_seconds", cp_wall}, {"import_seconds", imp_wall},
+                         {"export_seconds", exp_wall}, {"import", imp_stats}, {"export", exp_stats}};
+    std::printf("bench-json: %s\n", record.dump().c_str());
+    std::fflush(stdout);
+    if (!opt.keep) {
+      fs::remove_all(meg);
+      fs::remove_all(back);
+    }
+  }
+  mpi.barrier();
+  return 0;
+}
+
+}  // namespace mb

@@ -1,0 +1,28 @@
+// `megabridge bench`: import and export of a synthetic checkpoint, timed
+// against a plain `cp -r` of the same checkpoint on the same filesystem in
+// the same run, with per-rank throughput, peak RSS and /proc/self/io bytes.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+
+#include "layout/parallel_layout.hpp"
+
+namespace mb {
+
+class MpiContext;
+
+struct BenchOptions {
+  std::filesystem::path hf_config;  // configs/hf/<size>.json
+  uint64_t layers = 4;
+  std::optional<uint64_t> vision_depth;
+  std::filesystem::path dir;  // work directory: hf/, cp/, meg/, back/
+  ParallelLayout layout;
+  uint64_t buffer_bytes = 256ull << 20;
+  bool keep = false;  // keep the outputs (the synthetic input is always kept for reuse)
+};
+
+int run_bench(const BenchOptions& opt, MpiContext& mpi);
+
+}  // namespace mb
