@@ -9,43 +9,12 @@
 
 #include "core/file.hpp"
 #include "layout/import_plan.hpp"
+#include "test_util.hpp"
 
 using namespace mb;
 using nlohmann::json;
 
 namespace {
-json load_json(const std::string& name) {
-  return json::parse(read_text_file(std::string(MEGABRIDGE_SOURCE_DIR) + "/configs/hf/" + name));
-}
-
-// A catalogue with the schema's tensors; offsets are fake (nothing is read).
-HfCatalog catalog_from_schema(const ModelConfig& m, ExpertLayouts experts, bool head) {
-  HfCatalog c;
-  c.dir = "/nonexistent";
-  c.files = {"model.safetensors-00001-of-00001.safetensors"};
-  c.file_sizes = {0};
-  uint64_t off = 0;
-  for (const auto& s : qwen35_hf_schema(m, experts, head)) {
-    HfTensor t{s.name, s.dtype, s.shape, 0, off, numel(s.shape) * dtype_size(s.dtype)};
-    off += t.nbytes;
-    c.tensors.push_back(t);
-  }
-  std::sort(c.tensors.begin(), c.tensors.end(),
-            [](const HfTensor& a, const HfTensor& b) { return a.name < b.name; });
-  return c;
-}
-
-// A small geometry from a real config: fewer layers and experts, same shapes otherwise.
-ModelConfig small(const std::string& name, uint64_t layers, uint64_t experts = 0) {
-  json j = load_json(name);
-  j["text_config"]["num_hidden_layers"] = layers;
-  auto lt = j["text_config"]["layer_types"];
-  j["text_config"]["layer_types"] = json(std::vector<json>(lt.begin(), lt.begin() + static_cast<long>(layers)));
-  if (experts) j["text_config"]["num_experts"] = experts;
-  j["vision_config"]["depth"] = 2;
-  return parse_model_config(j, name);
-}
-
 ImportPlan plan(const ModelConfig& m, ParallelLayout l, ExpertLayouts e = {}, int ranks = 1) {
   return build_import_plan(m, catalog_from_schema(m, e, !m.tied), PlanRequest{l, std::nullopt, true, ranks});
 }

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "core/error.hpp"
+#include "core/nd_box.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -139,47 +140,18 @@ std::vector<hsize_t> dims_of(const Shape& s) {
   return std::vector<hsize_t>(s.begin(), s.end());
 }
 
-// Selects rows [r0, r1) of the 2-D view (rows = all dims but the last) in an
-// N-D dataspace, as a union of hyperslabs over the leading dims.
+// Selects rows [r0, r1) x cols [c0, c1) of the 2-D view in an N-D dataspace,
+// as a union of hyperslabs.
 void select_rows(hid_t space, const std::vector<hsize_t>& dims, uint64_t r0, uint64_t r1,
                  uint64_t c0, uint64_t c1) {
-  const size_t nd = dims.size();
-  if (nd == 1) {  // a 1-D tensor is viewed as [n, 1]
-    hsize_t start = r0, count = r1 - r0;
-    H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &count, nullptr);
-    return;
-  }
-  const size_t lead = nd - 1;  // row dims
-  std::vector<uint64_t> stride(lead, 1);
-  for (size_t k = lead; k-- > 1;) stride[k - 1] = stride[k] * dims[k];
+  const Shape shape(dims.begin(), dims.end());
   bool first = true;
-  while (r0 < r1) {
-    // The coarsest level at which r0 is aligned and a whole block still fits.
-    size_t k = lead - 1;
-    for (size_t j = 0; j < lead; ++j)
-      if (r0 % stride[j] == 0 && r0 + stride[j] <= r1) {
-        k = j;
-        break;
-      }
-    const uint64_t idx_k = (r0 / stride[k]) % dims[k];
-    const uint64_t count_k = std::min<uint64_t>((r1 - r0) / stride[k], dims[k] - idx_k);
-    std::vector<hsize_t> start(nd, 0), count(nd, 1);
-    for (size_t j = 0; j < lead; ++j) {
-      if (j < k) {
-        start[j] = (r0 / stride[j]) % dims[j];
-      } else if (j == k) {
-        start[j] = idx_k;
-        count[j] = count_k;
-      } else {
-        count[j] = dims[j];
-      }
-    }
-    start[nd - 1] = c0;
-    count[nd - 1] = c1 - c0;
+  for (const Box& b : rows_to_boxes(shape, r0, r1, c0, c1)) {
+    const std::vector<hsize_t> start(b.offsets.begin(), b.offsets.end());
+    const std::vector<hsize_t> count(b.sizes.begin(), b.sizes.end());
     H5Sselect_hyperslab(space, first ? H5S_SELECT_SET : H5S_SELECT_OR, start.data(), nullptr,
                         count.data(), nullptr);
     first = false;
-    r0 += count_k * stride[k];
   }
 }
 }  // namespace
