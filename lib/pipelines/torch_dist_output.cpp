@@ -1,0 +1,210 @@
+#include "pipelines/torch_dist_output.hpp"
+
+#include <map>
+#include <set>
+
+#include <yaml-cpp/yaml.h>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+#include "core/hash.hpp"
+#include "core/log.hpp"
+#include "formats/torch_dist/dcp_metadata.hpp"
+#include "formats/torch_dist/pickle.hpp"
+#include "formats/torch_dist/torch_save.hpp"
+#include "model/megatron_config.hpp"
+#include "model/qwen35_dist_keys.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Streams a chunk into its archive.
+class ArchiveSink : public RowSink {
+ public:
+  explicit ArchiveSink(TorchSaveTensorWriter& w, uint64_t row_bytes) : w_(w), row_bytes_(row_bytes) {}
+  void write(uint64_t, uint64_t rows, const void* data) override { w_.write(data, rows * row_bytes_); }
+
+ private:
+  TorchSaveTensorWriter& w_;
+  uint64_t row_bytes_;
+};
+
+// The segments of rows [row0, row0+rows) of a tensor, renumbered from 0.
+std::vector<Segment> slice_rows(const std::vector<Segment>& segs, uint64_t row0, uint64_t rows) {
+  std::vector<Segment> out;
+  for (const Segment& s : segs) {
+    const uint64_t a = std::max(row0, s.dst_row), b = std::min(row0 + rows, s.dst_row + s.rows);
+    if (a >= b) continue;
+    Segment x = s;
+    x.src_row += a - s.dst_row;
+    x.dst_row = a - row0;
+    x.rows = b - a;
+    out.push_back(x);
+  }
+  return out;
+}
+
+// torch.save([torch.empty(0, dtype=torch.uint8)]): the _extra_state payload of
+// TransformerEngine >= 2 modules without FP8, accepted by every such module.
+const std::string& empty_extra_state_archive() {
+  static const std::string bytes = [] {
+    pickle::Writer w;
+    w.empty_list();
+    pickle_tensor(w, "0", DType::U8, {0});
+    w.append();
+    return torch_save_archive(w.finish(), {std::string()});
+  }();
+  return bytes;
+}
+
+// common.pt as a Megatron-Bridge import writes it (spec §1.4).
+std::string common_pt() {
+  pickle::Writer w;
+  w.empty_dict();
+  w.mark();
+  w.string("checkpoint_version");
+  w.floating(3.0);
+  w.string("iteration");
+  w.integer(0);
+  w.string("content_metadata");
+  w.empty_dict();
+  w.mark();
+  w.string("singleton_local_shards");
+  w.boolean(false);
+  w.string("chained_optim_avoid_prefix");
+  w.boolean(true);
+  w.setitems();
+  w.setitems();
+  return torch_save_archive(w.finish(), {}, "common");
+}
+
+}  // namespace
+
+DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::path& out_dir,
+                                 CopyEngine& engine, RowSource& source,
+                                 const std::function<void()>& on_tensor) {
+  DistFileResult r;
+  const std::string rel = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, rank);
+  r.file = rel;
+  const fs::path path = out_dir / rel;
+  const uint64_t read_before = source.bytes_read();
+  {
+    File f(path, File::Mode::Write);
+    uint64_t pos = 0;
+    // Objects first, then tensors, as Megatron orders a bucket.
+    for (size_t si : plan.shards_of_rank(rank)) {
+      const ShardPlan& s = plan.shards[si];
+      for (const LocalTensor& t : s.tensors)
+        for (const std::string& key : dist_extra_states(t, plan.model, plan.layout, s.coord)) {
+          const std::string& bytes = empty_extra_state_archive();
+          f.pwrite_exact(bytes.data(), bytes.size(), pos);
+          r.items.push_back({key, true, {}, {}, {}, DType::U8, pos, bytes.size()});
+          pos += bytes.size();
+        }
+    }
+    for (size_t si : plan.shards_of_rank(rank)) {
+      const ShardPlan& s = plan.shards[si];
+      for (const LocalTensor& t : s.tensors) {
+        if (!t.canonical) continue;
+        for (const DistPiece& p : dist_pieces(t, plan.model, plan.layout, s.coord)) {
+          const std::vector<Segment> segs = slice_rows(t.segments, p.row0, p.rows);
+          TorchSaveTensorWriter w(f, pos, t.dtype, p.sizes);
+          ArchiveSink sink(w, t.cols() * dtype_size(t.dtype));
+          try {
+            engine.run({p.key, &segs, p.rows, t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
+          } catch (...) {
+            rethrow_with_context(fmt::format("writing {} of {} into {}", p.key, t.global_name, rel));
+          }
+          const uint64_t len = w.finish();
+          r.items.push_back({p.key, false, p.offsets, p.sizes, p.global_shape, t.dtype, pos, len});
+          pos += len;
+        }
+        if (on_tensor) on_tensor();
+      }
+    }
+    if (r.items.empty()) {
+      f.close();
+      fs::remove(path);
+      r.file.clear();
+      return r;
+    }
+    f.fsync();
+    f.close();
+  }
+  r.bytes = fs::file_size(path);
+  r.xxh3 = hash_hex(hash_file(path));
+  r.bytes_read = source.bytes_read() - read_before;
+  return r;
+}
+
+void finish_torch_dist(const ImportPlan& plan, const std::vector<DistFileResult>& results,
+                       const fs::path& out_dir) {
+  DcpMetadata md;
+  for (const DistFileResult& r : results) {
+    const std::string file = fs::path(r.file).filename().string();
+    for (const DistItem& it : r.items) {
+      if (it.object) {
+        MB_CHECK(md.byte_items.insert(it.key).second,
+                 "internal: ShardedObject {} written twice (the second time in {})", it.key, r.file);
+        md.storage[{it.key, {}}] = {file, it.offset, it.length};
+        continue;
+      }
+      DcpTensor& t = md.tensors[it.key];
+      if (t.chunks.empty()) {
+        t.dtype = it.dtype;
+        t.size = it.global_shape;
+      }
+      MB_CHECK(t.size == it.global_shape && t.dtype == it.dtype,
+               "internal: {} written with shapes {} and {}", it.key, shape_str(t.size),
+               shape_str(it.global_shape));
+      t.chunks.push_back({it.offsets, it.sizes});
+      md.storage[{it.key, it.offsets}] = {file, it.offset, it.length};
+    }
+  }
+  // Before anything marks the checkpoint complete: the chunks tile every key.
+  const auto problems = check_dcp_tiling(md);
+  if (!problems.empty()) {
+    std::string msg = fmt::format("torch_dist output is inconsistent ({} problems):", problems.size());
+    for (size_t i = 0; i < problems.size() && i < 10; ++i) msg += "\n  - " + problems[i];
+    throw Error(msg);
+  }
+  const fs::path iter = out_dir / kTorchDistIterDir;
+  write_file_atomic(iter / "common.pt", common_pt());
+  // Exactly the four fields every Megatron-Core version accepts (spec §3.1).
+  write_file_atomic(iter / "metadata.json",
+                    R"({"sharded_backend": "torch_dist", "sharded_backend_version": 1, )"
+                    R"("common_backend": "torch", "common_backend_version": 1})");
+  write_file_atomic(iter / "run_config.yaml", megatron_config_yaml(plan.model, plan.layout));
+  write_file_atomic(out_dir / "latest_checkpointed_iteration.txt", "0");
+  // .metadata last: its presence is what makes the directory a DCP checkpoint.
+  write_file_atomic(iter / ".metadata", write_dcp_metadata(md));
+  log::debug("torch_dist: {} tensors, {} objects", md.tensors.size(), md.byte_items.size());
+}
+
+json dist_file_result_to_json(const DistFileResult& r) {
+  json items = json::array();
+  for (const auto& i : r.items)
+    items.push_back({i.key, i.object, i.offsets, i.sizes, i.global_shape, dtype_name(i.dtype), i.offset,
+                     i.length});
+  return {{"file", r.file}, {"bytes", r.bytes}, {"xxh3", r.xxh3}, {"bytes_read", r.bytes_read},
+          {"items", std::move(items)}};
+}
+
+DistFileResult dist_file_result_from_json(const json& j) {
+  DistFileResult r;
+  r.file = j.at("file").get<std::string>();
+  r.bytes = j.at("bytes").get<uint64_t>();
+  r.xxh3 = j.at("xxh3").get<std::string>();
+  r.bytes_read = j.at("bytes_read").get<uint64_t>();
+  for (const auto& i : j.at("items"))
+    r.items.push_back({i.at(0).get<std::string>(), i.at(1).get<bool>(),
+                       i.at(2).get<std::vector<uint64_t>>(), i.at(3).get<std::vector<uint64_t>>(),
+                       i.at(4).get<Shape>(), *dtype_from_name(i.at(5).get<std::string>()),
+                       i.at(6).get<uint64_t>(), i.at(7).get<uint64_t>()});
+  return r;
+}
+
+}  // namespace mb

@@ -1,0 +1,58 @@
+// Import output in Megatron-Core's torch_dist format: each rank writes one
+// __<rank>_0.distcp with the canonical pieces of its shards (one torch.save
+// archive per chunk, plus the TransformerEngine _extra_state objects); rank 0
+// checks that the chunks tile every key, then writes common.pt,
+// metadata.json, run_config.yaml and, last, .metadata.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "layout/import_plan.hpp"
+#include "pipelines/copy_engine.hpp"
+#include "pipelines/manifest.hpp"
+
+namespace mb {
+
+class MpiContext;
+
+inline constexpr const char* kTorchDistIterDir = "iter_0000000";
+
+// One item a rank wrote: a tensor chunk (offsets/sizes in the key's global
+// shape) or a ShardedObject (object = true).
+struct DistItem {
+  std::string key;
+  bool object = false;
+  std::vector<uint64_t> offsets, sizes;
+  Shape global_shape;
+  DType dtype = DType::BF16;
+  uint64_t offset = 0, length = 0;
+};
+
+struct DistFileResult {
+  std::string file;  // relative to the output directory, e.g. iter_0000000/__3_0.distcp
+  uint64_t bytes = 0;
+  std::string xxh3;
+  uint64_t bytes_read = 0;
+  std::vector<DistItem> items;
+};
+
+// Writes this rank's .distcp file (none if it has no canonical tensor).
+DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const std::filesystem::path& out_dir,
+                                 CopyEngine& engine, RowSource& source,
+                                 const std::function<void()>& on_tensor = {});
+
+// Rank 0, after every rank wrote its file: validates and writes the Megatron
+// files. Returns the manifest's file list entries.
+void finish_torch_dist(const ImportPlan& plan, const std::vector<DistFileResult>& results,
+                       const std::filesystem::path& out_dir);
+
+nlohmann::json dist_file_result_to_json(const DistFileResult& r);
+DistFileResult dist_file_result_from_json(const nlohmann::json& j);
+
+}  // namespace mb

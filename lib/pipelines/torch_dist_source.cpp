@@ -1,0 +1,132 @@
+#include "pipelines/torch_dist_source.hpp"
+
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/nd_box.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+
+TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs)
+    : ck_(ck), refs_(std::move(refs)) {}
+
+const std::vector<DistPiece>& TorchDistSource::pieces(uint32_t id) {
+  auto it = pieces_.find(id);
+  if (it != pieces_.end()) return it->second;
+  const LocalTensorRef& ref = refs_.at(id);
+  const ShardPlan& s = ck_.shards.at(ref.shard);
+  return pieces_.emplace(id, dist_pieces(s.tensors.at(ref.tensor), ck_.model, ck_.layout, s.coord))
+      .first->second;
+}
+
+const File& TorchDistSource::file(const std::string& relative) {
+  auto it = files_.find(relative);
+  if (it == files_.end())
+    it = files_.emplace(relative, File(resolve_inside(ck_.iter_dir, relative, "torch_dist item"),
+                                       File::Mode::Read))
+             .first;
+  return it->second;
+}
+
+const TorchTensorItem& TorchDistSource::item(const std::string& key, const DcpChunk& chunk) {
+  auto k = std::make_pair(key, chunk.offsets);
+  auto it = items_.find(k);
+  if (it != items_.end()) return it->second;
+  const DcpStorage& st = ck_.dcp.storage_of(key, chunk.offsets);
+  const std::string what = fmt::format("{} chunk at [{}] in {}", key, fmt::join(chunk.offsets, ", "),
+                                       st.relative_path);
+  TorchTensorItem ti = read_torch_tensor_item(file(st.relative_path), st.offset, st.length, what);
+  MB_CHECK(ti.shape == chunk.sizes, "{}: the archive holds shape {} but .metadata says {}", what,
+           shape_str(ti.shape), shape_str(chunk.sizes));
+  // Chunks are written contiguous; anything else would need a gather.
+  uint64_t expect = 1;
+  for (size_t d = ti.shape.size(); d-- > 0;) {
+    MB_CHECK(ti.shape[d] == 1 || ti.stride[d] == expect, "{}: non-contiguous strides", what);
+    expect *= ti.shape[d];
+  }
+  return items_.emplace(k, ti).first->second;
+}
+
+void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                           void* dst, uint64_t dst_stride) {
+  auto* out = static_cast<unsigned char*>(dst);
+  for (const DistPiece& p : pieces(id)) {
+    const uint64_t a = std::max(row0, p.row0), b = std::min(row0 + rows, p.row0 + p.rows);
+    if (a >= b) continue;
+    const DcpTensor* meta = nullptr;
+    if (auto it = ck_.dcp.tensors.find(p.key); it != ck_.dcp.tensors.end()) meta = &it->second;
+    MB_CHECK(meta != nullptr, "{}: key '{}' is missing from the checkpoint", ck_.dir.string(), p.key);
+    const size_t es = dtype_size(meta->dtype);
+    // Work in the local tensor's 2-D view. A 1-D local tensor ([n], viewed as
+    // [n, 1]) gets a trailing axis of extent 1 on its key boxes, so that each
+    // element is a row (its key may be [n], or [depth, n] when stacked).
+    const LocalTensorRef& ref = refs_.at(id);
+    const LocalTensor& lt = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+    const bool one_d = lt.shape.size() <= 1;
+    auto widen = [&](std::vector<uint64_t> v, uint64_t extra) {
+      if (one_d) v.push_back(extra);
+      return v;
+    };
+    const std::vector<uint64_t> psizes = widen(p.sizes, 1), poffsets = widen(p.offsets, 0);
+    const size_t nd = psizes.size();
+    // The rows of this piece we need, as boxes of the piece, then of the key.
+    for (Box box : rows_to_boxes(psizes, a - p.row0, b - p.row0, col0, col0 + cols)) {
+      for (size_t d = 0; d < nd; ++d) box.offsets[d] += poffsets[d];
+      for (const DcpChunk& c : meta->chunks) {
+        const std::vector<uint64_t> csizes = widen(c.sizes, 1), coffsets = widen(c.offsets, 0);
+        const auto cut = intersect(box, Box{coffsets, csizes});
+        if (!cut) continue;
+        const TorchTensorItem& ti = item(p.key, c);
+        MB_CHECK(ti.dtype == meta->dtype, "{}: chunk dtype {} differs from .metadata's {}", p.key,
+                 dtype_name(ti.dtype), dtype_name(meta->dtype));
+        const File& f = file(ck_.dcp.storage_of(p.key, c.offsets).relative_path);
+        // Walk the cut's innermost runs (contiguous in the chunk), merging runs
+        // that continue each other both in the file and in the destination.
+        const uint64_t run = cut->sizes[nd - 1];
+        std::vector<uint64_t> pt = cut->offsets;
+        uint64_t pend_file = 0, pend_len = 0;
+        unsigned char* pend_dst = nullptr;
+        auto flush = [&] {
+          if (pend_len) f.pread_exact(pend_dst, pend_len, pend_file, p.key);
+          bytes_read_ += pend_len;
+          pend_len = 0;
+        };
+        while (true) {
+          std::vector<uint64_t> in_chunk(nd), in_piece(nd);
+          for (size_t d = 0; d < nd; ++d) {
+            in_chunk[d] = pt[d] - coffsets[d];
+            in_piece[d] = pt[d] - poffsets[d];
+          }
+          const uint64_t file_off =
+              ti.data_offset + (ti.storage_offset + linear_index(in_chunk, csizes)) * es;
+          const uint64_t local_row = p.row0 + linear_index(
+                                                  std::vector<uint64_t>(in_piece.begin(), in_piece.end() - 1),
+                                                  Shape(psizes.begin(), psizes.end() - 1));
+          MB_CHECK(local_row >= row0 && local_row < row0 + rows && in_piece[nd - 1] >= col0 &&
+                       in_piece[nd - 1] + run <= col0 + cols,
+                   "internal: {} box maps outside the requested rows", p.key);
+          unsigned char* d = out + (local_row - row0) * dst_stride + (in_piece[nd - 1] - col0) * es;
+          if (pend_len && pend_file + pend_len == file_off && pend_dst + pend_len == d) {
+            pend_len += run * es;
+          } else {
+            flush();
+            pend_file = file_off;
+            pend_dst = d;
+            pend_len = run * es;
+          }
+          // Next run: odometer over all dims but the last.
+          size_t k = nd - 1;
+          while (k-- > 0) {
+            if (++pt[k] < cut->offsets[k] + cut->sizes[k]) break;
+            pt[k] = cut->offsets[k];
+          }
+          if (k == static_cast<size_t>(-1)) break;
+        }
+        flush();
+      }
+    }
+  }
+}
+
+}  // namespace mb
