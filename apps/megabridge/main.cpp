@@ -25,7 +25,7 @@ namespace {
 struct ImportFlags {
   std::string config, hf_path, out, format, dtype;
   std::optional<uint64_t> tp, pp, ep, etp, first, last, buffer_mb;
-  bool not_strict = false, overwrite = false;
+  bool not_strict = false, overwrite = false, resume = false;
 
   void add(CLI::App* c, bool with_output) {
     c->add_option("--config", config, "YAML job file (configs/*.yaml)");
@@ -37,11 +37,14 @@ struct ImportFlags {
     c->add_option("--etp", etp, "expert tensor-parallel size (1 or TP)");
     c->add_option("--first-stage-layers", first, "decoder layers on the first pipeline stage");
     c->add_option("--last-stage-layers", last, "decoder layers on the last pipeline stage");
-    if (with_output) c->add_option("--format", format, "output format: hdf5");
+    if (with_output) c->add_option("--format", format, "output format: hdf5 or torch_dist");
     c->add_option("--dtype", dtype, "keep (default), bf16, fp16 or fp32");
     c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
     c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
     if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
+    if (with_output)
+      c->add_flag("--resume", resume,
+                  "continue an interrupted run, keeping the shards it committed (checked by checksum)");
   }
 
   mb::ImportOptions resolve() const {
@@ -59,13 +62,14 @@ struct ImportFlags {
     if (buffer_mb) o.buffer_bytes = *buffer_mb << 20;
     if (not_strict) o.strict = false;
     if (overwrite) o.overwrite = true;
+    if (resume) o.resume = true;
     MB_CHECK(!o.hf_path.empty(), "no HF checkpoint given: use --hf-path or source.hf_path in --config");
     return o;
   }
 };
 
 struct ExportFlags {
-  std::string config, megatron_path, hf_path, experts, mtp_experts, max_shard_size, dtype;
+  std::string config, megatron_path, hf_path, experts, mtp_experts, max_shard_size, dtype, hf_config;
   std::optional<uint64_t> buffer_mb;
   bool no_verify = false, overwrite = false;
 
@@ -81,6 +85,8 @@ struct ExportFlags {
     c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
     c->add_flag("--no-verify-checksums", no_verify, "skip the shard checksum check");
     c->add_flag("--overwrite", overwrite, "replace an existing output directory");
+    c->add_option("--hf-config", hf_config,
+                  "the model's HF config.json, for a torch_dist checkpoint not written by megabridge");
   }
 
   mb::ExportOptions resolve() const {
@@ -94,6 +100,7 @@ struct ExportFlags {
     if (buffer_mb) o.buffer_bytes = *buffer_mb << 20;
     if (no_verify) o.verify_checksums = false;
     if (overwrite) o.overwrite = true;
+    if (!hf_config.empty()) o.hf_config = hf_config;
     MB_CHECK(!o.megatron_path.empty(), "no Megatron checkpoint given: use --megatron-path");
     MB_CHECK(!o.hf_path.empty(), "no output directory given: use --hf-path");
     return o;
@@ -159,6 +166,8 @@ int main(int argc, char** argv) {
   verify_cmd->add_option("--rtol", verify_opt.rtol, "relative tolerance (default 0: bit-exact)");
   verify_cmd->add_option("--buffer-mb", verify_buffer_mb, "staging memory per rank in MiB");
   verify_cmd->add_flag("--no-verify-checksums", verify_no_checksums, "skip the shard checksum check");
+  verify_cmd->add_option("--hf-config", verify_opt.hf_config,
+                         "HF config.json for a torch_dist side not written by megabridge (default: the HF side's)");
   mb::ReshardOptions reshard_opt;
   std::optional<uint64_t> reshard_first, reshard_last, reshard_buffer_mb;
   bool reshard_no_checksums = false;

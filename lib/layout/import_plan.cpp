@@ -265,6 +265,13 @@ uint64_t ShardPlan::bytes_written() const {
   return n;
 }
 
+uint64_t ShardPlan::canonical_bytes() const {
+  uint64_t n = 0;
+  for (const auto& t : tensors)
+    if (t.canonical) n += t.nbytes();
+  return n;
+}
+
 uint64_t ShardPlan::bytes_read() const {
   uint64_t n = 0;
   for (const auto& t : tensors) n += t.source_bytes();
@@ -336,13 +343,14 @@ std::vector<LocalTensor> plan_shard_tensors(const ModelConfig& m, const HfCatalo
   return x.take();
 }
 
-void assign_shards_to_ranks(std::vector<ShardPlan>& shards, int world_size) {
+void assign_shards_to_ranks(std::vector<ShardPlan>& shards, int world_size, bool canonical_only) {
   MB_CHECK(world_size >= 1, "internal: world size {}", world_size);
+  auto weight = [&](size_t i) {
+    return canonical_only ? shards[i].canonical_bytes() : shards[i].bytes_written();
+  };
   std::vector<size_t> order(shards.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return shards[a].bytes_written() > shards[b].bytes_written();
-  });
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return weight(a) > weight(b); });
   std::vector<uint64_t> load(static_cast<size_t>(world_size), 0);
   std::vector<size_t> count(static_cast<size_t>(world_size), 0);
   for (size_t i : order) {
@@ -350,7 +358,7 @@ void assign_shards_to_ranks(std::vector<ShardPlan>& shards, int world_size) {
     for (size_t r = 1; r < load.size(); ++r)
       if (load[r] < load[best] || (load[r] == load[best] && count[r] < count[best])) best = r;
     shards[i].rank = static_cast<int>(best);
-    load[best] += shards[i].bytes_written();
+    load[best] += weight(i);
     ++count[best];
   }
 }

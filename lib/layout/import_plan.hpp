@@ -48,6 +48,7 @@ struct ShardPlan {
   int rank = 0;  // the MPI rank that writes it
   std::vector<LocalTensor> tensors;
   uint64_t bytes_written() const;
+  uint64_t canonical_bytes() const;
   uint64_t bytes_read() const;
 };
 
@@ -83,8 +84,10 @@ std::vector<LocalTensor> plan_shard_tensors(const ModelConfig& m, const HfCatalo
                                             const ExpertLayouts& experts, const ParallelLayout& l,
                                             const ShardCoord& coord, std::optional<DType> cast);
 
-// Assigns shards to ranks, largest first onto the least-loaded rank.
-void assign_shards_to_ranks(std::vector<ShardPlan>& shards, int world_size);
+// Assigns shards to ranks, largest first onto the least-loaded rank. With
+// canonical_only the load counts only canonical copies (torch_dist writes no replicas).
+void assign_shards_to_ranks(std::vector<ShardPlan>& shards, int world_size,
+                            bool canonical_only = false);
 
 nlohmann::json plan_to_json(const ImportPlan& p);
 ImportPlan plan_from_json(const nlohmann::json& j);

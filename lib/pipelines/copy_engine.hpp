@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,8 @@ class CopyEngine {
   CopyResult run(const CopyJob& job, RowSource& src, RowSink& sink);
 
   uint64_t buffer_bytes() const { return buffer_bytes_; }
+  // Called after every block handed to a sink, with the bytes it held.
+  void on_block(std::function<void(uint64_t)> f) { on_block_ = std::move(f); }
   // The largest staging footprint used so far (>= buffer only if one row alone is larger).
   uint64_t peak_staging_bytes() const { return peak_; }
 
@@ -60,6 +63,7 @@ class CopyEngine {
   uint64_t buffer_bytes_;
   uint64_t peak_ = 0;
   std::vector<unsigned char> staging_;
+  std::function<void(uint64_t)> on_block_;
 };
 
 }  // namespace mb

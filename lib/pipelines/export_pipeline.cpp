@@ -10,6 +10,8 @@
 #include "core/file.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
+#include "dist/progress.hpp"
+#include "dist/test_hooks.hpp"
 #include "formats/safetensors/safetensors_header.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/shard_writer.hpp"
@@ -174,7 +176,7 @@ ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& 
   plan.refs = index.refs;
   // Files: the source's names and shard map, or a fresh split by size.
   std::vector<uint32_t> file_of(cat.tensors.size(), 0);
-  if (same_files && !opt.max_shard_bytes) {
+  if (same_files && !opt.max_shard_bytes && !src_files.empty()) {
     plan.files = src_files;
     for (size_t i = 0; i < cat.tensors.size(); ++i) file_of[i] = cat.tensors[i].file;
   } else {
@@ -251,7 +253,11 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
   std::string status = "ok", blob;
   std::optional<MegatronCheckpoint> ck;
   try {
-    ck = open_megatron_checkpoint(opt.megatron_path);
+    ForeignCheckpointOptions foreign;
+    foreign.hf_config = opt.hf_config;
+    if (opt.experts) foreign.experts.main = *opt.experts;
+    if (opt.mtp_experts) foreign.experts.mtp = *opt.mtp_experts;
+    ck = open_megatron_checkpoint(opt.megatron_path, &foreign);
     if (mpi.is_root()) {
       const auto packed = json::to_msgpack(to_json(build_export_plan(*ck, opt, mpi.size())));
       blob.assign(packed.begin(), packed.end());
@@ -298,10 +304,14 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
     return 2;
   }
 
-  uint64_t written = 0, tensors = 0;
+  uint64_t written = 0, tensors = 0, total_bytes = 0;
+  for (const auto& t : plan.tensors) total_bytes += t.nbytes();
+  Progress progress(mpi, "export", total_bytes, plan.tensors.size());
   try {
     CopyEngine engine(opt.buffer_bytes);
-    Hdf5ShardSource source(*ck, plan.refs);
+    engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
+    const auto source_ptr = open_local_source(*ck, plan.refs);
+    RowSource& source = *source_ptr;
     std::map<uint32_t, File> files;
     for (const ExportTensor& t : plan.tensors) {
       if (t.rank != mpi.rank()) continue;
@@ -317,12 +327,15 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       }
       written += t.nbytes();
       ++tensors;
+      progress.add_tensor();
+      test_hook_after_tensor(mpi.rank());
     }
     for (auto& [f, file] : files) file.fsync();
   } catch (const std::exception& e) {
     log::error("{}", e.what());
     mpi.abort(1);
   }
+  progress.finish();
   const uint64_t total_written = mpi.all_reduce_sum(written);
   const uint64_t total_tensors = mpi.all_reduce_sum(tensors);
   const uint64_t max_rss = mpi.all_reduce_max(peak_rss_bytes());

@@ -24,6 +24,9 @@ struct ExportOptions {
   uint64_t buffer_bytes = 256ull << 20;
   bool verify_checksums = true;
   bool overwrite = false;
+  // For a torch_dist checkpoint written by another tool (no megabridge
+  // manifest): the model's HF config.json.
+  std::filesystem::path hf_config;
 };
 
 int run_export(const ExportOptions& opt, MpiContext& mpi);

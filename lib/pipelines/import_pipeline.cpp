@@ -1,12 +1,16 @@
 #include "pipelines/import_pipeline.hpp"
 
 #include <chrono>
+#include <optional>
 #include <filesystem>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
+#include "core/hash.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
+#include "dist/progress.hpp"
+#include "dist/test_hooks.hpp"
 #include "layout/import_plan.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/copy_engine.hpp"
@@ -14,12 +18,27 @@
 #include "pipelines/safetensors_source.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
+#include "pipelines/torch_dist_output.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
+
+// A shard an interrupted run already committed, if its bytes still match the
+// checksum recorded when it was written.
+std::optional<ShardResult> resume_shard(const StagedOutput& out, const std::string& file) {
+  const std::string rec = out.done_record(file);
+  const auto path = out.staging() / file;
+  if (rec.empty() || !std::filesystem::exists(path)) return std::nullopt;
+  ShardResult r = shard_result_from_json(json::parse(rec));
+  if (std::filesystem::file_size(path) != r.bytes || hash_hex(hash_file(path)) != r.xxh3) {
+    log::warn("resume: {} does not match its recorded checksum; writing it again", file);
+    return std::nullopt;
+  }
+  return r;
+}
 
 void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
   const fs::path dst = staging / "hf";
@@ -35,7 +54,9 @@ void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
 int run_import(const ImportOptions& opt, MpiContext& mpi) {
   const auto t0 = std::chrono::steady_clock::now();
   const StagedOutput out(opt.out);
-  MB_CHECK(opt.format == "hdf5", "unknown output format '{}' (supported: hdf5)", opt.format);
+  MB_CHECK(opt.format == "hdf5" || opt.format == "torch_dist",
+           "unknown output format '{}' (supported: hdf5, torch_dist)", opt.format);
+  const bool dist = opt.format == "torch_dist";
 
   // Rank 0 reads config.json, the index and every header once, plans, and
   // broadcasts the plan; a planning error is reported by rank 0 only and every
@@ -47,8 +68,20 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       validate_layout(opt.layout, model);  // before any tensor I/O
       HfCatalog catalog = read_hf_catalog(opt.hf_path);
       PlanRequest req{opt.layout, opt.dtype, opt.strict, mpi.size()};
-      const ImportPlan plan = build_import_plan(model, std::move(catalog), req);
-      out.prepare(opt.overwrite);
+      ImportPlan plan = build_import_plan(model, std::move(catalog), req);
+      // torch_dist stores each element once: balance by the canonical bytes.
+      if (dist) assign_shards_to_ranks(plan.shards, mpi.size(), /*canonical_only=*/true);
+      // What must match for a partial output to be resumed: the plan's
+      // inputs, and for torch_dist the rank count (files are per rank).
+      json fp = plan_to_json(plan);
+      fp.erase("shards");
+      fp["format"] = opt.format;
+      fp["ranks"] = dist ? mpi.size() : 0;
+      const std::string fps = fp.dump();
+      const bool resumed =
+          out.prepare(opt.overwrite, opt.resume, hash_hex(hash_bytes(fps.data(), fps.size())));
+      if (resumed) log::info("resuming the partial output in {}", out.staging().string());
+      if (dist) std::filesystem::create_directories(out.staging() / kTorchDistIterDir);
       const auto packed = json::to_msgpack(plan_to_json(plan));
       blob.assign(packed.begin(), packed.end());
       status = "ok";
@@ -66,51 +99,119 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
   blob.clear();
   blob.shrink_to_fit();
 
-  const auto mine = plan.shards_of_rank(mpi.rank());
+  uint64_t total_bytes = 0, total_tensors = 0;
+  for (const auto& s : plan.shards)
+    for (const auto& t : s.tensors)
+      if (!dist || t.canonical) {
+        total_bytes += t.nbytes();
+        ++total_tensors;
+      }
+  Progress progress(mpi, "import", total_bytes, total_tensors);
   std::vector<ShardResult> results;
+  DistFileResult dist_result;
   try {
     CopyEngine engine(opt.buffer_bytes);
+    engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     SafetensorsSource source(plan.catalog);
-    for (size_t i : mine) {
-      const ShardPlan& s = plan.shards[i];
-      log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
-                 human_bytes(static_cast<double>(s.bytes_written())));
-      results.push_back(
-          write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(), engine, source));
+    const std::string dist_name = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, mpi.rank());
+    std::optional<DistFileResult> kept;
+    if (dist && opt.resume) {
+      const std::string rec = out.done_record(dist_name);
+      if (!rec.empty()) {
+        DistFileResult r = dist_file_result_from_json(json::parse(rec));
+        if (r.file.empty() || (std::filesystem::exists(out.staging() / r.file) &&
+                               hash_hex(hash_file(out.staging() / r.file)) == r.xxh3)) {
+          kept = std::move(r);
+          log::info("resume: keeping {}", dist_name);
+        }
+      }
+    }
+    if (kept) {
+      dist_result = *kept;
+    } else if (dist) {
+      dist_result = write_distcp_file(plan, mpi.rank(), out.staging(), engine, source,
+                                      [&] {
+                                           progress.add_tensor();
+                                           test_hook_after_tensor(mpi.rank());
+                                         });
+      out.mark_done(dist_name, dist_file_result_to_json(dist_result).dump());
+    } else {
+      for (size_t i : plan.shards_of_rank(mpi.rank())) {
+        const ShardPlan& s = plan.shards[i];
+        if (opt.resume) {
+          if (auto r = resume_shard(out, s.coord.file_name())) {
+            log::info("resume: keeping {}", s.coord.file_name());
+            progress.add_bytes(s.bytes_written());
+            results.push_back(std::move(*r));
+            continue;
+          }
+        }
+        log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
+                   human_bytes(static_cast<double>(s.bytes_written())));
+        results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(),
+                                           engine, source, [&] {
+                                           progress.add_tensor();
+                                           test_hook_after_tensor(mpi.rank());
+                                         }));
+        out.mark_done(results.back().file, shard_result_to_json(results.back()).dump());
+      }
     }
   } catch (const std::exception& e) {
     log::error("{}", e.what());
     mpi.abort(1);
   }
+  progress.finish();
 
   const GatheredResults gathered = gather_shard_results(results, mpi);
+  const auto dist_gathered = mpi.gather(dist ? dist_file_result_to_json(dist_result).dump() : "");
   if (mpi.is_root()) {
     try {
-      std::vector<ShardResult> all = gathered.results;
-      std::sort(all.begin(), all.end(),
-                [](const ShardResult& a, const ShardResult& b) { return a.file < b.file; });
-      MB_CHECK(all.size() == plan.shards.size(), "internal: {} of {} shards reported",
-               all.size(), plan.shards.size());
+      json files;
+      uint64_t written = 0, read = 0, tensors = 0;
+      std::vector<std::pair<std::string, std::pair<uint64_t, uint64_t>>> listing;
+      if (dist) {
+        std::vector<DistFileResult> all;
+        for (const auto& g : dist_gathered) all.push_back(dist_file_result_from_json(json::parse(g)));
+        finish_torch_dist(plan, all, out.staging());
+        files = json::array();
+        for (const auto& r : all) {
+          read += r.bytes_read;
+          if (r.file.empty()) continue;
+          uint64_t n = 0;
+          for (const auto& it : r.items) n += it.object ? 0 : 1;
+          files.push_back({{"path", r.file}, {"bytes", r.bytes}, {"xxh3", r.xxh3}, {"tensor_count", n},
+                           {"object_count", r.items.size() - n}});
+          written += r.bytes;
+          tensors += n;
+          listing.push_back({r.file, {n, r.bytes}});
+        }
+      } else {
+        std::vector<ShardResult> all = gathered.results;
+        MB_CHECK(all.size() == plan.shards.size(), "internal: {} of {} shards reported",
+                 all.size(), plan.shards.size());
+        files = manifest_files(all);
+        for (const auto& r : all) {
+          written += r.bytes;
+          read += r.bytes_read;
+          tensors += r.tensors.size();
+          listing.push_back({r.file, {r.tensors.size(), r.bytes}});
+        }
+      }
+      std::sort(listing.begin(), listing.end());
       copy_hf_side_files(plan, out.staging());
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));
-      const json manifest = build_manifest(plan, opt.format, all, source_description(plan));
+      const json manifest = build_manifest(plan, opt.format, files, source_description(plan));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
       out.commit();
-      uint64_t written = 0, read = 0, tensors = 0;
-      for (const auto& r : all) {
-        written += r.bytes;
-        read += r.bytes_read;
-        tensors += r.tensors.size();
-      }
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log::info("import done: {}, {} shard files ({}) in {}", plan.layout.describe(), all.size(),
-                human_bytes(static_cast<double>(written)), out.target().string());
-      if (all.size() <= 16)
-        for (const auto& r : all)
-          log::info("  {:<24} {:>5} tensors {:>11}", r.file, r.tensors.size(),
-                    human_bytes(static_cast<double>(r.bytes)));
+      log::info("import done: {} {}, {} files ({}) in {}", opt.format, plan.layout.describe(),
+                listing.size(), human_bytes(static_cast<double>(written)), out.target().string());
+      if (listing.size() <= 16)
+        for (const auto& [file, nb] : listing)
+          log::info("  {:<28} {:>5} tensors {:>11}", file, nb.first,
+                    human_bytes(static_cast<double>(nb.second)));
       log::info("  manifest.json, megatron_config.yaml, hf/ (config.json and {} side files)",
                 plan.catalog.extra_files.size());
       log::info("{} tensors from {} HF tensors: read {}, wrote {} in {:.2f} s ({:.2f} GB/s "

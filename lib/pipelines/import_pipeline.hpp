@@ -22,6 +22,9 @@ struct ImportOptions {
   uint64_t buffer_bytes = 256ull << 20;
   bool strict = true;
   bool overwrite = false;
+  // Continue an interrupted run: shards already committed in the staging
+  // directory and matching their recorded checksum are kept.
+  bool resume = false;
 };
 
 // Runs on every rank. Returns the process exit code (0 on success). A failure

@@ -52,7 +52,8 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   const std::string file = yaml_path.string();
   const YAML::Node root = load_yaml(file);
   ImportOptions o;
-  check_keys(root, {"source", "target", "parallel", "dtype", "buffer_mb", "strict", "overwrite"},
+  check_keys(root,
+             {"source", "target", "parallel", "dtype", "buffer_mb", "strict", "overwrite", "resume"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"hf_path"}, "source", file);
@@ -80,6 +81,7 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   if (root["buffer_mb"]) o.buffer_bytes = get<uint64_t>(root, "buffer_mb", file) << 20;
   if (root["strict"]) o.strict = get<bool>(root, "strict", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
+  if (root["resume"]) o.resume = get<bool>(root, "resume", file);
   return o;
 }
 

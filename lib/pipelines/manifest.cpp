@@ -50,13 +50,11 @@ json source_description(const ImportPlan& plan) {
   return source;
 }
 
-json build_manifest(const ImportPlan& plan, const std::string& shard_format,
-                    const std::vector<ShardResult>& results, const json& source) {
+json manifest_files(const std::vector<ShardResult>& results) {
   std::vector<ShardResult> sorted = results;
   std::sort(sorted.begin(), sorted.end(),
             [](const ShardResult& a, const ShardResult& b) { return a.file < b.file; });
   json files = json::array();
-  uint64_t count = 0, bytes = 0;
   for (const auto& r : sorted) {
     json ts = json::array();
     for (const auto& t : r.tensors) ts.push_back({{"name", t.name}, {"xxh3", t.xxh3}});
@@ -68,8 +66,16 @@ json build_manifest(const ImportPlan& plan, const std::string& shard_format,
                      {"bytes", r.bytes},
                      {"xxh3", r.xxh3},
                      {"tensors", std::move(ts)}});
-    count += r.tensors.size();
-    bytes += r.bytes;
+  }
+  return files;
+}
+
+json build_manifest(const ImportPlan& plan, const std::string& shard_format, json files,
+                    const json& source) {
+  uint64_t count = 0, bytes = 0;
+  for (const auto& f : files) {
+    count += f.at("tensor_count").get<uint64_t>();
+    bytes += f.at("bytes").get<uint64_t>();
   }
   const std::time_t now = std::time(nullptr);
   char when[32];

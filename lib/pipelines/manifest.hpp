@@ -42,8 +42,13 @@ ShardResult shard_result_from_json(const nlohmann::json& j);
 // HF side from it; reshard copies it unchanged.
 nlohmann::json source_description(const ImportPlan& plan);
 
+// The manifest's entry for each HDF5 shard file.
+nlohmann::json manifest_files(const std::vector<ShardResult>& results);
+
+// `files`: one entry per data file, each with at least path, bytes, xxh3 and
+// tensor_count (see manifest_files and torch_dist_output.hpp).
 nlohmann::json build_manifest(const ImportPlan& plan, const std::string& shard_format,
-                              const std::vector<ShardResult>& results, const nlohmann::json& source);
+                              nlohmann::json files, const nlohmann::json& source);
 
 nlohmann::json read_manifest(const std::filesystem::path& dir);
 

@@ -7,7 +7,10 @@
 #include "core/error.hpp"
 #include "core/hash.hpp"
 #include "dist/mpi_context.hpp"
+#include "core/file.hpp"
+#include "model/qwen35_dist_keys.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/torch_dist_source.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -35,15 +38,115 @@ HfCatalog virtual_catalog(const json& source_tensors, const std::vector<std::str
   return c;
 }
 
-MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir) {
+namespace {
+// The iteration directory Megatron would load: from the tracker file, else
+// the directory itself or its single iter_* child.
+fs::path find_iter_dir(const fs::path& dir) {
+  const fs::path tracker = dir / "latest_checkpointed_iteration.txt";
+  if (fs::exists(tracker)) {
+    std::string t = read_text_file(tracker);
+    while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    if (t == "release") return dir / "release";
+    try {
+      return dir / fmt::format("iter_{:07d}", std::stoull(t));
+    } catch (...) {
+      throw Error("{}: expected an iteration number or 'release', got '{}'", tracker.string(), t);
+    }
+  }
+  if (fs::exists(dir / ".metadata")) return dir;
+  std::vector<fs::path> iters;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_directory() && e.path().filename().string().rfind("iter_", 0) == 0) iters.push_back(e.path());
+  MB_CHECK(iters.size() == 1, "{}: no torch_dist checkpoint found (no latest_checkpointed_iteration.txt, "
+           ".metadata or single iter_* directory)", dir.string());
+  return iters.front();
+}
+
+DcpMetadata load_dcp(const fs::path& iter_dir) {
+  const fs::path md = iter_dir / ".metadata";
+  MB_CHECK(fs::exists(md), "{} is missing: the torch_dist checkpoint is incomplete", md.string());
+  return read_dcp_metadata(read_text_file(md), md.string());
+}
+
+// torch_dist stores what the model holds, whatever dtype the writer used:
+// take each local tensor's dtype from its checkpoint key.
+void adopt_stored_dtypes(MegatronCheckpoint& ck) {
+  for (ShardPlan& s : ck.shards)
+    for (LocalTensor& t : s.tensors) {
+      for (const DistPiece& p : dist_pieces(t, ck.model, ck.layout, s.coord)) {
+        auto it = ck.dcp.tensors.find(p.key);
+        if (it == ck.dcp.tensors.end()) continue;  // reported by check_torch_dist
+        t.dtype = it->second.dtype;
+      }
+      t.source_dtype = t.dtype;
+      for (const Segment& g : t.segments)
+        if (t.canonical) ck.source.tensors.at(g.src).dtype = t.dtype;
+    }
+}
+}  // namespace
+
+bool is_torch_dist_dir(const fs::path& dir) {
+  if (fs::exists(dir / kManifestName)) {
+    try {
+      return read_manifest(dir).value("shard_format", std::string{}) == "torch_dist";
+    } catch (...) {
+      return false;
+    }
+  }
+  if (fs::exists(dir / "latest_checkpointed_iteration.txt") || fs::exists(dir / ".metadata")) return true;
+  if (fs::is_directory(dir))
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.is_directory() && fs::exists(e.path() / ".metadata")) return true;
+  return false;
+}
+
+MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCheckpointOptions* foreign) {
   MegatronCheckpoint ck;
   ck.dir = dir;
+  if (!fs::exists(dir / kManifestName) && is_torch_dist_dir(dir)) {
+    // A torch_dist checkpoint from Megatron-Core or PyTorch: the model comes
+    // from a HF config.json; the tensors are planned as one TP1·PP1·EP1 rank,
+    // which reads whole Megatron tensors from whatever chunks were written.
+    MB_CHECK(foreign && !foreign->hf_config.empty(),
+             "{} is a torch_dist checkpoint without a megabridge manifest: pass --hf-config "
+             "(the model's HF config.json) to read it",
+             dir.string());
+    ck.format = "torch_dist";
+    ck.foreign = true;
+    ck.iter_dir = find_iter_dir(dir);
+    ck.dcp = load_dcp(ck.iter_dir);
+    ck.model = load_model_config(foreign->hf_config);
+    ck.experts = foreign->experts;
+    json tensors = json::array();
+    for (const auto& t : qwen35_hf_schema(ck.model, ck.experts, !ck.model.tied))
+      tensors.push_back({{"name", t.name}, {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"file", ""}});
+    ck.manifest = {{"shard_format", "torch_dist"},
+                   {"model", {{"hf_config", ck.model.raw}}},
+                   {"layout", layout_to_json(ck.layout)},
+                   {"dtype", "keep"},
+                   {"files", json::array()},
+                   {"source",
+                    {{"hf_path", ""}, {"files", json::array()}, {"extra_files", json::array()},
+                     {"expert_layouts", {{"main", expert_layout_name(ck.experts.main)},
+                                         {"mtp", expert_layout_name(ck.experts.mtp)}}},
+                     {"tensors", tensors}, {"unconsumed", json::array()}}}};
+    ck.source = virtual_catalog(tensors, {});
+    for (const ShardCoord& c : all_shards(ck.layout))
+      ck.shards.push_back({c, 0, plan_shard_tensors(ck.model, ck.source, ck.experts, ck.layout, c, std::nullopt)});
+    adopt_stored_dtypes(ck);
+    // The catalogue's dtypes changed: refresh the synthesised source description.
+    for (auto& t : ck.manifest["source"]["tensors"])
+      t["dtype"] = dtype_name(ck.source.find(t.at("name").get<std::string>())->dtype);
+    return ck;
+  }
+
   ck.manifest = read_manifest(dir);
   const json& m = ck.manifest;
   const std::string where = (dir / kManifestName).string();
   try {
-    MB_CHECK(m.at("shard_format").get<std::string>() == "hdf5",
-             "shard format '{}' is not supported here", m.at("shard_format").get<std::string>());
+    ck.format = m.at("shard_format").get<std::string>();
+    MB_CHECK(ck.format == "hdf5" || ck.format == "torch_dist", "unknown shard format '{}'", ck.format);
     ck.model = parse_model_config(m.at("model").at("hf_config"), where + " (model.hf_config)");
     ck.layout = layout_from_json(m.at("layout"));
     const std::string dtype = m.at("dtype").get<std::string>();
@@ -68,12 +171,65 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir) {
     s.tensors = plan_shard_tensors(ck.model, ck.source, ck.experts, ck.layout, c, ck.cast);
     ck.shards.push_back(std::move(s));
   }
+  if (ck.format == "torch_dist") {
+    ck.iter_dir = find_iter_dir(dir);
+    ck.dcp = load_dcp(ck.iter_dir);
+    return ck;
+  }
   MB_CHECK(listed == expected,
            "{}: lists {} shard files, but layout {} has {} shards ({}); the manifest does not "
            "match the checkpoint",
            where, listed.size(), ck.layout.describe(), expected.size(),
            listed.size() > expected.size() ? "extra files listed" : "files missing from the list");
   return ck;
+}
+
+std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums) {
+  std::vector<std::string> problems;
+  for (const auto& f : ck.manifest.at("files")) {
+    const fs::path path = ck.dir / f.at("path").get<std::string>();
+    if (!fs::exists(path)) {
+      problems.push_back(fmt::format("{} is missing", path.string()));
+      continue;
+    }
+    if (fs::file_size(path) != f.at("bytes").get<uint64_t>())
+      problems.push_back(fmt::format("{} has {} bytes but the manifest recorded {}: truncated or replaced",
+                                     path.string(), fs::file_size(path), f.at("bytes").get<uint64_t>()));
+    else if (checksums) {
+      const std::string got = hash_hex(hash_file(path)), want = f.at("xxh3").get<std::string>();
+      if (got != want)
+        problems.push_back(fmt::format("{} is corrupt: its xxh3 checksum is {} but the manifest recorded "
+                                       "{} (pass --no-verify-checksums to use it anyway)",
+                                       path.string(), got, want));
+    }
+  }
+  for (const auto& p : check_dcp_tiling(ck.dcp)) problems.push_back(ck.iter_dir.string() + "/.metadata: " + p);
+  std::set<std::string> seen;
+  for (const ShardPlan& s : ck.shards)
+    for (const LocalTensor& t : s.tensors) {
+      if (!t.canonical) continue;
+      for (const DistPiece& p : dist_pieces(t, ck.model, ck.layout, s.coord)) {
+        if (!seen.insert(p.key).second) continue;
+        auto it = ck.dcp.tensors.find(p.key);
+        if (it == ck.dcp.tensors.end()) {
+          problems.push_back(fmt::format("{}: key '{}' is missing", ck.iter_dir.string(), p.key));
+          continue;
+        }
+        Shape want = p.global_shape, got = it->second.size;
+        // The embedding and output layer may be stored with a padded vocabulary.
+        const bool vocab = p.key.find("word_embeddings") != std::string::npos ||
+                           p.key.find("output_layer") != std::string::npos;
+        if (vocab && got.size() == want.size() && got[0] >= want[0]) got[0] = want[0];
+        if (got != want)
+          problems.push_back(fmt::format("{}: key '{}' has global shape {} but the model needs {}",
+                                         ck.iter_dir.string(), p.key, shape_str(it->second.size),
+                                         shape_str(p.global_shape)));
+        if (!dtype_is_castable(it->second.dtype))
+          problems.push_back(fmt::format("{}: key '{}' has dtype {}", ck.iter_dir.string(), p.key,
+                                         dtype_name(it->second.dtype)));
+      }
+    }
+  return problems;
 }
 
 std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t shard, bool checksums) {
@@ -132,6 +288,15 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
 
 std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, MpiContext& mpi) {
   std::string problem;
+  if (ck.format == "torch_dist") {
+    if (mpi.is_root()) {
+      const auto p = check_torch_dist(ck, checksums);
+      if (!p.empty()) problem = p.front();
+    }
+    for (const auto& q : mpi.all_gather(problem))
+      if (!q.empty()) return q;
+    return {};
+  }
   for (size_t i = 0; i < ck.shards.size() && problem.empty(); ++i) {
     if (static_cast<int>(i % static_cast<size_t>(mpi.size())) != mpi.rank()) continue;
     const auto p = check_shard_file(ck, i, checksums);
@@ -140,6 +305,12 @@ std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, M
   for (const auto& p : mpi.all_gather(problem))
     if (!p.empty()) return p;
   return {};
+}
+
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
+                                             std::vector<LocalTensorRef> refs) {
+  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs));
+  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs));
 }
 
 Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs)

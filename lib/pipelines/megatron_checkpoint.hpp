@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/hdf5/hdf5_shard.hpp"
+#include "formats/torch_dist/dcp_metadata.hpp"
 #include "layout/import_plan.hpp"
 #include "pipelines/copy_engine.hpp"
 
@@ -22,7 +23,11 @@ class MpiContext;
 
 struct MegatronCheckpoint {
   std::filesystem::path dir;
-  nlohmann::json manifest;
+  std::string format;                // "hdf5" or "torch_dist"
+  bool foreign = false;              // torch_dist written by another tool (no megabridge manifest)
+  std::filesystem::path iter_dir;    // torch_dist: the iteration directory holding .metadata
+  DcpMetadata dcp;                   // torch_dist: the parsed .metadata
+  nlohmann::json manifest;           // megabridge's, or one synthesised for a foreign checkpoint
   ModelConfig model;
   ParallelLayout layout;
   std::optional<DType> cast;
@@ -31,9 +36,22 @@ struct MegatronCheckpoint {
   std::vector<ShardPlan> shards;   // what each shard file holds; segments index `source`
 };
 
-// Reads the manifest and re-derives every shard's tensors. Throws if the
+// How to read a torch_dist checkpoint that megabridge did not write: its
+// model comes from a HF config.json, its HF expert layouts are chosen.
+struct ForeignCheckpointOptions {
+  std::filesystem::path hf_config;
+  ExpertLayouts experts;
+};
+
+// Reads the manifest (or, for a torch_dist checkpoint without one, its
+// .metadata and `foreign`) and re-derives every shard's tensors. Throws if the
 // manifest is malformed or inconsistent with the model it describes.
-MegatronCheckpoint open_megatron_checkpoint(const std::filesystem::path& dir);
+MegatronCheckpoint open_megatron_checkpoint(const std::filesystem::path& dir,
+                                            const ForeignCheckpointOptions* foreign = nullptr);
+
+// True for a directory holding a torch_dist checkpoint (a megabridge one, or
+// any with latest_checkpointed_iteration.txt / iter_*/.metadata / .metadata).
+bool is_torch_dist_dir(const std::filesystem::path& dir);
 
 // A catalogue with the given tensors and no byte offsets, for planning only.
 HfCatalog virtual_catalog(const nlohmann::json& source_tensors, const std::vector<std::string>& files);
@@ -48,6 +66,17 @@ std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, M
 // The checks of validate_shard_files for one shard (index into ck.shards):
 // every problem found, not only the first.
 std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t shard, bool checksums);
+
+// The checks for a torch_dist checkpoint: manifest checksums of the .distcp
+// files (megabridge's), chunk tiling, and every key the model needs present
+// with its global shape.
+std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums);
+
+// Reads rectangles of the checkpoint's local tensors (HDF5 datasets, or
+// torch_dist chunks). Source ids index `refs`.
+struct LocalTensorRef;
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
+                                             std::vector<LocalTensorRef> refs);
 
 // Reads rectangles of shard datasets. Source ids index `refs`.
 struct LocalTensorRef {

@@ -6,6 +6,8 @@
 #include "core/file.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
+#include "dist/progress.hpp"
+#include "dist/test_hooks.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/manifest.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
@@ -97,17 +99,30 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
   const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
   const ExportIndex index = build_export_index(ck->shards, ck->source.tensors.size());
 
+  uint64_t total_bytes = 0, total_tensors = 0;
+  for (const auto& s : plan.shards) {
+    total_bytes += s.bytes_written();
+    total_tensors += s.tensors.size();
+  }
+  Progress progress(mpi, "reshard", total_bytes, total_tensors);
   std::vector<ShardResult> results;
   try {
     CopyEngine engine(opt.buffer_bytes);
-    Hdf5ShardSource source(*ck, index.refs);
+    engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
+    const auto source_ptr = open_local_source(*ck, index.refs);
+    RowSource& source = *source_ptr;
     for (size_t i : plan.shards_of_rank(mpi.rank()))
       results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, plan.shards[i],
-                                         out.staging(), engine, source));
+                                         out.staging(), engine, source,
+                                         [&] {
+                                           progress.add_tensor();
+                                           test_hook_after_tensor(mpi.rank());
+                                         }));
   } catch (const std::exception& e) {
     log::error("{}", e.what());
     mpi.abort(1);
   }
+  progress.finish();
   const GatheredResults gathered = gather_shard_results(results, mpi);
   if (mpi.is_root()) {
     try {
@@ -118,7 +133,7 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));
       const json manifest =
-          build_manifest(plan, "hdf5", gathered.results, ck->manifest.at("source"));
+          build_manifest(plan, "hdf5", manifest_files(gathered.results), ck->manifest.at("source"));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
       out.commit();
       uint64_t bytes = 0;

@@ -28,7 +28,7 @@ class Hdf5DatasetSink : public RowSink {
 
 ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& architecture,
                              const ShardPlan& shard, const fs::path& dir, CopyEngine& engine,
-                             RowSource& source) {
+                             RowSource& source, const std::function<void()>& on_tensor) {
   const std::string name = shard.coord.file_name();
   const fs::path tmp = dir / (name + ".tmp"), final_path = dir / name;
   ShardFileInfo info;
@@ -65,6 +65,7 @@ ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& ar
                   name, r.not_invertible, t.global_name, op_name(t.op), dtype_name(t.dtype));
       w.end_dataset(hash_hex(r.xxh3));
       result.tensors.push_back({t.name, hash_hex(r.xxh3)});
+      if (on_tensor) on_tensor();
     }
     w.close();
   }

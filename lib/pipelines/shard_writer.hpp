@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include "layout/import_plan.hpp"
@@ -12,9 +13,11 @@
 
 namespace mb {
 
+// `on_tensor` is called after each tensor (progress).
 ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& architecture,
                              const ShardPlan& shard, const std::filesystem::path& dir,
-                             CopyEngine& engine, RowSource& source);
+                             CopyEngine& engine, RowSource& source,
+                             const std::function<void()>& on_tensor = {});
 
 // Collects every rank's shard results on rank 0 (empty elsewhere), plus the
 // largest peak RSS of any rank.

@@ -3,6 +3,8 @@
 #include "core/error.hpp"
 #include "core/file.hpp"
 
+#include <vector>
+
 namespace mb {
 namespace fs = std::filesystem;
 
@@ -22,7 +24,11 @@ StagedOutput::StagedOutput(fs::path target) : target_(normalised(std::move(targe
   staging_ = target_.parent_path() / (target_.filename().string() + ".partial");
 }
 
-void StagedOutput::prepare(bool overwrite) const {
+namespace {
+constexpr const char* kJobFile = ".megabridge-job";
+}
+
+bool StagedOutput::prepare(bool overwrite, bool resume, const std::string& fingerprint) const {
   if (fs::exists(target_) && !fs::is_directory(target_))
     throw Error("output path {} exists and is not a directory", target_.string());
   if (non_empty_dir(target_) && !overwrite)
@@ -31,14 +37,40 @@ void StagedOutput::prepare(bool overwrite) const {
   std::error_code ec;
   fs::create_directories(target_.parent_path(), ec);
   if (ec) throw Error("cannot create {}: {}", target_.parent_path().string(), ec.message());
+  if (resume && fs::is_directory(staging_)) {
+    const fs::path job = staging_ / kJobFile;
+    const std::string had = fs::exists(job) ? read_text_file(job) : std::string();
+    MB_CHECK(had == fingerprint,
+             "{} was left by a different job (other source, layout or options); remove it, or run "
+             "without --resume to start over",
+             staging_.string());
+    return true;
+  }
   fs::remove_all(staging_, ec);
   if (ec) throw Error("cannot remove stale {}: {}", staging_.string(), ec.message());
   fs::create_directory(staging_, ec);
   if (ec) throw Error("cannot create staging directory {}: {}", staging_.string(), ec.message());
+  write_file_atomic(staging_ / kJobFile, fingerprint);
+  return false;
+}
+
+void StagedOutput::mark_done(const std::string& file, const std::string& record) const {
+  write_file_atomic(staging_ / (file + ".done"), record);
+}
+
+std::string StagedOutput::done_record(const std::string& file) const {
+  const fs::path p = staging_ / (file + ".done");
+  return fs::exists(p) ? read_text_file(p) : std::string();
 }
 
 void StagedOutput::commit() const {
   std::error_code ec;
+  // The resume bookkeeping does not belong in the finished output.
+  fs::remove(staging_ / kJobFile, ec);
+  std::vector<fs::path> done;
+  for (const auto& e : fs::recursive_directory_iterator(staging_))
+    if (e.path().extension() == ".done") done.push_back(e.path());
+  for (const auto& p : done) fs::remove(p, ec);
   fsync_directory(staging_);
   if (fs::exists(target_)) {
     // Move the old output aside first so that the target is never half old, half new.

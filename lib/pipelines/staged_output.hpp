@@ -16,7 +16,14 @@ class StagedOutput {
 
   // Refuses a target that already holds files (unless overwrite), removes a
   // stale staging directory from an earlier failed run, and creates a fresh one.
-  void prepare(bool overwrite) const;
+  // With `resume`, a staging directory left by an interrupted run of the same
+  // job (same `fingerprint`) is kept; returns true in that case.
+  bool prepare(bool overwrite, bool resume = false, const std::string& fingerprint = {}) const;
+  // Marks a piece of the staged output as complete (`<file>.done`, holding
+  // `record`), and reads such a mark back (empty if absent).
+  void mark_done(const std::string& file, const std::string& record) const;
+  std::string done_record(const std::string& file) const;
+
   // Makes the staged output the target: renames it into place, replacing an
   // existing target when overwrite was allowed.
   void commit() const;

@@ -15,6 +15,7 @@
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/safetensors_source.hpp"
 #include "pipelines/tensor_compare.hpp"
+#include "pipelines/torch_dist_source.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -22,7 +23,7 @@ using nlohmann::json;
 
 namespace {
 
-bool is_megatron(const fs::path& p) { return fs::exists(p / kManifestName); }
+bool is_megatron(const fs::path& p) { return fs::exists(p / kManifestName) || is_torch_dist_dir(p); }
 
 // Balances items over ranks by size, largest first.
 std::vector<int> assign(const std::vector<uint64_t>& sizes, int world) {
@@ -138,13 +139,42 @@ class CompareSink : public RowSink {
   std::vector<unsigned char> buf_;
 };
 
+// Like CompareSink, for tensors read through a RowSource (torch_dist chunks).
+class StoredCompareSink : public RowSink {
+ public:
+  StoredCompareSink(RowSource& src, uint32_t id, const LocalTensor& t, DType stored,
+                    TensorCompare& cmp, bool hf_is_a)
+      : src_(src), id_(id), t_(t), stored_(stored), cmp_(cmp), hf_is_a_(hf_is_a) {}
+  void write(uint64_t row0, uint64_t rows, const void* expected) override {
+    const uint64_t rb = t_.cols() * dtype_size(stored_);
+    buf_.resize(rows * rb);
+    src_.read(id_, row0, rows, 0, t_.cols(), buf_.data(), rb);
+    if (hf_is_a_)
+      cmp_.add(expected, buf_.data(), rows * t_.cols(), row0 * t_.cols());
+    else
+      cmp_.add(buf_.data(), expected, rows * t_.cols(), row0 * t_.cols());
+  }
+
+ private:
+  RowSource& src_;
+  uint32_t id_;
+  const LocalTensor& t_;
+  DType stored_;
+  TensorCompare& cmp_;
+  bool hf_is_a_;
+  std::vector<unsigned char> buf_;
+};
+
 void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs::path& meg,
                          bool hf_is_a, MpiContext& mpi, std::vector<std::string>& findings,
                          uint64_t& compared, bool& ok) {
   std::optional<MegatronCheckpoint> ck;
   std::string status = "ok";
   try {
-    ck = open_megatron_checkpoint(meg);
+    ForeignCheckpointOptions foreign;
+    foreign.hf_config = opt.hf_config.empty() ? hf / "config.json" : opt.hf_config;
+    foreign.experts = detect_expert_layouts(read_hf_catalog(hf));
+    ck = open_megatron_checkpoint(meg, &foreign);
   } catch (const std::exception& e) {
     status = e.what();
   }
@@ -177,6 +207,42 @@ void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs:
   const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
   SafetensorsSource source(plan.catalog);
   CopyEngine engine(opt.buffer_bytes);
+  if (ck->format == "torch_dist") {
+    // One copy of every element is stored: compare the canonical tensors.
+    if (mpi.is_root())
+      for (const auto& p : check_torch_dist(*ck, opt.verify_checksums)) findings.push_back("FILE    " + p);
+    std::vector<LocalTensorRef> refs;
+    for (uint32_t i = 0; i < plan.shards.size(); ++i)
+      for (uint32_t k = 0; k < plan.shards[i].tensors.size(); ++k) refs.push_back({i, k});
+    TorchDistSource stored(*ck, refs);
+    uint32_t id = 0;
+    std::vector<uint64_t> sizes;
+    for (const auto& r : refs) sizes.push_back(plan.shards[r.shard].tensors[r.tensor].nbytes());
+    const auto owner = assign(sizes, mpi.size());
+    for (const auto& r : refs) {
+      const uint32_t my = id++;
+      const LocalTensor& t = plan.shards[r.shard].tensors[r.tensor];
+      if (!t.canonical || owner[my] != mpi.rank()) continue;
+      const LocalTensor& s = ck->shards.at(r.shard).tensors.at(r.tensor);
+      MB_CHECK(s.name == t.name, "internal: plans disagree on {}", t.name);
+      if (s.dtype != t.dtype && opt.atol == 0 && opt.rtol == 0) {
+        findings.push_back(fmt::format("DTYPE   {}: HF gives {}, the checkpoint stores {} (compare with "
+                                       "--atol/--rtol)", t.global_name, dtype_name(t.dtype), dtype_name(s.dtype)));
+        continue;
+      }
+      try {
+        TensorCompare cmp(hf_is_a ? t.dtype : s.dtype, hf_is_a ? s.dtype : t.dtype, opt.atol, opt.rtol);
+        StoredCompareSink sink(stored, my, t, s.dtype, cmp, hf_is_a);
+        engine.run({t.name, &t.segments, t.rows(), t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
+        ++compared;
+        if (cmp.differing())
+          findings.push_back(fmt::format("DIFF    {}: {}", t.global_name, cmp.describe(t.shape)));
+      } catch (const std::exception& e) {
+        findings.push_back(fmt::format("FILE    {}: {}", t.global_name, e.what()));
+      }
+    }
+    return;
+  }
   for (size_t i = 0; i < plan.shards.size(); ++i) {
     const ShardPlan& s = plan.shards[i];
     if (s.rank != mpi.rank()) continue;

@@ -15,6 +15,7 @@ struct VerifyOptions {
   double rtol = 0;
   uint64_t buffer_bytes = 256ull << 20;
   bool verify_checksums = true;
+  std::filesystem::path hf_config;  // for a torch_dist side without a megabridge manifest
 };
 
 // Returns 0 when the checkpoints match, 1 when differences were found, 2 on

@@ -18,6 +18,24 @@ void silence_hdf5() {
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
 }
 
+// The innermost messages of HDF5's error stack (where the system error, e.g.
+// "No space left on device", is reported), for our own error messages.
+std::string hdf5_error_detail() {
+  std::vector<std::string> msgs;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+        if (e->desc && *e->desc) static_cast<std::vector<std::string>*>(data)->emplace_back(e->desc);
+        return 0;
+      },
+      &msgs);
+  H5Eclear2(H5E_DEFAULT);
+  if (msgs.empty()) return {};
+  std::string out = " (HDF5: " + msgs.front();
+  if (msgs.size() > 1) out += "; " + msgs[1];
+  return out + ")";
+}
+
 // A custom HDF5 float type: the library and h5py convert it by its fields.
 hid_t make_float_type(size_t bytes, size_t sign_pos, size_t exp_pos, size_t exp_bits,
                       size_t man_bits, size_t bias) {
@@ -193,9 +211,10 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
   H5Pset_obj_track_times(dcpl, false);
   dset_ = H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  const std::string detail = dset_ < 0 ? hdf5_error_detail() : std::string();
   H5Pclose(dcpl);
   H5Sclose(space);
-  MB_CHECK(dset_ >= 0, "{}: cannot create dataset '{}'", path_.string(), info.name);
+  MB_CHECK(dset_ >= 0, "{}: cannot create dataset '{}'{}", path_.string(), info.name, detail);
   put_string_attr(dset_, "global_name", info.global_name);
   put_u64_attr(dset_, "global_shape", info.global_shape, false);
   put_string_attr(dset_, "dtype", std::string(dtype_torch_name(info.dtype)));
@@ -209,15 +228,17 @@ void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data)
   hid_t mspace = H5Screate_simple(1, &n, nullptr);
   TypeHandle type = type_for(cur_.dtype);
   herr_t rc = H5Dwrite(dset_, type.id, mspace, fspace, H5P_DEFAULT, data);
+  const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();  // before the next call clears it
   H5Sclose(mspace);
   H5Sclose(fspace);
-  MB_CHECK(rc >= 0, "{}: writing rows [{}, {}) of dataset '{}' failed (disk full?)",
-           path_.string(), row0, row0 + rows, cur_.name);
+  MB_CHECK(rc >= 0, "{}: writing rows [{}, {}) of dataset '{}' failed{}", path_.string(), row0,
+           row0 + rows, cur_.name, detail);
 }
 
 void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
   put_string_attr(dset_, "xxh3", xxh3);
-  MB_CHECK(H5Dclose(dset_) >= 0, "{}: closing dataset '{}' failed", path_.string(), cur_.name);
+  MB_CHECK(H5Dclose(dset_) >= 0, "{}: closing dataset '{}' failed{}", path_.string(), cur_.name,
+           hdf5_error_detail());
   dset_ = -1;
 }
 
@@ -229,7 +250,7 @@ void Hdf5ShardWriter::close() {
   if (file_ >= 0) {
     herr_t rc = H5Fclose(file_);
     file_ = -1;
-    MB_CHECK(rc >= 0, "closing {} failed (disk full?)", path_.string());
+    MB_CHECK(rc >= 0, "closing {} failed{}", path_.string(), hdf5_error_detail());
   }
 }
 
@@ -317,10 +338,11 @@ void Hdf5ShardReader::read(const std::string& name, uint64_t row0, uint64_t rows
   H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart, nullptr, mcount, nullptr);
   TypeHandle type = type_for(info->dtype);
   herr_t rc = H5Dread(d, type.id, mspace, fspace, H5P_DEFAULT, dst);
+  const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
   H5Sclose(mspace);
   H5Sclose(fspace);
-  MB_CHECK(rc >= 0, "{}: reading dataset '{}' failed (file corrupt or truncated?)",
-           path_.string(), name);
+  MB_CHECK(rc >= 0, "{}: reading dataset '{}' failed{} (file corrupt or truncated?)",
+           path_.string(), name, detail);
 }
 
 }  // namespace mb

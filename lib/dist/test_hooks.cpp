@@ -1,0 +1,41 @@
+#include "dist/test_hooks.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "core/error.hpp"
+
+namespace mb {
+namespace {
+struct Hooks {
+  int fail_rank = -1;
+  long fail_after = 0;
+  long delay_ms = 0;
+  long count = 0;
+  Hooks() {
+    if (const char* f = std::getenv("MEGABRIDGE_TEST_FAIL")) {
+      const std::string s(f);
+      const auto colon = s.find(':');
+      fail_rank = std::stoi(s.substr(0, colon));
+      fail_after = colon == std::string::npos ? 0 : std::stol(s.substr(colon + 1));
+    }
+    if (const char* d = std::getenv("MEGABRIDGE_TEST_DELAY_MS")) delay_ms = std::stol(d);
+  }
+};
+Hooks& hooks() {
+  static Hooks h;
+  return h;
+}
+}  // namespace
+
+void test_hook_after_tensor(int rank) {
+  Hooks& h = hooks();
+  if (h.delay_ms > 0) usleep(static_cast<useconds_t>(h.delay_ms * 1000));
+  if (h.fail_rank == rank && ++h.count > h.fail_after)
+    throw Error("injected failure on rank {} after {} tensors (MEGABRIDGE_TEST_FAIL)", rank,
+                h.fail_after);
+}
+
+}  // namespace mb

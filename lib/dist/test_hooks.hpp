@@ -1,0 +1,11 @@
+// Fault injection for the failure tests, driven by environment variables so
+// that production runs are unaffected (both unset: no effect, no cost):
+//   MEGABRIDGE_TEST_FAIL=<rank>:<n>     rank <rank> throws after writing n tensors
+//   MEGABRIDGE_TEST_DELAY_MS=<ms>       every rank sleeps this long after each tensor
+#pragma once
+
+namespace mb {
+
+void test_hook_after_tensor(int rank);
+
+}  // namespace mb
