@@ -55,7 +55,7 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
     }
     hash.update(out, n * ds);
     sink.write(b0, b1 - b0, out);
-    if (on_block_) on_block_(n * ds);
+    report_block(n * ds);
   }
   result.xxh3 = hash.digest();
   return result;

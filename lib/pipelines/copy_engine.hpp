@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,12 +47,16 @@ struct CopyResult {
   uint64_t not_invertible = 0;  // elements whose op would not round-trip (see elementwise.hpp)
 };
 
+// The CPU engine. A device engine (cuda_copy_engine.hpp) derives from it and
+// produces the same bytes; make_copy_engine() picks one.
 class CopyEngine {
  public:
   // `buffer_bytes` bounds the staging memory (source block + converted block).
   explicit CopyEngine(uint64_t buffer_bytes);
+  virtual ~CopyEngine() = default;
 
-  CopyResult run(const CopyJob& job, RowSource& src, RowSink& sink);
+  virtual CopyResult run(const CopyJob& job, RowSource& src, RowSink& sink);
+  virtual std::string device() const { return "cpu"; }
 
   uint64_t buffer_bytes() const { return buffer_bytes_; }
   // Called after every block handed to a sink, with the bytes it held.
@@ -59,11 +64,19 @@ class CopyEngine {
   // The largest staging footprint used so far (>= buffer only if one row alone is larger).
   uint64_t peak_staging_bytes() const { return peak_; }
 
- private:
+ protected:
+  void report_block(uint64_t bytes) {
+    if (on_block_) on_block_(bytes);
+  }
+
   uint64_t buffer_bytes_;
   uint64_t peak_ = 0;
   std::vector<unsigned char> staging_;
   std::function<void(uint64_t)> on_block_;
 };
+
+// "cpu", "cuda", or "auto" (cuda when built with CUDA and a device is present).
+// Throws for "cuda" when it is not available, naming why.
+std::unique_ptr<CopyEngine> make_copy_engine(const std::string& device, uint64_t buffer_bytes);
 
 }  // namespace mb

@@ -204,6 +204,25 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
     }
   }
   for (const auto& p : check_dcp_tiling(ck.dcp)) problems.push_back(ck.iter_dir.string() + "/.metadata: " + p);
+  // Every item must lie inside its file (a corrupt or hostile .metadata could
+  // point anywhere).
+  std::map<std::string, uint64_t> sizes;
+  for (const auto& [k, st] : ck.dcp.storage) {
+    auto it = sizes.find(st.relative_path);
+    if (it == sizes.end()) {
+      std::error_code ec;
+      const fs::path f = ck.iter_dir / st.relative_path;
+      const uint64_t n = fs::exists(f) ? fs::file_size(f, ec) : 0;
+      it = sizes.emplace(st.relative_path, ec ? 0 : n).first;
+      if (!fs::exists(f)) problems.push_back(fmt::format("{}: .metadata refers to missing file {}",
+                                                         ck.iter_dir.string(), st.relative_path));
+    }
+    if (st.offset > it->second || st.length > it->second - st.offset)
+      problems.push_back(fmt::format("{}/.metadata: item '{}' claims bytes [{}, {}) of {}, which has {} "
+                                     "bytes: offsets out of range",
+                                     ck.iter_dir.string(), k.first, st.offset, st.offset + st.length,
+                                     st.relative_path, it->second));
+  }
   std::set<std::string> seen;
   for (const ShardPlan& s : ck.shards)
     for (const LocalTensor& t : s.tensors) {

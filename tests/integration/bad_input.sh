@@ -44,6 +44,35 @@ done
 check "layout_not_divisible" "num_attention_heads = 8 is not divisible by TP = 3" -- \
   mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" import --hf-path "$fixture" --out "$work/out" --tp 3
 
+# torch_dist: a .metadata naming a class outside the checkpoint classes, and
+# one whose item offsets point past the end of the data file.
+mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" import --quiet --format torch_dist \
+  --hf-path "$fixture" --out "$work/dist" --tp 2
+export_dist() {
+  mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" export --megatron-path "$1" --hf-path "$work/out"
+}
+cp -r "$work/dist" "$work/dist_evil"
+"$python" -c 'import os, pickle, sys; open(sys.argv[1], "wb").write(pickle.dumps({"x": os.system}, protocol=2))' \
+  "$work/dist_evil/iter_0000000/.metadata"
+check "dist_unknown_class" "dist_evil/iter_0000000/.metadata" "refuses to load global 'posix.system'" -- export_dist "$work/dist_evil"
+cp -r "$work/dist" "$work/dist_offsets"
+"$python" - "$work/dist_offsets/iter_0000000/.metadata" <<'PY'
+import struct, sys
+p = sys.argv[1]
+data = bytearray(open(p, "rb").read())
+key = b"X\x06\x00\x00\x00offset"
+pos = data.find(key)
+while pos >= 0:
+    op = pos + len(key)
+    if data[op:op + 1] == b"J":  # a BININT offset: point it 2 GiB into the file
+        data[op + 1:op + 5] = struct.pack("<i", 0x7FFF0000)
+        break
+    pos = data.find(key, op)
+assert pos >= 0, "no BININT offset found"
+open(p, "wb").write(bytes(data))
+PY
+check "dist_offset_out_of_range" ".metadata: item" "offsets out of range" -- export_dist "$work/dist_offsets"
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails bad-input case(s) failed"
   exit 1

@@ -22,7 +22,8 @@ TEST(JobConfig, EveryShippedConfigFitsItsModel) {
     const ImportOptions o = load_import_job(e.path());
     EXPECT_FALSE(o.hf_path.empty()) << e.path();
     EXPECT_FALSE(o.out.empty()) << e.path();
-    EXPECT_EQ(o.format, "hdf5") << e.path();
+    // The released sizes write Megatron-Core's torch_dist; the demo prints per-rank shards.
+    EXPECT_EQ(o.format, e.path().stem() == "tiny-dense-demo" ? "hdf5" : "torch_dist") << e.path();
     // The released sizes have their geometry in configs/hf/; the demo uses the fixture.
     fs::path hf = configs / "hf" / (e.path().stem().string() + ".json");
     if (!fs::exists(hf)) hf = fs::path(MEGABRIDGE_SOURCE_DIR) / o.hf_path / "config.json";
