@@ -25,7 +25,7 @@ namespace {
 struct ImportFlags {
   std::string config, hf_path, out, format, dtype;
   std::optional<uint64_t> tp, pp, ep, etp, first, last, buffer_mb;
-  bool not_strict = false, overwrite = false, resume = false;
+  bool not_strict = false, overwrite = false, resume = false, read_once = false;
 
   void add(CLI::App* c, bool with_output) {
     c->add_option("--config", config, "YAML job file (configs/*.yaml)");
@@ -42,6 +42,8 @@ struct ImportFlags {
     c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
     c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
     if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
+    c->add_flag("--read-once", read_once,
+                "read every HF byte from storage once and forward it over MPI (HDF5 output)");
     if (with_output)
       c->add_flag("--resume", resume,
                   "continue an interrupted run, keeping the shards it committed (checked by checksum)");
@@ -63,6 +65,7 @@ struct ImportFlags {
     if (not_strict) o.strict = false;
     if (overwrite) o.overwrite = true;
     if (resume) o.resume = true;
+    if (read_once) o.read_once = true;
     MB_CHECK(!o.hf_path.empty(), "no HF checkpoint given: use --hf-path or source.hf_path in --config");
     return o;
   }

@@ -1,11 +1,17 @@
 #include "pipelines/copy_engine.hpp"
 
 #include <algorithm>
+#include <future>
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
 
 namespace mb {
+
+namespace {
+// Smaller blocks are written inline: a helper thread would cost more than it saves.
+constexpr uint64_t kAsyncWriteBytes = 1u << 20;
+}  // namespace
 
 CopyEngine::CopyEngine(uint64_t buffer_bytes) : buffer_bytes_(buffer_bytes) {
   MB_CHECK(buffer_bytes_ >= 4096, "buffer size {} bytes is too small", buffer_bytes_);
@@ -29,33 +35,52 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
   const bool convert = job.op != ElementOp::None || job.src_dtype != job.dst_dtype;
   const uint64_t src_row = job.cols * ss, dst_row = job.cols * ds;
   const uint64_t per_row = src_row + (convert ? dst_row : 0);
-  const uint64_t block_rows = std::max<uint64_t>(1, buffer_bytes_ / std::max<uint64_t>(per_row, 1));
+  // Two slots: while one block is being written (by a helper thread), the
+  // next is read and converted into the other. Both fit in the buffer.
+  const uint64_t block_rows =
+      std::max<uint64_t>(1, buffer_bytes_ / 2 / std::max<uint64_t>(per_row, 1));
   const uint64_t block = std::min(block_rows, std::max<uint64_t>(job.rows, 1));
-  const uint64_t need = block * per_row;
-  if (staging_.size() < need) staging_.resize(need);
-  peak_ = std::max(peak_, need);
-  unsigned char* in = staging_.data();
-  unsigned char* out = convert ? staging_.data() + block * src_row : in;
+  const uint64_t slot = block * per_row;
+  if (staging_.size() < 2 * slot) staging_.resize(2 * slot);
+  peak_ = std::max(peak_, (job.rows > block ? 2 : 1) * slot);
 
   Hasher hash;
   CopyResult result;
-  for (uint64_t b0 = 0; b0 < job.rows; b0 += block) {
-    const uint64_t b1 = std::min(job.rows, b0 + block);
-    for (const auto& s : segs) {
-      const uint64_t r0 = std::max(b0, s.dst_row), r1 = std::min(b1, s.dst_row + s.rows);
-      if (r0 >= r1) continue;
-      src.read(s.src, s.src_row + (r0 - s.dst_row), r1 - r0, s.src_col, s.cols,
-               in + (r0 - b0) * src_row + s.dst_col * ss, src_row);
+  std::future<void> writing;  // the block handed to the sink, at most one at a time
+  auto wait_writing = [&] {
+    if (writing.valid()) writing.get();  // rethrows the sink's error
+  };
+  try {
+    uint64_t k = 0;
+    for (uint64_t b0 = 0; b0 < job.rows; b0 += block, ++k) {
+      const uint64_t b1 = std::min(job.rows, b0 + block);
+      unsigned char* in = staging_.data() + (k % 2) * slot;
+      unsigned char* out = convert ? in + block * src_row : in;
+      for (const auto& s : segs) {
+        const uint64_t r0 = std::max(b0, s.dst_row), r1 = std::min(b1, s.dst_row + s.rows);
+        if (r0 >= r1) continue;
+        src.read(s.src, s.src_row + (r0 - s.dst_row), r1 - r0, s.src_col, s.cols,
+                 in + (r0 - b0) * src_row + s.dst_col * ss, src_row);
+      }
+      const uint64_t n = (b1 - b0) * job.cols;
+      if (convert) {
+        if (job.op != ElementOp::None && job.src_dtype == job.dst_dtype)
+          result.not_invertible += count_not_invertible(job.op, job.src_dtype, in, n);
+        transform_elements(job.op, job.src_dtype, in, job.dst_dtype, out, n);
+      }
+      hash.update(out, n * ds);
+      // Blocks reach the sink in order: the previous write finishes first.
+      wait_writing();
+      report_block(n * ds);
+      if (n * ds >= kAsyncWriteBytes && b1 < job.rows)
+        writing = std::async(std::launch::async, [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
+      else
+        sink.write(b0, b1 - b0, out);
     }
-    const uint64_t n = (b1 - b0) * job.cols;
-    if (convert) {
-      if (job.op != ElementOp::None && job.src_dtype == job.dst_dtype)
-        result.not_invertible += count_not_invertible(job.op, job.src_dtype, in, n);
-      transform_elements(job.op, job.src_dtype, in, job.dst_dtype, out, n);
-    }
-    hash.update(out, n * ds);
-    sink.write(b0, b1 - b0, out);
-    report_block(n * ds);
+    wait_writing();
+  } catch (...) {
+    if (writing.valid()) writing.wait();  // never leave a thread writing from our buffer
+    throw;
   }
   result.xxh3 = hash.digest();
   return result;

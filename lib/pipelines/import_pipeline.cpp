@@ -15,6 +15,8 @@
 #include "model/megatron_config.hpp"
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/read_once.hpp"
+#include "dist/forwarder.hpp"
 #include "pipelines/safetensors_source.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
@@ -57,6 +59,10 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
   MB_CHECK(opt.format == "hdf5" || opt.format == "torch_dist",
            "unknown output format '{}' (supported: hdf5, torch_dist)", opt.format);
   const bool dist = opt.format == "torch_dist";
+  MB_CHECK(!(opt.read_once && opt.resume), "--read-once and --resume cannot be combined (read-once "
+           "shards are all written together)");
+  if (opt.read_once && dist && mpi.is_root())
+    log::info("torch_dist stores every element once, so each HF byte is read once already");
 
   // Rank 0 reads config.json, the index and every header once, plans, and
   // broadcasts the plan; a planning error is reported by rank 0 only and every
@@ -109,6 +115,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
   Progress progress(mpi, "import", total_bytes, total_tensors);
   std::vector<ShardResult> results;
   DistFileResult dist_result;
+  uint64_t read_once_storage = 0;
   try {
     CopyEngine engine(opt.buffer_bytes);
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
@@ -135,6 +142,15 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
                                            test_hook_after_tensor(mpi.rank());
                                          });
       out.mark_done(dist_name, dist_file_result_to_json(dist_result).dump());
+    } else if (opt.read_once) {
+      const auto forwarder = make_mpi_forwarder(mpi);
+      ReadOnceStats stats;
+      results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(), opt.buffer_bytes, progress, stats);
+      log::debug("read-once: read {} from storage, sent {}, received {}",
+                 human_bytes(static_cast<double>(stats.storage_bytes)),
+                 human_bytes(static_cast<double>(stats.sent_bytes)),
+                 human_bytes(static_cast<double>(stats.received_bytes)));
+      read_once_storage = stats.storage_bytes;
     } else {
       for (size_t i : plan.shards_of_rank(mpi.rank())) {
         const ShardPlan& s = plan.shards[i];
@@ -161,6 +177,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
     mpi.abort(1);
   }
   progress.finish();
+  const uint64_t read_once_total = mpi.all_reduce_sum(read_once_storage);
 
   const GatheredResults gathered = gather_shard_results(results, mpi);
   const auto dist_gathered = mpi.gather(dist ? dist_file_result_to_json(dist_result).dump() : "");
@@ -192,11 +209,12 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
         files = manifest_files(all);
         for (const auto& r : all) {
           written += r.bytes;
-          read += r.bytes_read;
+          read += opt.read_once ? 0 : r.bytes_read;
           tensors += r.tensors.size();
           listing.push_back({r.file, {r.tensors.size(), r.bytes}});
         }
       }
+      if (opt.read_once) read = read_once_total;
       std::sort(listing.begin(), listing.end());
       copy_hf_side_files(plan, out.staging());
       write_file_atomic(out.staging() / "megatron_config.yaml",

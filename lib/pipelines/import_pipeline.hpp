@@ -25,6 +25,9 @@ struct ImportOptions {
   // Continue an interrupted run: shards already committed in the staging
   // directory and matching their recorded checksum are kept.
   bool resume = false;
+  // Each HF byte read from storage by one rank and forwarded to the others
+  // (HDF5 output; torch_dist output reads each byte once anyway).
+  bool read_once = false;
 };
 
 // Runs on every rank. Returns the process exit code (0 on success). A failure

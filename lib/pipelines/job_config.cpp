@@ -53,7 +53,8 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   const YAML::Node root = load_yaml(file);
   ImportOptions o;
   check_keys(root,
-             {"source", "target", "parallel", "dtype", "buffer_mb", "strict", "overwrite", "resume"},
+             {"source", "target", "parallel", "dtype", "buffer_mb", "strict", "overwrite", "resume",
+              "read_once", "device"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"hf_path"}, "source", file);
@@ -82,6 +83,7 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   if (root["strict"]) o.strict = get<bool>(root, "strict", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
   if (root["resume"]) o.resume = get<bool>(root, "resume", file);
+  if (root["read_once"]) o.read_once = get<bool>(root, "read_once", file);
   return o;
 }
 

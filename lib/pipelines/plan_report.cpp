@@ -1,5 +1,7 @@
 #include "pipelines/plan_report.hpp"
 
+#include "pipelines/read_once.hpp"
+
 #include <algorithm>
 
 #include <fmt/format.h>
@@ -53,6 +55,10 @@ std::string plan_report(const ImportPlan& plan, bool per_shard) {
                      static_cast<double>(total_r) /
                          static_cast<double>(std::max<uint64_t>(plan.catalog.total_bytes(), 1)),
                      gib(sum_w));
+  out += fmt::format("storage    direct mode reads {}, read-once mode {} ({:.3f}x the checkpoint)\n",
+                     gib(direct_mode_read_bytes(plan)), gib(read_once_read_bytes(plan)),
+                     static_cast<double>(read_once_read_bytes(plan)) /
+                         static_cast<double>(std::max<uint64_t>(plan.catalog.total_bytes(), 1)));
   out += fmt::format("balance    busiest rank writes {:.2f}x the mean\n",
                      mean > 0 ? static_cast<double>(max_w) / mean : 1.0);
   return out;

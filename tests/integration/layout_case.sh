@@ -21,6 +21,7 @@ while (($#)); do
   case "$1" in
     --first-stage-layers) args+=(--first "$2"); shift 2 ;;
     --last-stage-layers) args+=(--last "$2"); shift 2 ;;
+    --read-once) shift ;;
     *) args+=("$1"); shift ;;
   esac
 done

@@ -2,16 +2,28 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 #include <mutex>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "core/nd_box.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
 
 namespace {
+// The HDF5 library we link is not built thread-safe, and the copy engine may
+// write one block from a helper thread while reading the next (reshard reads
+// and writes HDF5): every entry point takes this lock.
+std::recursive_mutex& hdf5_mutex() {
+  static std::recursive_mutex m;
+  return m;
+}
+#define MB_HDF5_LOCK std::lock_guard<std::recursive_mutex> hdf5_guard_(hdf5_mutex())
+
 // HDF5 prints its own error stack by default; we report errors ourselves.
 void silence_hdf5() {
   static std::once_flag once;
@@ -175,11 +187,13 @@ void select_rows(hid_t space, const std::vector<hsize_t>& dims, uint64_t r0, uin
 }  // namespace
 
 int64_t hdf5_type_for(DType t) {
+  MB_HDF5_LOCK;
   TypeHandle h = type_for(t);
   return h.owned ? H5Tcopy(h.id) : h.id;
 }
 
 Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info) : path_(path) {
+  MB_HDF5_LOCK;
   silence_hdf5();
   file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   MB_CHECK(file_ >= 0, "cannot create HDF5 file {}", path.string());
@@ -196,11 +210,13 @@ Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info
 }
 
 Hdf5ShardWriter::~Hdf5ShardWriter() {
+  MB_HDF5_LOCK;
   if (dset_ >= 0) H5Dclose(dset_);
   if (file_ >= 0) H5Fclose(file_);
 }
 
 void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
+  MB_HDF5_LOCK;
   MB_CHECK(dset_ < 0, "internal: dataset {} still open in {}", cur_.name, path_.string());
   cur_ = info;
   const auto dims = dims_of(info.shape);
@@ -221,6 +237,7 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
 }
 
 void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data) {
+  MB_HDF5_LOCK;
   const auto dims = dims_of(cur_.shape);
   hid_t fspace = H5Dget_space(dset_);
   select_rows(fspace, dims, row0, row0 + rows, 0, cols_2d(cur_.shape));
@@ -236,6 +253,7 @@ void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data)
 }
 
 void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
+  MB_HDF5_LOCK;
   put_string_attr(dset_, "xxh3", xxh3);
   MB_CHECK(H5Dclose(dset_) >= 0, "{}: closing dataset '{}' failed{}", path_.string(), cur_.name,
            hdf5_error_detail());
@@ -243,6 +261,7 @@ void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
 }
 
 void Hdf5ShardWriter::close() {
+  MB_HDF5_LOCK;
   if (dset_ >= 0) {
     H5Dclose(dset_);
     dset_ = -1;
@@ -254,7 +273,101 @@ void Hdf5ShardWriter::close() {
   }
 }
 
+Hdf5ShardUpdater::Hdf5ShardUpdater(const fs::path& path, const ShardFileInfo& info,
+                                   const std::vector<ShardDatasetInfo>& datasets)
+    : path_(path), info_(datasets) {
+  MB_HDF5_LOCK;
+  {
+    Hdf5ShardWriter w(path, info);  // the file and its attributes
+    w.close();
+  }
+  file_ = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  MB_CHECK(file_ >= 0, "cannot reopen {} for writing{}", path.string(), hdf5_error_detail());
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_obj_track_times(dcpl, false);
+  for (const auto& d : datasets) {
+    const auto dims = dims_of(d.shape);
+    hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+    TypeHandle type = type_for(d.dtype);
+    hid_t id = H5Dcreate2(file_, d.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    const std::string detail = id < 0 ? hdf5_error_detail() : std::string();
+    H5Sclose(space);
+    if (id < 0) H5Pclose(dcpl);
+    MB_CHECK(id >= 0, "{}: cannot create dataset '{}'{}", path.string(), d.name, detail);
+    put_string_attr(id, "global_name", d.global_name);
+    put_u64_attr(id, "global_shape", d.global_shape, false);
+    put_string_attr(id, "dtype", std::string(dtype_torch_name(d.dtype)));
+    dsets_.push_back(id);
+  }
+  H5Pclose(dcpl);
+}
+
+Hdf5ShardUpdater::~Hdf5ShardUpdater() {
+  MB_HDF5_LOCK;
+  for (hid_t d : dsets_)
+    if (d >= 0) H5Dclose(d);
+  if (file_ >= 0) H5Fclose(file_);
+}
+
+void Hdf5ShardUpdater::write_rect(size_t dataset, uint64_t row0, uint64_t rows, uint64_t col0,
+                                  uint64_t cols, const void* data) {
+  MB_HDF5_LOCK;
+  const ShardDatasetInfo& d = info_.at(dataset);
+  hid_t fspace = H5Dget_space(dsets_[dataset]);
+  select_rows(fspace, dims_of(d.shape), row0, row0 + rows, col0, col0 + cols);
+  hsize_t n = rows * cols;
+  hid_t mspace = H5Screate_simple(1, &n, nullptr);
+  TypeHandle type = type_for(d.dtype);
+  herr_t rc = H5Dwrite(dsets_[dataset], type.id, mspace, fspace, H5P_DEFAULT, data);
+  const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
+  H5Sclose(mspace);
+  H5Sclose(fspace);
+  MB_CHECK(rc >= 0, "{}: writing rows [{}, {}) cols [{}, {}) of dataset '{}' failed{}", path_.string(),
+           row0, row0 + rows, col0, col0 + cols, d.name, detail);
+}
+
+std::string Hdf5ShardUpdater::finish_dataset(size_t dataset, uint64_t block_bytes) {
+  MB_HDF5_LOCK;
+  const ShardDatasetInfo& d = info_.at(dataset);
+  const uint64_t rows = rows_2d(d.shape), cols = cols_2d(d.shape), es = dtype_size(d.dtype);
+  const uint64_t block = std::max<uint64_t>(1, block_bytes / std::max<uint64_t>(cols * es, 1));
+  std::vector<unsigned char> buf(std::min(block, std::max<uint64_t>(rows, 1)) * cols * es);
+  Hasher h;
+  TypeHandle type = type_for(d.dtype);
+  for (uint64_t r0 = 0; r0 < rows; r0 += block) {
+    const uint64_t n = std::min(block, rows - r0);
+    hid_t fspace = H5Dget_space(dsets_[dataset]);
+    select_rows(fspace, dims_of(d.shape), r0, r0 + n, 0, cols);
+    hsize_t count = n * cols;
+    hid_t mspace = H5Screate_simple(1, &count, nullptr);
+    herr_t rc = H5Dread(dsets_[dataset], type.id, mspace, fspace, H5P_DEFAULT, buf.data());
+    const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
+    H5Sclose(mspace);
+    H5Sclose(fspace);
+    MB_CHECK(rc >= 0, "{}: reading back dataset '{}' failed{}", path_.string(), d.name, detail);
+    h.update(buf.data(), n * cols * es);
+  }
+  const std::string hex = hash_hex(h.digest());
+  put_string_attr(dsets_[dataset], "xxh3", hex);
+  return hex;
+}
+
+void Hdf5ShardUpdater::close() {
+  MB_HDF5_LOCK;
+  for (hid_t& d : dsets_) {
+    if (d >= 0) H5Dclose(d);
+    d = -1;
+  }
+  if (file_ >= 0) {
+    herr_t rc = H5Fclose(file_);
+    const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
+    file_ = -1;
+    MB_CHECK(rc >= 0, "closing {} failed{}", path_.string(), detail);
+  }
+}
+
 Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
+  MB_HDF5_LOCK;
   silence_hdf5();
   MB_CHECK(fs::exists(path), "shard file {} does not exist", path.string());
   file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -309,6 +422,7 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
 }
 
 Hdf5ShardReader::~Hdf5ShardReader() {
+  MB_HDF5_LOCK;
   for (auto& [n, d] : open_) H5Dclose(d);
   if (file_ >= 0) H5Fclose(file_);
 }
@@ -321,6 +435,7 @@ const ShardDatasetInfo* Hdf5ShardReader::find(const std::string& name) const {
 
 void Hdf5ShardReader::read(const std::string& name, uint64_t row0, uint64_t rows, uint64_t col0,
                            uint64_t cols, void* dst, uint64_t dst_stride) const {
+  MB_HDF5_LOCK;
   const ShardDatasetInfo* info = find(name);
   MB_CHECK(info != nullptr, "{}: has no dataset '{}'", path_.string(), name);
   const uint64_t esize = dtype_size(info->dtype);

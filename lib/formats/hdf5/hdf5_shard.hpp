@@ -56,6 +56,32 @@ class Hdf5ShardWriter {
   ShardDatasetInfo cur_;
 };
 
+// Random-access writing, for read-once mode: every dataset is created up
+// front, then rectangles arrive in any order; at the end each dataset is read
+// back once to compute its checksum.
+class Hdf5ShardUpdater {
+ public:
+  Hdf5ShardUpdater(const std::filesystem::path& path, const ShardFileInfo& info,
+                   const std::vector<ShardDatasetInfo>& datasets);
+  ~Hdf5ShardUpdater();
+  Hdf5ShardUpdater(const Hdf5ShardUpdater&) = delete;
+  Hdf5ShardUpdater& operator=(const Hdf5ShardUpdater&) = delete;
+
+  // Writes a packed rows x cols block at (row0, col0) of the 2-D view.
+  void write_rect(size_t dataset, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                  const void* data);
+  // Reads the dataset back in blocks of at most `block_bytes`, stores and
+  // returns its xxh3 (hex).
+  std::string finish_dataset(size_t dataset, uint64_t block_bytes);
+  void close();
+
+ private:
+  std::filesystem::path path_;
+  int64_t file_ = -1;
+  std::vector<ShardDatasetInfo> info_;
+  std::vector<int64_t> dsets_;
+};
+
 class Hdf5ShardReader {
  public:
   explicit Hdf5ShardReader(const std::filesystem::path& path);
