@@ -20,10 +20,17 @@
 
 namespace {
 
+constexpr const char* kDeviceHelp =
+    "copy engine: cpu (default), cuda, or auto (cuda when built with it and a GPU is present)";
+
+void add_device_option(CLI::App* c, std::string& device) {
+  c->add_option("--device", device, kDeviceHelp)->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+}
+
 // Flags shared by import and plan. Optional so that only the flags the user
 // gives override the YAML job file.
 struct ImportFlags {
-  std::string config, hf_path, out, format, dtype;
+  std::string config, hf_path, out, format, dtype, device;
   std::optional<uint64_t> tp, pp, ep, etp, first, last, buffer_mb;
   bool not_strict = false, overwrite = false, resume = false, read_once = false;
 
@@ -42,6 +49,7 @@ struct ImportFlags {
     c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
     c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
     if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
+    if (with_output) add_device_option(c, device);
     c->add_flag("--read-once", read_once,
                 "read every HF byte from storage once and forward it over MPI (HDF5 output)");
     if (with_output)
@@ -66,13 +74,15 @@ struct ImportFlags {
     if (overwrite) o.overwrite = true;
     if (resume) o.resume = true;
     if (read_once) o.read_once = true;
+    if (!device.empty()) o.device = device;
     MB_CHECK(!o.hf_path.empty(), "no HF checkpoint given: use --hf-path or source.hf_path in --config");
     return o;
   }
 };
 
 struct ExportFlags {
-  std::string config, megatron_path, hf_path, experts, mtp_experts, max_shard_size, dtype, hf_config;
+  std::string config, megatron_path, hf_path, experts, mtp_experts, max_shard_size, dtype, hf_config,
+      device;
   std::optional<uint64_t> buffer_mb;
   bool no_verify = false, overwrite = false;
 
@@ -88,6 +98,7 @@ struct ExportFlags {
     c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
     c->add_flag("--no-verify-checksums", no_verify, "skip the shard checksum check");
     c->add_flag("--overwrite", overwrite, "replace an existing output directory");
+    add_device_option(c, device);
     c->add_option("--hf-config", hf_config,
                   "the model's HF config.json, for a torch_dist checkpoint not written by megabridge");
   }
@@ -104,6 +115,7 @@ struct ExportFlags {
     if (no_verify) o.verify_checksums = false;
     if (overwrite) o.overwrite = true;
     if (!hf_config.empty()) o.hf_config = hf_config;
+    if (!device.empty()) o.device = device;
     MB_CHECK(!o.megatron_path.empty(), "no Megatron checkpoint given: use --megatron-path");
     MB_CHECK(!o.hf_path.empty(), "no output directory given: use --hf-path");
     return o;
@@ -168,6 +180,7 @@ int main(int argc, char** argv) {
   verify_cmd->add_option("--atol", verify_opt.atol, "absolute tolerance (default 0: bit-exact)");
   verify_cmd->add_option("--rtol", verify_opt.rtol, "relative tolerance (default 0: bit-exact)");
   verify_cmd->add_option("--buffer-mb", verify_buffer_mb, "staging memory per rank in MiB");
+  add_device_option(verify_cmd, verify_opt.device);
   verify_cmd->add_flag("--no-verify-checksums", verify_no_checksums, "skip the shard checksum check");
   verify_cmd->add_option("--hf-config", verify_opt.hf_config,
                          "HF config.json for a torch_dist side not written by megabridge (default: the HF side's)");
@@ -185,6 +198,7 @@ int main(int argc, char** argv) {
   reshard_cmd->add_option("--first-stage-layers", reshard_first, "layers on the first stage");
   reshard_cmd->add_option("--last-stage-layers", reshard_last, "layers on the last stage");
   reshard_cmd->add_option("--buffer-mb", reshard_buffer_mb, "staging memory per rank in MiB");
+  add_device_option(reshard_cmd, reshard_opt.device);
   reshard_cmd->add_flag("--no-verify-checksums", reshard_no_checksums, "skip the shard checksum check");
   reshard_cmd->add_flag("--overwrite", reshard_opt.overwrite, "replace an existing output directory");
   mb::BenchOptions bench_opt;
@@ -200,7 +214,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--ep", bench_opt.layout.ep, "expert-parallel size");
   bench_cmd->add_option("--etp", bench_opt.layout.etp, "expert tensor-parallel size");
   bench_cmd->add_option("--buffer-mb", bench_buffer_mb, "staging memory per rank in MiB (default 256)");
+  add_device_option(bench_cmd, bench_opt.device);
   bench_cmd->add_flag("--keep", bench_opt.keep, "keep the import and export outputs");
+  bench_cmd->add_option("--format", bench_opt.format, "import output format: hdf5 or torch_dist");
+  bench_cmd->add_flag("--read-once", bench_opt.read_once, "import in read-once mode");
   for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd, export_cmd, verify_cmd, reshard_cmd, bench_cmd}) {
     c->add_option("--log-level", log_level, "debug, info, warn, error or off");
     c->add_flag("--quiet,-q", quiet, "only warnings and errors");

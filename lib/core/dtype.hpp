@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "core/dtype_convert.hpp"
+
 namespace mb {
 
 enum class DType : uint8_t {
@@ -26,17 +28,10 @@ bool dtype_is_float(DType t);
 // Types that dtype conversion supports (F16, BF16, F32, F64).
 bool dtype_is_castable(DType t);
 
-// bf16 / fp16 <-> fp32. Narrowing rounds to nearest, ties to even, and keeps
-// NaN a (quiet) NaN, which is what torch's .to() does.
-inline float bf16_to_f32(uint16_t b) {
-  uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  __builtin_memcpy(&f, &u, 4);
-  return f;
-}
-uint16_t f32_to_bf16(float f);
-float f16_to_f32(uint16_t h);
-uint16_t f32_to_f16(float f);
+// bf16 / fp16 <-> fp32 (bf16_to_f32, f32_to_bf16, f16_to_f32, f32_to_f16) are
+// in dtype_convert.hpp, shared with the CUDA kernels. Narrowing rounds to
+// nearest, ties to even, and keeps NaN a (quiet) NaN, which is what torch's
+// .to() does.
 
 // Converts n elements from `src` (type `from`) to `dst` (type `to`). Both must
 // be castable types. The conversion goes through fp32 (fp64 when either side

@@ -108,6 +108,9 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   io.out = meg;
   io.layout = opt.layout;
   io.buffer_bytes = opt.buffer_bytes;
+  io.format = opt.format;
+  io.read_once = opt.read_once;
+  io.device = opt.device;
   const json imp_stats = measure(mpi, [&] { return run_import(io, mpi); }, imp_wall, code);
   MB_CHECK(code == 0, "bench: import failed");
   if (mpi.is_root()) MB_CHECK(std::system("sync") == 0, "bench: sync failed");
@@ -115,6 +118,7 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   eo.megatron_path = meg;
   eo.hf_path = back;
   eo.buffer_bytes = opt.buffer_bytes;
+  eo.device = opt.device;
   const json exp_stats = measure(mpi, [&] { return run_export(eo, mpi); }, exp_wall, code);
   MB_CHECK(code == 0, "bench: export failed");
   log::set_level(level);
@@ -122,9 +126,9 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   if (mpi.is_root()) {
     const uint64_t hf_bytes = dir_bytes(hf), meg_bytes = dir_bytes(meg);
     std::string out = fmt::format(
-        "bench: {} ({} layers), HF {} GB, Megatron {} GB; {} ranks, {}, buffer {} MiB\n",
+        "bench: {} ({} layers), HF {} GB, Megatron {} GB; {} ranks, {}, buffer {} MiB, device {}\n",
         opt.hf_config.filename().string(), opt.layers, gb(hf_bytes), gb(meg_bytes), mpi.size(),
-        opt.layout.describe(), opt.buffer_bytes >> 20);
+        opt.layout.describe(), opt.buffer_bytes >> 20, opt.device);
     out += "phase      wall s    GB/s  x cp\n";
     auto row = [&](const char* name, double wall, uint64_t bytes) {
       out += fmt::format("{:<8} {:>8.2f} {:>7.2f} {:>5.2f}\n", name, wall,
@@ -133,26 +137,30 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
     row("cp -r", cp_wall, hf_bytes);
     row("import", imp_wall, hf_bytes);
     row("export", exp_wall, hf_bytes);
-    out += "phase  rank  seconds  read GB (syscall / storage)  written GB (syscall / storage)  peak RSS MiB\n";
+    out += "phase  rank  seconds   GB/s  read GB (syscall / storage)  written GB (syscall / storage)  peak RSS MiB\n";
     for (const auto& [name, stats] : {std::pair{"import", &imp_stats}, std::pair{"export", &exp_stats}}) {
-      uint64_t total_read = 0;
+      uint64_t total_read = 0, total_storage = 0;
       for (size_t r = 0; r < stats->size(); ++r) {
         const json& s = (*stats)[r];
         total_read += s.at("rchar").get<uint64_t>();
-        out += fmt::format("{:<6} {:>4} {:>8.2f}       {:>7} / {:<7}              {:>7} / {:<7}        {:>7.1f}{}\n",
-                           name, r, s.at("seconds").get<double>(), gb(s.at("rchar").get<uint64_t>()),
+        total_storage += s.at("read_bytes").get<uint64_t>();
+        const double sec = s.at("seconds").get<double>();
+        out += fmt::format("{:<6} {:>4} {:>8.2f} {:>6.2f}       {:>7} / {:<7}              {:>7} / {:<7}        {:>7.1f}{}\n",
+                           name, r, sec, static_cast<double>(s.at("wchar").get<uint64_t>()) / sec / 1e9,
+                           gb(s.at("rchar").get<uint64_t>()),
                            gb(s.at("read_bytes").get<uint64_t>()), gb(s.at("wchar").get<uint64_t>()),
                            gb(s.at("write_bytes").get<uint64_t>()),
                            static_cast<double>(s.at("peak_rss").get<uint64_t>()) / (1 << 20),
                            s.at("peak_rss_reset").get<bool>() ? "" : " (process peak)");
       }
-      out += fmt::format("{:<6}  all  read {:.3f}x the HF bytes\n", name,
-                         static_cast<double>(total_read) / static_cast<double>(hf_bytes));
+      out += fmt::format("{:<6}  all  syscall reads {:.3f}x the HF bytes, storage reads {:.3f}x\n", name,
+                         static_cast<double>(total_read) / static_cast<double>(hf_bytes),
+                         static_cast<double>(total_storage) / static_cast<double>(hf_bytes));
     }
     std::fputs(out.c_str(), stdout);
     const json record = {{"config", opt.hf_config.filename().string()}, {"layers", opt.layers},
                          {"ranks", mpi.size()}, {"layout", opt.layout.describe()},
-                         {"buffer_mb", opt.buffer_bytes >> 20}, {"hf_bytes", hf_bytes},
+                         {"buffer_mb", opt.buffer_bytes >> 20}, {"device", opt.device}, {"hf_bytes", hf_bytes},
                          {"cp_seconds", cp_wall}, {"import_seconds", imp_wall},
                          {"export_seconds", exp_wall}, {"import", imp_stats}, {"export", exp_stats}};
     std::printf("bench-json: %s\n", record.dump().c_str());

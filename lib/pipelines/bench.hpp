@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <string>
 
 #include "layout/parallel_layout.hpp"
 
@@ -20,7 +22,10 @@ struct BenchOptions {
   std::filesystem::path dir;  // work directory: hf/, cp/, meg/, back/
   ParallelLayout layout;
   uint64_t buffer_bytes = 256ull << 20;
+  std::string device = "cpu";  // copy engine for import and export: cpu, cuda or auto
   bool keep = false;  // keep the outputs (the synthetic input is always kept for reuse)
+  std::string format = "hdf5";  // import output format
+  bool read_once = false;       // import in read-once mode
 };
 
 int run_bench(const BenchOptions& opt, MpiContext& mpi);

@@ -278,6 +278,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
   }
   mpi.broadcast(blob);
   const ExportPlan plan = from_json(json::from_msgpack(blob));
+  std::string().swap(blob);  // the plan is parsed; its bytes are not needed again
 
   // Rank 0 creates every file with its header at full size; then all ranks
   // fill in their tensors.
@@ -308,7 +309,8 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
   for (const auto& t : plan.tensors) total_bytes += t.nbytes();
   Progress progress(mpi, "export", total_bytes, plan.tensors.size());
   try {
-    CopyEngine engine(opt.buffer_bytes);
+    const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
+    CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     const auto source_ptr = open_local_source(*ck, plan.refs);
     RowSource& source = *source_ptr;

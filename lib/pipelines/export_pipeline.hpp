@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 #include <optional>
 
 #include "core/dtype.hpp"
@@ -22,6 +23,7 @@ struct ExportOptions {
   std::optional<uint64_t> max_shard_bytes;
   std::optional<DType> dtype;  // default: each tensor's source dtype
   uint64_t buffer_bytes = 256ull << 20;
+  std::string device = "cpu";  // copy engine: cpu, cuda or auto (make_copy_engine)
   bool verify_checksums = true;
   bool overwrite = false;
   // For a torch_dist checkpoint written by another tool (no megabridge

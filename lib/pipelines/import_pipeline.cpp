@@ -117,7 +117,8 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
   DistFileResult dist_result;
   uint64_t read_once_storage = 0;
   try {
-    CopyEngine engine(opt.buffer_bytes);
+    const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
+    CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     SafetensorsSource source(plan.catalog);
     const std::string dist_name = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, mpi.rank());

@@ -20,6 +20,7 @@ struct ImportOptions {
   std::string format = "hdf5";
   std::optional<DType> dtype;  // nullopt: keep every tensor's source dtype
   uint64_t buffer_bytes = 256ull << 20;
+  std::string device = "cpu";  // copy engine: cpu, cuda or auto (make_copy_engine)
   bool strict = true;
   bool overwrite = false;
   // Continue an interrupted run: shards already committed in the staging

@@ -84,6 +84,7 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
   if (root["resume"]) o.resume = get<bool>(root, "resume", file);
   if (root["read_once"]) o.read_once = get<bool>(root, "read_once", file);
+  if (root["device"]) o.device = get<std::string>(root, "device", file);
   return o;
 }
 
@@ -91,7 +92,7 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
   const std::string file = yaml_path.string();
   const YAML::Node root = load_yaml(file);
   ExportOptions o;
-  check_keys(root, {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite"},
+  check_keys(root, {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite", "device"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"megatron_path"}, "source", file);
@@ -110,6 +111,7 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
   if (root["buffer_mb"]) o.buffer_bytes = get<uint64_t>(root, "buffer_mb", file) << 20;
   if (root["verify_checksums"]) o.verify_checksums = get<bool>(root, "verify_checksums", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
+  if (root["device"]) o.device = get<std::string>(root, "device", file);
   return o;
 }
 

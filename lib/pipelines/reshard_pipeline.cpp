@@ -97,6 +97,7 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
   }
   mpi.broadcast(blob);
   const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
+  std::string().swap(blob);  // the plan is parsed; its bytes are not needed again
   const ExportIndex index = build_export_index(ck->shards, ck->source.tensors.size());
 
   uint64_t total_bytes = 0, total_tensors = 0;
@@ -107,7 +108,8 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
   Progress progress(mpi, "reshard", total_bytes, total_tensors);
   std::vector<ShardResult> results;
   try {
-    CopyEngine engine(opt.buffer_bytes);
+    const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
+    CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     const auto source_ptr = open_local_source(*ck, index.refs);
     RowSource& source = *source_ptr;

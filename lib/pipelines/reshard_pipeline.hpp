@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 
 #include "layout/parallel_layout.hpp"
 
@@ -17,6 +18,7 @@ struct ReshardOptions {
   std::filesystem::path out;
   ParallelLayout layout;
   uint64_t buffer_bytes = 256ull << 20;
+  std::string device = "cpu";  // copy engine: cpu, cuda or auto (make_copy_engine)
   bool verify_checksums = true;
   bool overwrite = false;
 };

@@ -206,7 +206,8 @@ void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs:
     }
   const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
   SafetensorsSource source(plan.catalog);
-  CopyEngine engine(opt.buffer_bytes);
+  const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
+  CopyEngine& engine = *engine_ptr;
   if (ck->format == "torch_dist") {
     // One copy of every element is stored: compare the canonical tensors.
     if (mpi.is_root())

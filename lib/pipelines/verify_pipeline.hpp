@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
 
 namespace mb {
 
@@ -14,6 +15,7 @@ struct VerifyOptions {
   double atol = 0;  // both zero: bit-exact
   double rtol = 0;
   uint64_t buffer_bytes = 256ull << 20;
+  std::string device = "cpu";  // copy engine: cpu, cuda or auto (make_copy_engine)
   bool verify_checksums = true;
   std::filesystem::path hf_config;  // for a torch_dist side without a megabridge manifest
 };

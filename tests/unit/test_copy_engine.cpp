@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "core/hash.hpp"
@@ -29,9 +30,11 @@ class MemSource : public RowSource {
 class MemSink : public RowSink {
  public:
   std::vector<unsigned char> out;
-  uint64_t row_bytes = 0, next_row = 0, blocks = 0;
+  uint64_t row_bytes = 0, next_row = 0, blocks = 0, other_thread_writes = 0;
+  std::thread::id caller = std::this_thread::get_id();
   void write(uint64_t row0, uint64_t rows, const void* d) override {
     EXPECT_EQ(row0, next_row);  // blocks arrive in order
+    if (std::this_thread::get_id() != caller) ++other_thread_writes;
     out.insert(out.end(), static_cast<const unsigned char*>(d),
                static_cast<const unsigned char*>(d) + rows * row_bytes);
     next_row += rows;
@@ -50,10 +53,10 @@ TEST(CopyEngine, StreamsInBlocksWithinTheBuffer) {
   std::vector<Segment> segs{{0, 0, 0, 0, 0, 1000, 4}, {1, 0, 0, 0, 4, 1000, 4}};
   MemSink sink;
   sink.row_bytes = 16;
-  CopyEngine engine(4096);  // 256 rows per block
+  CopyEngine engine(4096);  // two slots of 2048 bytes: 128 rows per block
   CopyJob job{"t", &segs, 1000, 8, DType::BF16, DType::BF16, ElementOp::None};
   const CopyResult r = engine.run(job, src, sink);
-  EXPECT_EQ(sink.blocks, 4u);
+  EXPECT_EQ(sink.blocks, 8u);
   EXPECT_LE(engine.peak_staging_bytes(), 4096u);
   ASSERT_EQ(sink.out.size(), 16000u);
   const auto* o = reinterpret_cast<const uint16_t*>(sink.out.data());
@@ -63,6 +66,43 @@ TEST(CopyEngine, StreamsInBlocksWithinTheBuffer) {
   EXPECT_EQ(o[999 * 8 + 7], 20000 + 999 * 4 + 3);
   EXPECT_EQ(r.xxh3, hash_bytes(sink.out.data(), sink.out.size()));
   EXPECT_EQ(src.read_bytes, 16000u);  // nothing read twice
+}
+
+TEST(CopyEngine, WritesLargeBlocksOnAHelperThreadInOrder) {
+  // 6 MiB of bf16 rows through a 4 MiB buffer: two slots of 2 MiB, so three
+  // blocks, each (>= 1 MiB) handed to a helper thread while the next is read;
+  // the sink sees them in order and the thread id differs from ours.
+  const uint64_t rows = 3072, cols = 1024;
+  MemSource src;
+  src.data = {std::vector<uint16_t>(rows * cols)};
+  std::iota(src.data[0].begin(), src.data[0].end(), 0);
+  src.cols = {cols};
+  std::vector<Segment> segs{{0, 0, 0, 0, 0, rows, cols}};
+  MemSink sink;
+  sink.row_bytes = cols * 2;
+  CopyEngine engine(4u << 20);
+  const CopyResult r = engine.run({"big", &segs, rows, cols, DType::BF16, DType::BF16, ElementOp::None}, src, sink);
+  EXPECT_EQ(sink.blocks, 3u);
+  EXPECT_EQ(sink.out.size(), rows * cols * 2);
+  EXPECT_EQ(sink.other_thread_writes, 2u);  // all but the last, written inline
+  EXPECT_EQ(std::memcmp(sink.out.data(), src.data[0].data(), sink.out.size()), 0);
+  EXPECT_EQ(r.xxh3, hash_bytes(sink.out.data(), sink.out.size()));
+  EXPECT_LE(engine.peak_staging_bytes(), 4u << 20);
+}
+
+TEST(CopyEngine, SinkErrorsReachTheCaller) {
+  struct FailingSink : RowSink {
+    void write(uint64_t row0, uint64_t, const void*) override {
+      if (row0 > 0) throw std::runtime_error("disk full");
+    }
+  } sink;
+  MemSource src;
+  src.data = {std::vector<uint16_t>(4096 * 1024)};
+  src.cols = {1024};
+  std::vector<Segment> segs{{0, 0, 0, 0, 0, 4096, 1024}};
+  CopyEngine engine(4u << 20);
+  EXPECT_THROW(engine.run({"t", &segs, 4096, 1024, DType::BF16, DType::BF16, ElementOp::None}, src, sink),
+               std::runtime_error);
 }
 
 TEST(CopyEngine, AppliesTheOffsetAndCast) {
