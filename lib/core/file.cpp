@@ -164,6 +164,10 @@ void fsync_directory(const fs::path& dir) {
 fs::path resolve_inside(const fs::path& dir, std::string_view relative, std::string_view what) {
   fs::path rel(relative);
   MB_CHECK(!relative.empty(), "{}: empty file name", what);
+  // The OS would stop at a NUL byte and open another file than the one named.
+  MB_CHECK(relative.find('\0') == std::string_view::npos,
+           "{}: file name '{}...' contains a NUL byte", what,
+           relative.substr(0, relative.find('\0')));
   MB_CHECK(!rel.is_absolute(), "{}: file name '{}' is an absolute path; it must be inside {}", what,
            relative, dir.string());
   for (const auto& part : rel)

@@ -11,6 +11,14 @@ using nlohmann::json;
 constexpr const char* kDenseArch = "Qwen3_5ForConditionalGeneration";
 constexpr const char* kMoeArch = "Qwen3_5MoeForConditionalGeneration";
 
+// Plausibility bounds, far above every released Qwen3.5 (at most 60 decoder
+// layers, 512 experts, 27 vision blocks, widths up to 248320): a value beyond
+// them is a corrupt config, and is refused before anything is sized by it
+// (the layer list, the tensor schema, the plan).
+constexpr uint64_t kMaxLayers = 1024;   // decoder layers, MTP layers, vision blocks
+constexpr uint64_t kMaxExperts = 16384;
+constexpr uint64_t kMaxDim = uint64_t{1} << 24;  // any width, head count, vocabulary
+
 // Reads config fields with errors that name the file, the section and the field.
 class Fields {
  public:
@@ -19,16 +27,16 @@ class Fields {
 
   bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
 
-  uint64_t positive(const char* key) const {
+  uint64_t positive(const char* key, uint64_t max = kMaxDim) const {
     MB_CHECK(has(key), "{}: {} has no '{}'", source_, section_, key);
-    return positive_value(key);
+    return positive_value(key, max);
   }
-  uint64_t positive_or(const char* key, uint64_t fallback) const {
+  uint64_t positive_or(const char* key, uint64_t fallback, uint64_t max = kMaxDim) const {
     if (!has(key)) {
       log::debug("{}: {}.{} is absent; using {}", source_, section_, key, fallback);
       return fallback;
     }
-    return positive_value(key);
+    return positive_value(key, max);
   }
   double number_or(const char* key, double fallback) const {
     if (!has(key)) return fallback;
@@ -62,10 +70,14 @@ class Fields {
   const std::string& section() const { return section_; }
 
  private:
-  uint64_t positive_value(const char* key) const {
+  uint64_t positive_value(const char* key, uint64_t max) const {
     const json& v = j_.at(key);
     MB_CHECK(v.is_number_integer() && v.get<int64_t>() > 0,
              "{}: {}.{} must be a positive integer, got {}", source_, section_, key, v.dump());
+    MB_CHECK(v.get<uint64_t>() <= max,
+             "{}: {}.{} = {} is implausibly large (more than {}); the config is corrupt or not a "
+             "Qwen3.5 model",
+             source_, section_, key, v.dump(), max);
     return v.get<uint64_t>();
   }
 
@@ -106,11 +118,14 @@ std::vector<LayerType> parse_layer_types(const Fields& f, uint64_t num_layers, b
 TextConfig parse_text(const Fields& f, Variant variant) {
   TextConfig t;
   t.hidden = f.positive("hidden_size");
-  t.num_layers = f.positive("num_hidden_layers");
+  t.num_layers = f.positive("num_hidden_layers", kMaxLayers);
   t.vocab = f.positive("vocab_size");
   t.heads = f.positive("num_attention_heads");
   t.kv_heads = f.positive("num_key_value_heads");
   t.head_dim = f.positive_or("head_dim", t.hidden / t.heads);
+  MB_CHECK(t.head_dim > 0,
+           "{}: text_config has no head_dim and hidden_size ({}) / num_attention_heads ({}) is 0",
+           f.source(), t.hidden, t.heads);
   // Megatron-Bridge's fallbacks when a linear-attention field is absent.
   t.conv_kernel = f.positive_or("linear_conv_kernel_dim", 4);
   t.lin_key_dim = f.positive_or("linear_key_head_dim", 128);
@@ -120,17 +135,17 @@ TextConfig parse_text(const Fields& f, Variant variant) {
   if (variant == Variant::Dense) {
     t.ffn = f.positive("intermediate_size");
   } else {
-    t.experts = f.positive("num_experts");
-    t.experts_per_tok = f.positive("num_experts_per_tok");
+    t.experts = f.positive("num_experts", kMaxExperts);
+    t.experts_per_tok = f.positive("num_experts_per_tok", kMaxExperts);
     t.moe_ffn = f.positive("moe_intermediate_size");
     t.shared_ffn = f.positive("shared_expert_intermediate_size");
     t.router_aux_loss_coef = f.number_or("router_aux_loss_coef", 1e-3);
   }
   if (f.has("mtp_num_hidden_layers")) {
     const json& v = f.raw().at("mtp_num_hidden_layers");
-    MB_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0,
-             "{}: text_config.mtp_num_hidden_layers must be a non-negative integer, got {}",
-             f.source(), v.dump());
+    MB_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0 && v.get<uint64_t>() <= kMaxLayers,
+             "{}: text_config.mtp_num_hidden_layers must be an integer in [0, {}], got {}",
+             f.source(), kMaxLayers, v.dump());
     t.mtp_layers = v.get<uint64_t>();
   }
   t.layer_types = parse_layer_types(f, t.num_layers, t.layer_types_explicit);
@@ -144,7 +159,7 @@ TextConfig parse_text(const Fields& f, Variant variant) {
 
   t.rms_norm_eps = f.number_or("rms_norm_eps", 1e-6);
   t.max_position_embeddings = f.has("max_position_embeddings")
-                                  ? f.positive("max_position_embeddings")
+                                  ? f.positive("max_position_embeddings", uint64_t{1} << 40)
                                   : 262144;
   t.initializer_range = f.number_or("initializer_range", 0.02);
   t.attention_dropout = f.number_or("attention_dropout", 0.0);
@@ -170,14 +185,18 @@ TextConfig parse_text(const Fields& f, Variant variant) {
   if (mrope_src) {
     MB_CHECK(mrope_src->is_array(), "{}: mrope_section must be a list", f.source());
     t.mrope_section.clear();
-    for (const auto& v : *mrope_src) t.mrope_section.push_back(v.get<int64_t>());
+    for (const auto& v : *mrope_src) {
+      MB_CHECK(v.is_number_integer(), "{}: mrope_section holds {}, not an integer", f.source(),
+               v.dump());
+      t.mrope_section.push_back(v.get<int64_t>());
+    }
   }
   return t;
 }
 
 VisionConfig parse_vision(const Fields& f) {
   VisionConfig v;
-  v.depth = f.positive("depth");
+  v.depth = f.positive("depth", kMaxLayers);
   v.hidden = f.positive("hidden_size");
   v.heads = f.positive("num_heads");
   v.ffn = f.positive("intermediate_size");
@@ -219,6 +238,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
                !j.at("architectures").empty(),
            "{}: has no 'architectures' list; expected [\"{}\"] or [\"{}\"]", source, kDenseArch,
            kMoeArch);
+  MB_CHECK(j.at("architectures").front().is_string(), "{}: architectures[0] is {}, not a name",
+           source, j.at("architectures").front().dump());
   m.architecture = j.at("architectures").front().get<std::string>();
   if (m.architecture == kDenseArch)
     m.variant = Variant::Dense;

@@ -125,8 +125,22 @@ class SchemaBuilder {
 
 std::vector<HfTensorSpec> qwen35_hf_schema(const ModelConfig& m, const ExpertLayouts& experts,
                                            bool with_lm_head) {
-  SchemaBuilder b(m);
   const TextConfig& t = m.text;
+  // Each config.json value is bounded when parsed, but not their products:
+  // count the tensors before building the list, and refuse a checkpoint far
+  // larger than any real one (the largest release, per-expert, has ~95,000).
+  constexpr uint64_t kMaxSchemaTensors = 500'000;
+  auto layer_tensors = [&](ExpertLayout l) -> uint64_t {
+    return 16 + (m.is_moe() && l == ExpertLayout::PerExpert ? 3 * t.experts : 2);
+  };
+  const uint64_t count = 3 + t.num_layers * layer_tensors(experts.main) +
+                         (t.mtp_layers > 0 ? 4 + layer_tensors(experts.mtp) : 0) +
+                         9 + 12 * m.vision.depth;
+  MB_CHECK(count <= kMaxSchemaTensors,
+           "config.json implies about {} tensors ({} layers, {} experts, {} vision blocks), more than "
+           "the {} megabridge accepts: the config is corrupt or not a Qwen3.5 model",
+           count, t.num_layers, t.experts, m.vision.depth, kMaxSchemaTensors);
+  SchemaBuilder b(m);
   b.add("model.language_model.embed_tokens.weight", {t.vocab, t.hidden});
   b.add("model.language_model.norm.weight", {t.hidden});
   if (with_lm_head) b.add("lm_head.weight", {t.vocab, t.hidden});

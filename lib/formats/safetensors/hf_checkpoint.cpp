@@ -1,6 +1,7 @@
 #include "formats/safetensors/hf_checkpoint.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "core/error.hpp"
@@ -67,6 +68,19 @@ HfCatalog read_hf_catalog(const fs::path& dir) {
       const json& ts = j.at("metadata").at("total_size");
       MB_CHECK(ts.is_number(), "{}: metadata.total_size is not a number: {}", index_path.string(),
                ts.dump());
+      // Negative, fractional or huge values are refused: converting such a
+      // double to uint64_t is undefined behaviour (found by fuzzing).
+      bool whole = false;
+      if (ts.is_number_unsigned()) {
+        whole = true;
+      } else if (ts.is_number_integer()) {
+        whole = ts.get<int64_t>() >= 0;
+      } else {
+        const double d = ts.get<double>();
+        whole = d >= 0 && d < 0x1p64 && d == std::floor(d);
+      }
+      MB_CHECK(whole, "{}: metadata.total_size must be a whole number of bytes >= 0, got {}",
+               index_path.string(), ts.dump());
       c.declared_total_size = ts.is_number_float() ? static_cast<uint64_t>(ts.get<double>())
                                                    : ts.get<uint64_t>();
     }
@@ -87,10 +101,19 @@ HfCatalog read_hf_catalog(const fs::path& dir) {
   std::map<std::string, size_t> seen;  // tensor -> file index, to catch duplicates
   for (uint32_t fi = 0; fi < c.files.size(); ++fi) {
     const fs::path path = resolve_inside(dir, c.files[fi], "shard file");
-    MB_CHECK(fs::exists(path), "{}: shard file {} listed in the index does not exist", dir.string(),
+    // The error_code overload: a name the OS refuses (too long, ...) must be an
+    // mb::Error naming the shard, not a std::filesystem_error (found by fuzzing).
+    std::error_code ec;
+    const bool exists = fs::exists(path, ec);
+    MB_CHECK(!ec, "{}: shard file {} listed in the index cannot be accessed: {}", dir.string(),
+             c.files[fi], ec.message());
+    MB_CHECK(exists, "{}: shard file {} listed in the index does not exist", dir.string(),
              c.files[fi]);
     const SafetensorsHeader h = read_safetensors_header(path);
-    c.file_sizes.push_back(fs::file_size(path));
+    const uint64_t file_size = fs::file_size(path, ec);
+    MB_CHECK(!ec, "{}: cannot get the size of shard file {}: {}", dir.string(), c.files[fi],
+             ec.message());
+    c.file_sizes.push_back(file_size);
     for (const auto& e : h.entries) {
       if (c.has_index) {
         auto it = weight_map.find(e.name);

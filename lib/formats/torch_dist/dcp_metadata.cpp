@@ -274,7 +274,10 @@ std::string write_dcp_metadata(const DcpMetadata& m, TensorPropertiesPath path) 
         w.string("storage_data");
         w.empty_dict();
         dict_items(w, sd.size(), [&](size_t k) {
-          const auto& [idx, st] = *sd[k];
+          // Not a structured binding: the lambdas below capture these, which
+          // clang before 16 does not allow for bindings.
+          const auto& idx = sd[k]->first;
+          const DcpStorage& st = sd[k]->second;
           const bool is_object = m.byte_items.count(idx.first) > 0;
           MB_CHECK(!is_object || idx.second.empty(), "DCP .metadata: object '{}' has a storage entry with offsets",
                    idx.first);

@@ -706,6 +706,13 @@ class Machine {
 
 }  // namespace
 
+Value::Value() = default;
+Value::Value(const Value&) = default;
+Value::Value(Value&&) noexcept = default;
+Value& Value::operator=(const Value&) = default;
+Value& Value::operator=(Value&&) noexcept = default;
+Value::~Value() = default;
+
 const Value* Value::get(std::string_view key) const {
   if (kind != Kind::Dict && kind != Kind::Object) return nullptr;
   // Python dicts keep the last value set for a key.

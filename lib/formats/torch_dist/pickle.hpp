@@ -32,6 +32,16 @@ struct Value {
   // the items set on them, in `entries` / `items`.
   std::shared_ptr<Value> cls, args, state;
 
+  // Declared here and defaulted in pickle.cpp: `entries` holds pairs of the
+  // type being defined, and clang with libstdc++ cannot instantiate
+  // std::pair<Value, Value> while it works out implicit special members.
+  Value();
+  Value(const Value&);
+  Value(Value&&) noexcept;
+  Value& operator=(const Value&);
+  Value& operator=(Value&&) noexcept;
+  ~Value();
+
   bool is(Kind k) const { return kind == k; }
   // Dict lookup by string key (the last one set wins, as in Python); nullptr if
   // absent or not a dict (or dict-subclass Object).

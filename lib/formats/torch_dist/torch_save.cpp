@@ -681,8 +681,14 @@ TorchTensorItem read_torch_tensor_item(const File& file, uint64_t offset, uint64
   t.storage_bytes = rec.size;
   t.data_offset = ar.absolute(ar.data_offset(rec));
 
+  // A shape whose element count overflows (e.g. [2^32, 2^32]) would wrap
+  // numel() to 0 and skip the bounds check below.
+  uint64_t elements = 1;
+  for (uint64_t d : t.shape)
+    MB_CHECK(!__builtin_mul_overflow(elements, d, &elements),
+             "{}: tensor size {} has more elements than 64 bits can count", what, shape_str(t.shape));
   // The furthest element the view touches must lie inside the storage.
-  if (numel(t.shape) > 0) {
+  if (elements > 0) {
     uint64_t last = t.storage_offset;
     bool overflow = false;
     for (size_t d = 0; d < t.shape.size(); ++d) {
