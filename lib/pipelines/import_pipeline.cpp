@@ -144,7 +144,18 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
                                          });
       out.mark_done(dist_name, dist_file_result_to_json(dist_result).dump());
     } else if (opt.read_once) {
-      const auto forwarder = make_mpi_forwarder(mpi);
+      // With a GPU engine, forward over NCCL when every rank has its own
+      // device (collective: all ranks take this branch together); else MPI.
+      std::unique_ptr<Forwarder> forwarder;
+#ifdef MEGABRIDGE_HAVE_NCCL
+      if (opt.device != "cpu") {
+        std::string why;
+        forwarder = make_nccl_forwarder(mpi, opt.buffer_bytes, &why);
+        if (!forwarder && mpi.is_root()) log::info("read-once: forwarding over MPI, not NCCL: {}", why);
+      }
+#endif
+      if (!forwarder) forwarder = make_mpi_forwarder(mpi);
+      log::debug("read-once: forwarding with {}", forwarder->name());
       ReadOnceStats stats;
       results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(), opt.buffer_bytes, progress, stats);
       log::debug("read-once: read {} from storage, sent {}, received {}",
