@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 #include <mutex>
 
@@ -297,28 +298,38 @@ Hdf5ShardUpdater::Hdf5ShardUpdater(const fs::path& path, const ShardFileInfo& in
     put_string_attr(id, "global_name", d.global_name);
     put_u64_attr(id, "global_shape", d.global_shape, false);
     put_string_attr(id, "dtype", std::string(dtype_torch_name(d.dtype)));
-    dsets_.push_back(id);
+    H5Dclose(id);
   }
   H5Pclose(dcpl);
 }
 
 Hdf5ShardUpdater::~Hdf5ShardUpdater() {
   MB_HDF5_LOCK;
-  for (hid_t d : dsets_)
-    if (d >= 0) H5Dclose(d);
+  if (open_dset_ >= 0) H5Dclose(open_dset_);
   if (file_ >= 0) H5Fclose(file_);
+}
+
+int64_t Hdf5ShardUpdater::dataset_handle(size_t dataset) {
+  if (open_dset_ >= 0 && open_index_ == dataset) return open_dset_;
+  if (open_dset_ >= 0) H5Dclose(open_dset_);
+  const ShardDatasetInfo& d = info_.at(dataset);
+  open_dset_ = H5Dopen2(file_, d.name.c_str(), H5P_DEFAULT);
+  MB_CHECK(open_dset_ >= 0, "{}: cannot open dataset '{}'{}", path_.string(), d.name, hdf5_error_detail());
+  open_index_ = dataset;
+  return open_dset_;
 }
 
 void Hdf5ShardUpdater::write_rect(size_t dataset, uint64_t row0, uint64_t rows, uint64_t col0,
                                   uint64_t cols, const void* data) {
   MB_HDF5_LOCK;
   const ShardDatasetInfo& d = info_.at(dataset);
-  hid_t fspace = H5Dget_space(dsets_[dataset]);
+  const hid_t dset = dataset_handle(dataset);
+  hid_t fspace = H5Dget_space(dset);
   select_rows(fspace, dims_of(d.shape), row0, row0 + rows, col0, col0 + cols);
   hsize_t n = rows * cols;
   hid_t mspace = H5Screate_simple(1, &n, nullptr);
   TypeHandle type = type_for(d.dtype);
-  herr_t rc = H5Dwrite(dsets_[dataset], type.id, mspace, fspace, H5P_DEFAULT, data);
+  herr_t rc = H5Dwrite(dset, type.id, mspace, fspace, H5P_DEFAULT, data);
   const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
   H5Sclose(mspace);
   H5Sclose(fspace);
@@ -334,13 +345,14 @@ std::string Hdf5ShardUpdater::finish_dataset(size_t dataset, uint64_t block_byte
   std::vector<unsigned char> buf(std::min(block, std::max<uint64_t>(rows, 1)) * cols * es);
   Hasher h;
   TypeHandle type = type_for(d.dtype);
+  const hid_t dset = dataset_handle(dataset);
   for (uint64_t r0 = 0; r0 < rows; r0 += block) {
     const uint64_t n = std::min(block, rows - r0);
-    hid_t fspace = H5Dget_space(dsets_[dataset]);
+    hid_t fspace = H5Dget_space(dset);
     select_rows(fspace, dims_of(d.shape), r0, r0 + n, 0, cols);
     hsize_t count = n * cols;
     hid_t mspace = H5Screate_simple(1, &count, nullptr);
-    herr_t rc = H5Dread(dsets_[dataset], type.id, mspace, fspace, H5P_DEFAULT, buf.data());
+    herr_t rc = H5Dread(dset, type.id, mspace, fspace, H5P_DEFAULT, buf.data());
     const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
     H5Sclose(mspace);
     H5Sclose(fspace);
@@ -348,16 +360,14 @@ std::string Hdf5ShardUpdater::finish_dataset(size_t dataset, uint64_t block_byte
     h.update(buf.data(), n * cols * es);
   }
   const std::string hex = hash_hex(h.digest());
-  put_string_attr(dsets_[dataset], "xxh3", hex);
+  put_string_attr(dset, "xxh3", hex);
   return hex;
 }
 
 void Hdf5ShardUpdater::close() {
   MB_HDF5_LOCK;
-  for (hid_t& d : dsets_) {
-    if (d >= 0) H5Dclose(d);
-    d = -1;
-  }
+  if (open_dset_ >= 0) H5Dclose(open_dset_);
+  open_dset_ = -1;
   if (file_ >= 0) {
     herr_t rc = H5Fclose(file_);
     const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
@@ -394,6 +404,8 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
   for (const auto& n : names) {
     hid_t d = H5Dopen2(file_, n.c_str(), H5P_DEFAULT);
     MB_CHECK(d >= 0, "{}: '{}' is not a dataset", where, n);
+    // Closed when this iteration ends, also when a check below throws.
+    const std::unique_ptr<hid_t, void (*)(hid_t*)> close_d(&d, [](hid_t* h) { H5Dclose(*h); });
     const std::string dwhere = fmt::format("{}: dataset '{}'", where, n);
     ShardDatasetInfo info;
     info.name = n;
@@ -416,14 +428,13 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
     H5Tclose(ftype);
     MB_CHECK(stored == dtype_size(info.dtype),
              "{}: stored element size {} does not match dtype {}", dwhere, stored, dt);
-    open_[n] = d;
     datasets_.push_back(std::move(info));
   }
 }
 
 Hdf5ShardReader::~Hdf5ShardReader() {
   MB_HDF5_LOCK;
-  for (auto& [n, d] : open_) H5Dclose(d);
+  if (open_dset_ >= 0) H5Dclose(open_dset_);
   if (file_ >= 0) H5Fclose(file_);
 }
 
@@ -442,7 +453,14 @@ void Hdf5ShardReader::read(const std::string& name, uint64_t row0, uint64_t rows
   MB_CHECK(row0 + rows <= rows_2d(info->shape) && col0 + cols <= cols_2d(info->shape),
            "{}: dataset '{}' {} has no rows [{}, {}) cols [{}, {})", path_.string(), name,
            shape_str(info->shape), row0, row0 + rows, col0, col0 + cols);
-  hid_t d = open_.at(name);
+  if (open_name_ != name || open_dset_ < 0) {
+    if (open_dset_ >= 0) H5Dclose(open_dset_);
+    open_name_.clear();
+    open_dset_ = H5Dopen2(file_, name.c_str(), H5P_DEFAULT);
+    MB_CHECK(open_dset_ >= 0, "{}: cannot open dataset '{}'{}", path_.string(), name, hdf5_error_detail());
+    open_name_ = name;
+  }
+  const hid_t d = open_dset_;
   hid_t fspace = H5Dget_space(d);
   select_rows(fspace, dims_of(info->shape), row0, row0 + rows, col0, col0 + cols);
   // Memory: a 2-D block inside a buffer whose rows are dst_stride bytes apart.

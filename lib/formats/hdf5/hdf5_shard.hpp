@@ -79,7 +79,11 @@ class Hdf5ShardUpdater {
   std::filesystem::path path_;
   int64_t file_ = -1;
   std::vector<ShardDatasetInfo> info_;
-  std::vector<int64_t> dsets_;
+  // One dataset open at a time (see Hdf5ShardReader): memory must not grow
+  // with the number of datasets in a shard.
+  int64_t dataset_handle(size_t dataset);
+  size_t open_index_ = 0;
+  int64_t open_dset_ = -1;
 };
 
 class Hdf5ShardReader {
@@ -103,7 +107,11 @@ class Hdf5ShardReader {
   int64_t file_ = -1;
   ShardFileInfo info_;
   std::vector<ShardDatasetInfo> datasets_;
-  mutable std::map<std::string, int64_t> open_;  // dataset handles, opened lazily
+  // One dataset handle kept open: readers go through a tensor block by block,
+  // and an open HDF5 dataset costs tens of KiB, so keeping all of a shard's
+  // hundreds open would cost tens of MiB outside the buffer.
+  mutable std::string open_name_;
+  mutable int64_t open_dset_ = -1;
 };
 
 // The HDF5 type we store for a dtype, and the dtype a stored type stands for.
