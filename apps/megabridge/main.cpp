@@ -218,6 +218,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--keep", bench_opt.keep, "keep the import and export outputs");
   bench_cmd->add_option("--format", bench_opt.format, "import output format: hdf5 or torch_dist");
   bench_cmd->add_flag("--read-once", bench_opt.read_once, "import in read-once mode");
+  bench_cmd->add_flag("--cold", bench_opt.cold,
+                      "drop the page cache before each phase (root): every phase reads from storage");
   for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd, export_cmd, verify_cmd, reshard_cmd, bench_cmd}) {
     c->add_option("--log-level", log_level, "debug, info, warn, error or off");
     c->add_flag("--quiet,-q", quiet, "only warnings and errors");

@@ -2,12 +2,14 @@
 
 #include <xxhash.h>
 
+#include <atomic>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
+#include "core/proc_stats.hpp"
 
 namespace mb {
 
@@ -34,7 +36,14 @@ uint64_t Hasher::digest() const { return XXH3_64bits_digest(static_cast<XXH3_sta
 
 uint64_t hash_bytes(const void* data, uint64_t n) { return XXH3_64bits(data, n); }
 
+namespace {
+std::atomic<uint64_t> g_hash_file_storage_bytes{0};
+}  // namespace
+
+uint64_t hash_file_storage_bytes() { return g_hash_file_storage_bytes.load(); }
+
 uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes) {
+  const uint64_t storage0 = read_io_counters().read_bytes;
   File f(path, File::Mode::Read);
   const uint64_t size = f.size();
   std::vector<char> buf(std::min<uint64_t>(block_bytes, std::max<uint64_t>(size, 1)));
@@ -45,6 +54,10 @@ uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes) {
     h.update(buf.data(), n);
     off += n;
   }
+  // Process-wide counter: another thread reading at the same time would be
+  // counted too, but hashing runs after a shard's writes have finished.
+  const uint64_t storage1 = read_io_counters().read_bytes;
+  if (storage1 > storage0) g_hash_file_storage_bytes += storage1 - storage0;
   return h.digest();
 }
 

@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <optional>
 #include <string>
-#include <string>
 
 #include "layout/parallel_layout.hpp"
 
@@ -26,6 +25,10 @@ struct BenchOptions {
   bool keep = false;  // keep the outputs (the synthetic input is always kept for reuse)
   std::string format = "hdf5";  // import output format
   bool read_once = false;       // import in read-once mode
+  // Drop the page cache (sync, then /proc/sys/vm/drop_caches, root only)
+  // before each phase, so that every phase reads from storage and the
+  // storage counters show what was really read.
+  bool cold = false;
 };
 
 int run_bench(const BenchOptions& opt, MpiContext& mpi);
