@@ -225,6 +225,11 @@ import_case() {  # import_case name np fixture format flags...
       --format "$format" --device "$gpu_device" "$@" > "$work/$name.log" 2>&1 || { cat "$work/$name.log"; return 1; }
   if [[ "$dry" != 1 ]]; then
     grep -m "$np" "copy engine: CUDA device" "$work/$name.log" || { echo "no rank reported a CUDA copy engine"; return 1; }
+    # Read-once: the forwarder every rank used (nccl with a GPU per rank, mpi when shared).
+    if [[ -n "${expect_forwarder:-}" ]]; then
+      [[ "$(grep -c "read-once: forwarding with $expect_forwarder" "$work/$name.log")" == "$np" ]] ||
+        { grep "read-once" "$work/$name.log"; echo "not every rank forwarded with $expect_forwarder"; return 1; }
+    fi
   fi
   same_output "$dcpu" "$dgpu"
 }
@@ -253,8 +258,13 @@ for fixture in qwen35-dense-tiny qwen35-moe-tiny; do
   done
   check "export/verify $short (cuda)" round_trip_case "$short.np3.hdf5" 3 "$fixture"
 done
-check "import dense read-once, 3 ranks, cuda == cpu" \
+# Read-once: NCCL on 1 rank (its own GPU), MPI on 3 ranks sharing the GPU.
+expect_forwarder=nccl check "import moe read-once, 1 rank, NCCL, cuda == cpu" \
+  import_case moe.np1.read_once 1 qwen35-moe-tiny hdf5 --tp 2 --ep 2 --read-once
+expect_forwarder=mpi check "import dense read-once, 3 ranks sharing the GPU, MPI, cuda == cpu" \
   import_case dense.np3.read_once 3 qwen35-dense-tiny hdf5 --tp 2 --read-once
+expect_forwarder=mpi check "import moe read-once, 3 ranks sharing the GPU, MPI, cuda == cpu" \
+  import_case moe.np3.read_once 3 qwen35-moe-tiny hdf5 --tp 2 --ep 2 --read-once
 check "reshard moe with --device cuda == cpu" bash -c '
   set -e
   mpirun --allow-run-as-root --oversubscribe -np 2 "$0" reshard --quiet --megatron-path "$1" --out "$2.cpu" --pp 2 --device cpu
