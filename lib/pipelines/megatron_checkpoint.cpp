@@ -184,9 +184,12 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
   return ck;
 }
 
-std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums) {
+std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums, int rank,
+                                          int ranks) {
   std::vector<std::string> problems;
+  size_t index = 0;
   for (const auto& f : ck.manifest.at("files")) {
+    if (static_cast<int>(index++ % static_cast<size_t>(ranks)) != rank) continue;
     const fs::path path = ck.dir / f.at("path").get<std::string>();
     if (!fs::exists(path)) {
       problems.push_back(fmt::format("{} is missing", path.string()));
@@ -203,6 +206,7 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
                                        path.string(), got, want));
     }
   }
+  if (rank != 0) return problems;
   for (const auto& p : check_dcp_tiling(ck.dcp)) problems.push_back(ck.iter_dir.string() + "/.metadata: " + p);
   // Every item must lie inside its file (a corrupt or hostile .metadata could
   // point anywhere).
@@ -308,10 +312,8 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
 std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, MpiContext& mpi) {
   std::string problem;
   if (ck.format == "torch_dist") {
-    if (mpi.is_root()) {
-      const auto p = check_torch_dist(ck, checksums);
-      if (!p.empty()) problem = p.front();
-    }
+    const auto p = check_torch_dist(ck, checksums, mpi.rank(), mpi.size());
+    if (!p.empty()) problem = p.front();
     for (const auto& q : mpi.all_gather(problem))
       if (!q.empty()) return q;
     return {};

@@ -69,8 +69,10 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
 
 // The checks for a torch_dist checkpoint: manifest checksums of the .distcp
 // files (megabridge's), chunk tiling, and every key the model needs present
-// with its global shape.
-std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums);
+// with its global shape. With several ranks, rank r checks the files i with
+// i % ranks == r (reading them is the expensive part) and rank 0 the rest.
+std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums, int rank = 0,
+                                          int ranks = 1);
 
 // Reads rectangles of the checkpoint's local tensors (HDF5 datasets, or
 // torch_dist chunks). Source ids index `refs`.

@@ -210,8 +210,8 @@ void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs:
   CopyEngine& engine = *engine_ptr;
   if (ck->format == "torch_dist") {
     // One copy of every element is stored: compare the canonical tensors.
-    if (mpi.is_root())
-      for (const auto& p : check_torch_dist(*ck, opt.verify_checksums)) findings.push_back("FILE    " + p);
+    for (const auto& p : check_torch_dist(*ck, opt.verify_checksums, mpi.rank(), mpi.size()))
+      findings.push_back("FILE    " + p);
     std::vector<LocalTensorRef> refs;
     for (uint32_t i = 0; i < plan.shards.size(); ++i)
       for (uint32_t k = 0; k < plan.shards[i].tensors.size(); ++k) refs.push_back({i, k});
