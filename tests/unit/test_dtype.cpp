@@ -57,6 +57,51 @@ TEST(DType, F16RoundTripsEveryValue) {
   }
 }
 
+#if defined(__FLT16_MAX__)
+// An independent reference: the compiler's own _Float16 (GCC >= 12 on x86-64,
+// converted by libgcc's soft-float or F16C, round-to-nearest-even).
+TEST(DType, F16MatchesTheCompilersFloat16) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const auto bits = static_cast<uint16_t>(h);
+    _Float16 x;
+    std::memcpy(&x, &bits, 2);
+    const float ours = f16_to_f32(bits), ref = static_cast<float>(x);
+    if (std::isnan(ref)) {
+      EXPECT_TRUE(std::isnan(ours)) << std::hex << h;
+    } else {
+      EXPECT_EQ(ours, ref) << std::hex << h;
+      EXPECT_EQ(std::signbit(ours), std::signbit(ref)) << std::hex << h;
+    }
+  }
+  // Narrowing: 2^32 / 65521 (prime) bit patterns spread over every exponent,
+  // plus the neighbours of every half-way point near the subnormal range.
+  uint64_t checked = 0;
+  auto check = [&](uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    if (std::isnan(f)) return;
+    const _Float16 r = static_cast<_Float16>(f);
+    uint16_t ref;
+    std::memcpy(&ref, &r, 2);
+    ASSERT_EQ(f32_to_f16(f), ref) << std::hex << "f32 bits " << u;
+    ++checked;
+  };
+  for (uint64_t u = 0; u <= 0xffffffffull; u += 65521) check(static_cast<uint32_t>(u));
+  for (uint32_t h = 0; h < 0x7c00; ++h) {
+    // Half-way between half h and h+1, and one ulp (of float) either side.
+    const float lo = f16_to_f32(static_cast<uint16_t>(h)), hi = f16_to_f32(static_cast<uint16_t>(h + 1));
+    const float mid = lo + (hi - lo) / 2;
+    uint32_t m;
+    std::memcpy(&m, &mid, 4);
+    for (uint32_t v : {m - 1, m, m + 1}) {
+      check(v);
+      check(v | 0x80000000u);
+    }
+  }
+  EXPECT_GT(checked, 250000u);
+}
+#endif
+
 TEST(DType, ConvertWidensExactly) {
   const uint16_t bf[3] = {0x3f80, 0xc049, 0x0001};
   float out[3];
