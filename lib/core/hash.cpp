@@ -42,8 +42,16 @@ std::atomic<uint64_t> g_hash_file_storage_bytes{0};
 
 uint64_t hash_file_storage_bytes() { return g_hash_file_storage_bytes.load(); }
 
+ChecksumReadScope::ChecksumReadScope() : start_(read_io_counters().read_bytes) {}
+ChecksumReadScope::~ChecksumReadScope() {
+  // Process-wide counter: another thread reading at the same time would be
+  // counted too, but checksum passes run after the writes they check.
+  const uint64_t now = read_io_counters().read_bytes;
+  if (now > start_) g_hash_file_storage_bytes += now - start_;
+}
+
 uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes) {
-  const uint64_t storage0 = read_io_counters().read_bytes;
+  const ChecksumReadScope counted;
   File f(path, File::Mode::Read);
   const uint64_t size = f.size();
   std::vector<char> buf(std::min<uint64_t>(block_bytes, std::max<uint64_t>(size, 1)));
@@ -54,10 +62,6 @@ uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes) {
     h.update(buf.data(), n);
     off += n;
   }
-  // Process-wide counter: another thread reading at the same time would be
-  // counted too, but hashing runs after a shard's writes have finished.
-  const uint64_t storage1 = read_io_counters().read_bytes;
-  if (storage1 > storage0) g_hash_file_storage_bytes += storage1 - storage0;
   return h.digest();
 }
 

@@ -31,6 +31,19 @@ uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes = 8u 
 // re-reads it, from the page cache when it is still there: the benchmark
 // reports these reads apart from the reads of the input.
 uint64_t hash_file_storage_bytes();
+// Counts the storage bytes this process reads while it lives into
+// hash_file_storage_bytes(), for checksum passes that read files by other
+// means (an HDF5 dataset read back to hash it).
+class ChecksumReadScope {
+ public:
+  ChecksumReadScope();
+  ~ChecksumReadScope();
+  ChecksumReadScope(const ChecksumReadScope&) = delete;
+  ChecksumReadScope& operator=(const ChecksumReadScope&) = delete;
+
+ private:
+  uint64_t start_;
+};
 // 16 lowercase hex digits, the form stored in manifests.
 std::string hash_hex(uint64_t h);
 uint64_t hash_from_hex(const std::string& s);
