@@ -11,6 +11,7 @@ namespace mb {
 namespace {
 // Smaller blocks are written inline: a helper thread would cost more than it saves.
 constexpr uint64_t kAsyncWriteBytes = 1u << 20;
+constexpr uint64_t kOverlapBlocks = 4;
 }  // namespace
 
 CopyEngine::CopyEngine(uint64_t buffer_bytes) : buffer_bytes_(buffer_bytes) {
@@ -39,7 +40,17 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
   // next is read and converted into the other. Both fit in the buffer.
   const uint64_t block_rows =
       std::max<uint64_t>(1, buffer_bytes_ / 2 / std::max<uint64_t>(per_row, 1));
-  const uint64_t block = std::min(block_rows, std::max<uint64_t>(job.rows, 1));
+  uint64_t block = std::min(block_rows, std::max<uint64_t>(job.rows, 1));
+  // A tensor that fits one slot would be read, then written, with nothing to
+  // overlap. torch_dist stores MoE experts as one item each (2-4 MiB on
+  // 35B-A3B), so most bytes are in such tensors: split them into up to
+  // kOverlapBlocks blocks of at least kAsyncWriteBytes, so that each block's
+  // write overlaps the next one's read.
+  const uint64_t out_bytes = job.rows * dst_row;
+  if (block >= job.rows && out_bytes >= 2 * kAsyncWriteBytes) {
+    const uint64_t parts = std::min<uint64_t>(kOverlapBlocks, out_bytes / kAsyncWriteBytes);
+    block = std::max<uint64_t>(1, (job.rows + parts - 1) / parts);
+  }
   const uint64_t slot = block * per_row;
   if (staging_.size() < 2 * slot) staging_.resize(2 * slot);
   peak_ = std::max(peak_, (job.rows > block ? 2 : 1) * slot);

@@ -90,6 +90,35 @@ TEST(CopyEngine, WritesLargeBlocksOnAHelperThreadInOrder) {
   EXPECT_LE(engine.peak_staging_bytes(), 4u << 20);
 }
 
+TEST(CopyEngine, SplitsATensorThatFitsOneSlotSoWritesOverlapReads) {
+  // 4 MiB (one torch_dist expert item) through a 256 MiB buffer: 4 blocks of
+  // 1 MiB, all but the last written by the helper thread.
+  const uint64_t rows = 1024, cols = 2048;
+  MemSource src;
+  src.data = {std::vector<uint16_t>(rows * cols)};
+  std::iota(src.data[0].begin(), src.data[0].end(), 7);
+  src.cols = {cols};
+  std::vector<Segment> segs{{0, 0, 0, 0, 0, rows, cols}};
+  MemSink sink;
+  sink.row_bytes = cols * 2;
+  CopyEngine engine(256u << 20);
+  const CopyResult r = engine.run({"expert", &segs, rows, cols, DType::BF16, DType::BF16, ElementOp::None}, src, sink);
+  EXPECT_EQ(sink.blocks, 4u);
+  EXPECT_EQ(sink.other_thread_writes, 3u);
+  ASSERT_EQ(sink.out.size(), rows * cols * 2);
+  EXPECT_EQ(std::memcmp(sink.out.data(), src.data[0].data(), sink.out.size()), 0);
+  EXPECT_EQ(r.xxh3, hash_bytes(sink.out.data(), sink.out.size()));
+  EXPECT_LE(engine.peak_staging_bytes(), 2u * (1u << 20));
+
+  // Under 2 MiB stays one block, written inline.
+  MemSink small;
+  small.row_bytes = cols * 2;
+  std::vector<Segment> half{{0, 0, 0, 0, 0, 256, cols}};
+  engine.run({"small", &half, 256, cols, DType::BF16, DType::BF16, ElementOp::None}, src, small);
+  EXPECT_EQ(small.blocks, 1u);
+  EXPECT_EQ(small.other_thread_writes, 0u);
+}
+
 TEST(CopyEngine, SinkErrorsReachTheCaller) {
   struct FailingSink : RowSink {
     void write(uint64_t row0, uint64_t, const void*) override {
