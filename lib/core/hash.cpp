@@ -42,11 +42,10 @@ std::atomic<uint64_t> g_hash_file_storage_bytes{0};
 
 uint64_t hash_file_storage_bytes() { return g_hash_file_storage_bytes.load(); }
 
-ChecksumReadScope::ChecksumReadScope() : start_(read_io_counters().read_bytes) {}
+// Per thread: a checksum pass may run beside the conversion (export).
+ChecksumReadScope::ChecksumReadScope() : start_(read_thread_io_counters().read_bytes) {}
 ChecksumReadScope::~ChecksumReadScope() {
-  // Process-wide counter: another thread reading at the same time would be
-  // counted too, but checksum passes run after the writes they check.
-  const uint64_t now = read_io_counters().read_bytes;
+  const uint64_t now = read_thread_io_counters().read_bytes;
   if (now > start_) g_hash_file_storage_bytes += now - start_;
 }
 

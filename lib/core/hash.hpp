@@ -31,7 +31,7 @@ uint64_t hash_file(const std::filesystem::path& path, uint64_t block_bytes = 8u 
 // re-reads it, from the page cache when it is still there: the benchmark
 // reports these reads apart from the reads of the input.
 uint64_t hash_file_storage_bytes();
-// Counts the storage bytes this process reads while it lives into
+// Counts the storage bytes the calling thread reads while it lives into
 // hash_file_storage_bytes(), for checksum passes that read files by other
 // means (an HDF5 dataset read back to hash it).
 class ChecksumReadScope {

@@ -6,9 +6,10 @@
 
 namespace mb {
 
-IoCounters read_io_counters() {
+namespace {
+IoCounters parse_io(const char* path) {
   IoCounters c;
-  std::ifstream f("/proc/self/io");
+  std::ifstream f(path);
   std::string key;
   uint64_t value = 0;
   while (f >> key >> value) {
@@ -19,6 +20,10 @@ IoCounters read_io_counters() {
   }
   return c;
 }
+}  // namespace
+
+IoCounters read_io_counters() { return parse_io("/proc/self/io"); }
+IoCounters read_thread_io_counters() { return parse_io("/proc/thread-self/io"); }
 
 IoCounters operator-(const IoCounters& a, const IoCounters& b) {
   return {a.rchar - b.rchar, a.wchar - b.wchar, a.read_bytes - b.read_bytes,

@@ -14,7 +14,10 @@ struct IoCounters {
   uint64_t write_bytes = 0;  // bytes sent to the storage layer
 };
 
+// The whole process (threads that have exited included) ...
 IoCounters read_io_counters();
+// ... or the calling thread only (/proc/thread-self/io).
+IoCounters read_thread_io_counters();
 IoCounters operator-(const IoCounters& a, const IoCounters& b);
 
 // Peak resident set size so far (VmHWM), in bytes.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <map>
 #include <numeric>
 #include <set>
@@ -270,8 +271,11 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       if (mpi.is_root()) log::error("{}", s);
       return 2;
     }
-  // Nothing is written unless every shard file is present, intact and of this layout.
-  const std::string problem = validate_shard_files(*ck, opt.verify_checksums, mpi);
+  // Nothing is written unless every shard file is present and of this layout.
+  // The checksums are checked beside the conversion (below): reading every
+  // file once more before starting would add a full read of the checkpoint
+  // when it is not in the page cache. Nothing is committed unless they match.
+  const std::string problem = validate_shard_files(*ck, /*checksums=*/false, mpi);
   if (!problem.empty()) {
     if (mpi.is_root()) log::error("{}", problem);
     return 2;
@@ -308,6 +312,9 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
   uint64_t written = 0, tensors = 0, total_bytes = 0;
   for (const auto& t : plan.tensors) total_bytes += t.nbytes();
   Progress progress(mpi, "export", total_bytes, plan.tensors.size());
+  std::future<std::vector<std::string>> checksums;
+  if (opt.verify_checksums)
+    checksums = std::async(std::launch::async, [&ck, &mpi] { return checksum_problems(*ck, mpi.rank(), mpi.size()); });
   try {
     const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
     CopyEngine& engine = *engine_ptr;
@@ -338,6 +345,25 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
     mpi.abort(1);
   }
   progress.finish();
+  std::string corrupt;
+  if (checksums.valid()) {
+    try {
+      const auto found = checksums.get();
+      if (!found.empty()) corrupt = found.front();
+    } catch (const std::exception& e) {
+      corrupt = e.what();
+    }
+  }
+  for (const auto& c : mpi.all_gather(corrupt))
+    if (!c.empty()) {
+      mpi.barrier();
+      if (mpi.is_root()) {
+        log::error("{}", c);
+        std::error_code ec;
+        fs::remove_all(out.staging(), ec);  // never committed; the target is untouched
+      }
+      return 2;
+    }
   const uint64_t total_written = mpi.all_reduce_sum(written);
   const uint64_t total_tensors = mpi.all_reduce_sum(tensors);
   const uint64_t max_rss = mpi.all_reduce_max(peak_rss_bytes());

@@ -309,6 +309,25 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
   return problems;
 }
 
+std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int rank, int ranks) {
+  std::vector<std::string> problems;
+  size_t index = 0;
+  for (const auto& f : ck.manifest.at("files")) {
+    if (static_cast<int>(index++ % static_cast<size_t>(ranks)) != rank) continue;
+    const fs::path path = ck.dir / f.at("path").get<std::string>();
+    try {
+      const std::string got = hash_hex(hash_file(path)), want = f.at("xxh3").get<std::string>();
+      if (got != want)
+        problems.push_back(fmt::format("{} is corrupt: its xxh3 checksum is {} but the manifest recorded "
+                                       "{} (pass --no-verify-checksums to use it anyway)",
+                                       path.string(), got, want));
+    } catch (const std::exception& e) {
+      problems.push_back(fmt::format("{}: {}", path.string(), e.what()));
+    }
+  }
+  return problems;
+}
+
 std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, MpiContext& mpi) {
   std::string problem;
   if (ck.format == "torch_dist") {

@@ -74,6 +74,11 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
 std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums, int rank = 0,
                                           int ranks = 1);
 
+// The xxh3 of every file the manifest lists, against the manifest: rank r
+// checks the files i with i % ranks == r. Needs no MPI, so it can run on a
+// thread beside the conversion (export).
+std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int rank, int ranks);
+
 // Reads rectangles of the checkpoint's local tensors (HDF5 datasets, or
 // torch_dist chunks). Source ids index `refs`.
 struct LocalTensorRef;
