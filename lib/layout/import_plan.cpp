@@ -205,14 +205,18 @@ class ShardExpander {
              total_rows(map), rows_2d(local));
 
     // One copy of each HF element is canonical: export reads it, replicas are
-    // only checked. Replicated tensors: TP rank 0; non-expert tensors: EP rank
-    // 0; expert tensors: the TP rank that equals the ETP rank.
+    // only checked, and torch_dist stores only it. Replicated tensors: TP rank
+    // 0; expert tensors: the TP rank that equals the ETP rank; non-expert
+    // tensors: one EP rank, taken in turn by HF tensor (its first source's
+    // index in the sorted catalog), so that the EP ranks share the writing of
+    // the non-expert tensors instead of EP rank 0 writing them all.
+    const uint64_t ep_owner = lt.segments.empty() ? 0 : lt.segments.front().src % l_.ep;
     if (replica)
       lt.canonical = false;
     else if (expert)
       lt.canonical = coord_.tp < l_.etp;
     else
-      lt.canonical = coord_.ep == 0 && (rule.split != Split::Replicated || coord_.tp == 0);
+      lt.canonical = coord_.ep == ep_owner && (rule.split != Split::Replicated || coord_.tp == 0);
     out_.push_back(std::move(lt));
   }
 
