@@ -91,9 +91,12 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
   r.file = rel;
   const fs::path path = out_dir / rel;
   const uint64_t read_before = source.bytes_read();
+  // The file is written front to back without gaps, so its checksum is taken
+  // from the bytes as they are written instead of reading the file back.
+  Hasher file_hash;
+  uint64_t pos = 0;
   {
     File f(path, File::Mode::Write);
-    uint64_t pos = 0;
     // Objects first, then tensors, as Megatron orders a bucket.
     for (size_t si : plan.shards_of_rank(rank)) {
       const ShardPlan& s = plan.shards[si];
@@ -101,6 +104,7 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
         for (const std::string& key : dist_extra_states(t, plan.model, plan.layout, s.coord)) {
           const std::string& bytes = empty_extra_state_archive();
           f.pwrite_exact(bytes.data(), bytes.size(), pos);
+          file_hash.update(bytes.data(), bytes.size());
           r.items.push_back({key, true, {}, {}, {}, DType::U8, pos, bytes.size()});
           pos += bytes.size();
         }
@@ -111,7 +115,7 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
         if (!t.canonical) continue;
         for (const DistPiece& p : dist_pieces(t, plan.model, plan.layout, s.coord)) {
           const std::vector<Segment> segs = slice_rows(t.segments, p.row0, p.rows);
-          TorchSaveTensorWriter w(f, pos, t.dtype, p.sizes);
+          TorchSaveTensorWriter w(f, pos, t.dtype, p.sizes, &file_hash);
           ArchiveSink sink(w, t.cols() * dtype_size(t.dtype));
           try {
             engine.run({p.key, &segs, p.rows, t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
@@ -135,7 +139,9 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
     f.close();
   }
   r.bytes = fs::file_size(path);
-  r.xxh3 = hash_hex(hash_file(path));
+  MB_CHECK(r.bytes == pos, "internal: {} has {} bytes but {} were written in order", path.string(), r.bytes,
+           pos);
+  r.xxh3 = hash_hex(file_hash.digest());
   r.bytes_read = source.bytes_read() - read_before;
   return r;
 }

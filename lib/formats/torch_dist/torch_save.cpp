@@ -285,8 +285,9 @@ std::string torch_save_archive(const std::string& data_pkl, const std::vector<st
   return out;
 }
 
-TorchSaveTensorWriter::TorchSaveTensorWriter(File& file, uint64_t base, DType dtype, const Shape& shape)
-    : file_(file), base_(base), pos_(0), expected_(checked_bytes(dtype, shape)) {
+TorchSaveTensorWriter::TorchSaveTensorWriter(File& file, uint64_t base, DType dtype, const Shape& shape,
+                                             Hasher* hash)
+    : file_(file), hash_(hash), base_(base), pos_(0), expected_(checked_bytes(dtype, shape)) {
   pickle::Writer w;
   pickle_tensor(w, "0", dtype, shape);
   add_record("archive/data.pkl", w.finish());
@@ -298,6 +299,7 @@ TorchSaveTensorWriter::TorchSaveTensorWriter(File& file, uint64_t base, DType dt
 void TorchSaveTensorWriter::flush() {
   if (pending_.empty()) return;
   file_.pwrite_exact(pending_.data(), pending_.size(), base_ + pending_at_);
+  if (hash_) hash_->update(pending_.data(), pending_.size());
   pending_.clear();
 }
 
@@ -325,6 +327,7 @@ void TorchSaveTensorWriter::write(const void* data, uint64_t n) {
            file_.path().string(), written_ + n - expected_, expected_);
   if (n == 0) return;
   file_.pwrite_exact(data, n, base_ + pos_);
+  if (hash_) hash_->update(data, n);
   crc_ = crc32_of(crc_, data, n);
   pos_ += n;
   written_ += n;

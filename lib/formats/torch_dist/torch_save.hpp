@@ -12,6 +12,7 @@
 
 #include "core/dtype.hpp"
 #include "core/file.hpp"
+#include "core/hash.hpp"
 #include "core/shape.hpp"
 
 namespace mb {
@@ -34,7 +35,11 @@ class Writer;
 // The CRC-32 (zlib crc32_z, about 4 GB/s) is computed as the bytes pass.
 class TorchSaveTensorWriter {
  public:
-  TorchSaveTensorWriter(File& file, uint64_t base, DType dtype, const Shape& shape);
+  // With `hash`, every byte of the archive is also fed to it, in file order
+  // (the archive is written front to back), so that a file made of archives
+  // written one after another can be checksummed without reading it back.
+  TorchSaveTensorWriter(File& file, uint64_t base, DType dtype, const Shape& shape,
+                        Hasher* hash = nullptr);
   // The constructor writes data.pkl, byteorder and data/0's local header.
   // Tensor bytes, in row-major order, in any number of calls; each call is one
   // pwrite at the current position. More bytes than the tensor holds throw.
@@ -46,6 +51,7 @@ class TorchSaveTensorWriter {
 
  private:
   File& file_;
+  Hasher* hash_ = nullptr;
   uint64_t base_, pos_;
   uint64_t expected_, written_ = 0;
   uint32_t crc_ = 0;
