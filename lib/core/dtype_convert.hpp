@@ -16,13 +16,7 @@
 
 #include <cstdint>
 
-#ifndef MB_HOST_DEVICE
-#if defined(__CUDACC__)
-#define MB_HOST_DEVICE __host__ __device__
-#else
-#define MB_HOST_DEVICE
-#endif
-#endif
+#include "core/host_device.hpp"
 
 namespace mb {
 

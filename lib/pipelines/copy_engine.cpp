@@ -18,19 +18,20 @@ CopyEngine::CopyEngine(uint64_t buffer_bytes) : buffer_bytes_(buffer_bytes) {
   MB_CHECK(buffer_bytes_ >= 4096, "buffer size {} bytes is too small", buffer_bytes_);
 }
 
-CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
-  const auto& segs = *job.segments;
-  // Every destination element must come from exactly one segment; the plan
-  // guarantees it, and a cheap area check here keeps a bug from ever writing
-  // uninitialised bytes.
+void check_segments_cover(const CopyJob& job) {
   uint64_t area = 0;
-  for (const auto& s : segs) {
+  for (const auto& s : *job.segments) {
     MB_CHECK(s.dst_row + s.rows <= job.rows && s.dst_col + s.cols <= job.cols,
              "internal: segment outside {} ({}x{})", job.what, job.rows, job.cols);
     area += s.rows * s.cols;
   }
   MB_CHECK(area == job.rows * job.cols, "internal: segments cover {} of {} elements of {}", area,
            job.rows * job.cols, job.what);
+}
+
+CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
+  const auto& segs = *job.segments;
+  check_segments_cover(job);
 
   const uint64_t ss = dtype_size(job.src_dtype), ds = dtype_size(job.dst_dtype);
   const bool convert = job.op != ElementOp::None || job.src_dtype != job.dst_dtype;

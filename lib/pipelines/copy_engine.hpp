@@ -42,6 +42,11 @@ struct CopyJob {
   ElementOp op = ElementOp::None;
 };
 
+// Every destination element must come from exactly one segment; the plan
+// guarantees it, and this cheap area check (run by every engine before it
+// reads anything) keeps a bug from ever writing uninitialised bytes.
+void check_segments_cover(const CopyJob& job);
+
 struct CopyResult {
   uint64_t xxh3 = 0;          // of the destination bytes in row order
   uint64_t not_invertible = 0;  // elements whose op would not round-trip (see elementwise.hpp)

@@ -174,16 +174,7 @@ uint64_t CudaCopyEngine::peak_device_bytes() const {
 
 CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
   const auto& segs = *job.segments;
-  // The same guard as the CPU engine: every destination element comes from
-  // exactly one segment.
-  uint64_t area = 0;
-  for (const auto& s : segs) {
-    MB_CHECK(s.dst_row + s.rows <= job.rows && s.dst_col + s.cols <= job.cols,
-             "internal: segment outside {} ({}x{})", job.what, job.rows, job.cols);
-    area += s.rows * s.cols;
-  }
-  MB_CHECK(area == job.rows * job.cols, "internal: segments cover {} of {} elements of {}", area,
-           job.rows * job.cols, job.what);
+  check_segments_cover(job);
 
   Impl& m = *impl_;
   cuda::set_device(m.device);

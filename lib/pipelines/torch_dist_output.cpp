@@ -60,8 +60,9 @@ const std::string& empty_extra_state_archive() {
   return bytes;
 }
 
-// common.pt as a Megatron-Bridge import writes it (spec §1.4).
-std::string common_pt() {
+}  // namespace
+
+std::string common_pt_pickle() {
   pickle::Writer w;
   w.empty_dict();
   w.mark();
@@ -78,9 +79,12 @@ std::string common_pt() {
   w.boolean(true);
   w.setitems();
   w.setitems();
-  return torch_save_archive(w.finish(), {}, "common");
+  return w.finish();
 }
 
+namespace {
+// common.pt as a Megatron-Bridge import writes it (spec §1.4).
+std::string common_pt() { return torch_save_archive(common_pt_pickle(), {}, "common"); }
 }  // namespace
 
 DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::path& out_dir,

@@ -52,6 +52,11 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const std::fi
 void finish_torch_dist(const ImportPlan& plan, const std::vector<DistFileResult>& results,
                        const std::filesystem::path& out_dir);
 
+// The data.pkl of the common.pt that import writes: the dict a Megatron-Bridge
+// import saves, pickled like torch.save without the memo (tests compare it
+// with CPython's and torch's bytes).
+std::string common_pt_pickle();
+
 nlohmann::json dist_file_result_to_json(const DistFileResult& r);
 DistFileResult dist_file_result_from_json(const nlohmann::json& j);
 

@@ -17,6 +17,7 @@
 #include "core/file.hpp"
 #include "formats/torch_dist/pickle.hpp"
 #include "formats/torch_dist/torch_save.hpp"
+#include "pipelines/torch_dist_output.hpp"
 #include "test_util.hpp"
 
 using namespace mb;
@@ -421,24 +422,8 @@ TEST(TorchSave, ReadsTheGoldenCommonPt) {
   EXPECT_FALSE(cm->get("singleton_local_shards")->b);
   EXPECT_TRUE(cm->get("chained_optim_avoid_prefix")->b);
   expect_miniz_layout(walk(read_all(kGolden / "common.pt")), "golden common");
-  // Our common.pt pickle is torch's without memo.
-  pickle::Writer w;
-  w.empty_dict();
-  w.mark();
-  w.string("checkpoint_version");
-  w.floating(3.0);
-  w.string("iteration");
-  w.integer(0);
-  w.string("content_metadata");
-  w.empty_dict();
-  w.mark();
-  w.string("singleton_local_shards");
-  w.boolean(false);
-  w.string("chained_optim_avoid_prefix");
-  w.boolean(true);
-  w.setitems();
-  w.setitems();
-  EXPECT_EQ(hex(w.finish()), e["data_pkl_nomemo_hex"].get<std::string>());
+  // Our common.pt pickle (the library's) is torch's without memo.
+  EXPECT_EQ(hex(common_pt_pickle()), e["data_pkl_nomemo_hex"].get<std::string>());
 }
 
 TEST(TorchSave, RejectsBrokenArchives) {
@@ -548,25 +533,7 @@ TEST(TorchGoldenEmit, Archives) {
     w.append();
     write_bytes(dir / "cxx_empty_list.pt", torch_save_archive(w.finish(), {std::string()}));
   }
-  {
-    pickle::Writer w;
-    w.empty_dict();
-    w.mark();
-    w.string("checkpoint_version");
-    w.floating(3.0);
-    w.string("iteration");
-    w.integer(0);
-    w.string("content_metadata");
-    w.empty_dict();
-    w.mark();
-    w.string("singleton_local_shards");
-    w.boolean(false);
-    w.string("chained_optim_avoid_prefix");
-    w.boolean(true);
-    w.setitems();
-    w.setitems();
-    write_bytes(dir / "cxx_common.pt", torch_save_archive(w.finish(), {}, "common"));
-  }
+  write_bytes(dir / "cxx_common.pt", torch_save_archive(common_pt_pickle(), {}, "common"));
   {
     pickle::Writer w;
     w.empty_dict();
