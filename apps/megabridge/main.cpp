@@ -27,10 +27,17 @@ void add_device_option(CLI::App* c, std::string& device) {
   c->add_option("--device", device, kDeviceHelp)->check(CLI::IsMember({"cpu", "cuda", "auto"}));
 }
 
+void add_io_option(CLI::App* c, std::string& io) {
+  c->add_option("--io", io,
+                "auto (default): large reads and writes bypass the page cache (O_DIRECT) where the "
+                "filesystem allows it; direct: the same, saying when a file falls back; buffered: never")
+      ->check(CLI::IsMember({"auto", "direct", "buffered"}));
+}
+
 // Flags shared by import and plan. Optional so that only the flags the user
 // gives override the YAML job file.
 struct ImportFlags {
-  std::string config, hf_path, out, format, dtype, device;
+  std::string config, hf_path, out, format, dtype, device, io;
   std::optional<uint64_t> tp, pp, ep, etp, first, last, buffer_mb;
   bool not_strict = false, overwrite = false, resume = false, read_once = false;
 
@@ -50,6 +57,7 @@ struct ImportFlags {
     c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
     if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
     if (with_output) add_device_option(c, device);
+    if (with_output) add_io_option(c, io);
     c->add_flag("--read-once", read_once,
                 "read every HF byte from storage once and forward it over MPI (HDF5 output)");
     if (with_output)
@@ -75,6 +83,7 @@ struct ImportFlags {
     if (resume) o.resume = true;
     if (read_once) o.read_once = true;
     if (!device.empty()) o.device = device;
+    if (!io.empty()) o.io = mb::parse_io_mode(io);
     MB_CHECK(!o.hf_path.empty(), "no HF checkpoint given: use --hf-path or source.hf_path in --config");
     return o;
   }
@@ -82,7 +91,7 @@ struct ImportFlags {
 
 struct ExportFlags {
   std::string config, megatron_path, hf_path, experts, mtp_experts, max_shard_size, dtype, hf_config,
-      device;
+      device, io;
   std::optional<uint64_t> buffer_mb;
   bool no_verify = false, overwrite = false;
 
@@ -99,6 +108,7 @@ struct ExportFlags {
     c->add_flag("--no-verify-checksums", no_verify, "skip the shard checksum check");
     c->add_flag("--overwrite", overwrite, "replace an existing output directory");
     add_device_option(c, device);
+    add_io_option(c, io);
     c->add_option("--hf-config", hf_config,
                   "the model's HF config.json, for a torch_dist checkpoint not written by megabridge");
   }
@@ -116,6 +126,7 @@ struct ExportFlags {
     if (overwrite) o.overwrite = true;
     if (!hf_config.empty()) o.hf_config = hf_config;
     if (!device.empty()) o.device = device;
+    if (!io.empty()) o.io = mb::parse_io_mode(io);
     MB_CHECK(!o.megatron_path.empty(), "no Megatron checkpoint given: use --megatron-path");
     MB_CHECK(!o.hf_path.empty(), "no output directory given: use --hf-path");
     return o;
@@ -186,6 +197,7 @@ int main(int argc, char** argv) {
                          "HF config.json for a torch_dist side not written by megabridge (default: the HF side's)");
   mb::ReshardOptions reshard_opt;
   std::optional<uint64_t> reshard_first, reshard_last, reshard_buffer_mb;
+  std::string reshard_io, bench_io;
   bool reshard_no_checksums = false;
   CLI::App* reshard_cmd = app.add_subcommand(
       "reshard", "convert Megatron shards to another parallel layout, without HF in between");
@@ -199,6 +211,7 @@ int main(int argc, char** argv) {
   reshard_cmd->add_option("--last-stage-layers", reshard_last, "layers on the last stage");
   reshard_cmd->add_option("--buffer-mb", reshard_buffer_mb, "staging memory per rank in MiB");
   add_device_option(reshard_cmd, reshard_opt.device);
+  add_io_option(reshard_cmd, reshard_io);
   reshard_cmd->add_flag("--no-verify-checksums", reshard_no_checksums, "skip the shard checksum check");
   reshard_cmd->add_flag("--overwrite", reshard_opt.overwrite, "replace an existing output directory");
   mb::BenchOptions bench_opt;
@@ -215,6 +228,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--etp", bench_opt.layout.etp, "expert tensor-parallel size");
   bench_cmd->add_option("--buffer-mb", bench_buffer_mb, "staging memory per rank in MiB (default 256)");
   add_device_option(bench_cmd, bench_opt.device);
+  add_io_option(bench_cmd, bench_io);
   bench_cmd->add_flag("--keep", bench_opt.keep, "keep the import and export outputs");
   bench_cmd->add_option("--format", bench_opt.format, "import output format: hdf5 or torch_dist");
   bench_cmd->add_flag("--read-once", bench_opt.read_once, "import in read-once mode");
@@ -244,12 +258,14 @@ int main(int argc, char** argv) {
     }
     if (*bench_cmd) {
       if (bench_buffer_mb) bench_opt.buffer_bytes = *bench_buffer_mb << 20;
+      if (!bench_io.empty()) bench_opt.io = mb::parse_io_mode(bench_io);
       return mb::run_bench(bench_opt, mpi);
     }
     if (*reshard_cmd) {
       reshard_opt.layout.first_stage_layers = reshard_first;
       reshard_opt.layout.last_stage_layers = reshard_last;
       if (reshard_buffer_mb) reshard_opt.buffer_bytes = *reshard_buffer_mb << 20;
+      if (!reshard_io.empty()) reshard_opt.io = mb::parse_io_mode(reshard_io);
       reshard_opt.verify_checksums = !reshard_no_checksums;
       return mb::run_reshard(reshard_opt, mpi);
     }

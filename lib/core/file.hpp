@@ -12,13 +12,22 @@
 
 namespace mb {
 
-class File {
+// Where a writer puts bytes at explicit offsets: a File, or an AppendFile
+// (direct_io.hpp), which takes them in order only.
+class ByteOutput {
+ public:
+  virtual ~ByteOutput() = default;
+  virtual void write_at(const void* buf, uint64_t n, uint64_t offset) = 0;
+  virtual const std::filesystem::path& output_path() const = 0;
+};
+
+class File : public ByteOutput {
  public:
   enum class Mode { Read, Write /* create or truncate */, ReadWrite /* existing */ };
 
   File() = default;
   File(const std::filesystem::path& path, Mode mode);
-  ~File();
+  ~File() override;
   File(File&& o) noexcept;
   File& operator=(File&& o) noexcept;
   File(const File&) = delete;
@@ -34,6 +43,8 @@ class File {
   // Scatter read of consecutive file bytes starting at `offset`.
   void preadv_exact(std::vector<iovec>& iov, uint64_t offset, std::string_view what = {}) const;
   void pwrite_exact(const void* buf, uint64_t n, uint64_t offset);
+  void write_at(const void* buf, uint64_t n, uint64_t offset) override { pwrite_exact(buf, n, offset); }
+  const std::filesystem::path& output_path() const override { return path_; }
   void truncate(uint64_t size);
   void fsync();
   void close();

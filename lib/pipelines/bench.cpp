@@ -140,6 +140,7 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   io.format = opt.format;
   io.read_once = opt.read_once;
   io.device = opt.device;
+  io.io = opt.io;
   const json imp_stats = measure(mpi, [&] { return run_import(io, mpi); }, imp_wall, code, opt.cold);
   MB_CHECK(code == 0, "bench: import failed");
   if (mpi.is_root()) MB_CHECK(std::system("sync") == 0, "bench: sync failed");
@@ -148,6 +149,7 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   eo.hf_path = back;
   eo.buffer_bytes = opt.buffer_bytes;
   eo.device = opt.device;
+  eo.io = opt.io;
   const json exp_stats = measure(mpi, [&] { return run_export(eo, mpi); }, exp_wall, code, opt.cold);
   MB_CHECK(code == 0, "bench: export failed");
   log::set_level(level);
@@ -156,10 +158,10 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
     const uint64_t hf_bytes = dir_bytes(hf), meg_bytes = dir_bytes(meg);
     std::string out = fmt::format(
         "bench: {} ({} layers), HF {} GB, Megatron {} GB; {} ranks, {}, {}{}, buffer {} MiB, device {}, "
-        "page cache {}\n",
+        "I/O {}, page cache {}\n",
         opt.hf_config.filename().string(), opt.layers, gb(hf_bytes), gb(meg_bytes), mpi.size(),
         opt.layout.describe(), opt.format, opt.read_once ? " read-once" : "", opt.buffer_bytes >> 20,
-        opt.device, opt.cold ? "dropped before each phase" : "warm");
+        opt.device, io_mode_name(opt.io), opt.cold ? "dropped before each phase" : "warm");
     out += "phase      wall s    GB/s  x cp\n";
     auto row = [&](const char* name, double wall, uint64_t bytes) {
       out += fmt::format("{:<8} {:>8.2f} {:>7.2f} {:>5.2f}\n", name, wall,
@@ -197,7 +199,7 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
     std::fputs(out.c_str(), stdout);
     const json record = {{"config", opt.hf_config.filename().string()}, {"layers", opt.layers},
                          {"ranks", mpi.size()}, {"layout", opt.layout.describe()},
-                         {"buffer_mb", opt.buffer_bytes >> 20}, {"device", opt.device},
+                         {"buffer_mb", opt.buffer_bytes >> 20}, {"device", opt.device}, {"io", io_mode_name(opt.io)},
                          {"format", opt.format}, {"read_once", opt.read_once}, {"cold", opt.cold}, {"hf_bytes", hf_bytes},
                          {"cp_seconds", cp_wall}, {"import_seconds", imp_wall},
                          {"export_seconds", exp_wall}, {"import", imp_stats}, {"export", exp_stats}};

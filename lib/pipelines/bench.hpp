@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "core/direct_io.hpp"
 #include "layout/parallel_layout.hpp"
 
 namespace mb {
@@ -22,6 +23,7 @@ struct BenchOptions {
   ParallelLayout layout;
   uint64_t buffer_bytes = 256ull << 20;
   std::string device = "cpu";  // copy engine for import and export: cpu, cuda or auto
+  IoMode io = IoMode::Auto;  // O_DIRECT for large transfers where the filesystem takes it (direct_io.hpp)
   bool keep = false;  // keep the outputs (the synthetic input is always kept for reuse)
   std::string format = "hdf5";  // import output format
   bool read_once = false;       // import in read-once mode

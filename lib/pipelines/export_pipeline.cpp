@@ -232,16 +232,17 @@ ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& 
   return plan;
 }
 
+// One tensor's bytes in an output file that other ranks fill around it.
 class FileRegionSink : public RowSink {
  public:
-  FileRegionSink(File& f, uint64_t offset, uint64_t row_bytes)
-      : f_(f), offset_(offset), row_bytes_(row_bytes) {}
+  FileRegionSink(RegionWriter& w, uint64_t offset, uint64_t row_bytes)
+      : w_(w), offset_(offset), row_bytes_(row_bytes) {}
   void write(uint64_t row0, uint64_t rows, const void* data) override {
-    f_.pwrite_exact(data, rows * row_bytes_, offset_ + row0 * row_bytes_);
+    w_.write_at(data, rows * row_bytes_, offset_ + row0 * row_bytes_);
   }
 
  private:
-  File& f_;
+  RegionWriter& w_;
   uint64_t offset_, row_bytes_;
 };
 
@@ -316,21 +317,33 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
   if (opt.verify_checksums)
     checksums = std::async(std::launch::async, [&ck, &mpi] { return checksum_problems(*ck, mpi.rank(), mpi.size()); });
   try {
-    const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
+    const IoMode src_io = source_io_mode(opt.io, opt.verify_checksums);
+    // The direct I/O buffers (a torch_dist source's read window, the output's
+    // write buffer) are taken out of the configured buffer.
+    const int io_buffers = (ck->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
+                           (opt.io != IoMode::Buffered ? 1 : 0);
+    const auto engine_ptr =
+        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, IoMode::Auto, io_buffers));
     CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
-    const auto source_ptr = open_local_source(*ck, plan.refs);
+    const auto source_ptr = open_local_source(*ck, plan.refs, io_config(src_io, opt.buffer_bytes));
     RowSource& source = *source_ptr;
-    std::map<uint32_t, File> files;
+    std::map<uint32_t, RegionFile> files;
+    AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
     for (const ExportTensor& t : plan.tensors) {
       if (t.rank != mpi.rank()) continue;
       auto it = files.find(t.file);
-      if (it == files.end())
-        it = files.emplace(t.file, File(out.staging() / plan.files[t.file], File::Mode::ReadWrite)).first;
-      FileRegionSink sink(it->second, t.offset, cols_2d(t.shape) * dtype_size(t.dtype));
+      if (it == files.end()) {
+        it = files.emplace(t.file, RegionFile(out.staging() / plan.files[t.file], opt.io)).first;
+        if (it->second.direct() && write_buffer.size() == 0)
+          write_buffer = AlignedBuffer(direct_io_chunk_bytes(opt.buffer_bytes));
+      }
+      RegionWriter region(it->second, t.offset, t.offset + t.nbytes(), write_buffer);
+      FileRegionSink sink(region, t.offset, cols_2d(t.shape) * dtype_size(t.dtype));
       CopyJob job{t.name, &t.segments, rows_2d(t.shape), cols_2d(t.shape), t.stored_dtype, t.dtype, t.op};
       try {
         engine.run(job, source, sink);
+        region.finish();
       } catch (...) {
         rethrow_with_context(fmt::format("exporting {}", t.name));
       }
@@ -339,7 +352,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       progress.add_tensor();
       test_hook_after_tensor(mpi.rank());
     }
-    for (auto& [f, file] : files) file.fsync();
+    for (auto& [f, file] : files) file.file().fsync();
   } catch (const std::exception& e) {
     log::error("{}", e.what());
     mpi.abort(1);

@@ -6,6 +6,7 @@
 #include <string>
 #include <optional>
 
+#include "core/direct_io.hpp"
 #include "core/dtype.hpp"
 #include "model/qwen35_hf_schema.hpp"
 
@@ -24,6 +25,7 @@ struct ExportOptions {
   std::optional<DType> dtype;  // default: each tensor's source dtype
   uint64_t buffer_bytes = 256ull << 20;
   std::string device = "cpu";  // copy engine: cpu, cuda or auto (make_copy_engine)
+  IoMode io = IoMode::Auto;  // O_DIRECT for large transfers where the filesystem takes it (direct_io.hpp)
   bool verify_checksums = true;
   bool overwrite = false;
   // For a torch_dist checkpoint written by another tool (no megabridge

@@ -117,10 +117,14 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
   DistFileResult dist_result;
   uint64_t read_once_storage = 0;
   try {
-    const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
+    // The direct I/O buffers (a read bounce buffer; for torch_dist an append
+    // buffer too) come out of the configured buffer.
+    const IoConfig io = io_config(opt.io, opt.buffer_bytes);
+    const auto engine_ptr =
+        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, opt.io, dist ? 2 : 1));
     CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
-    SafetensorsSource source(plan.catalog);
+    SafetensorsSource source(plan.catalog, io);
     const std::string dist_name = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, mpi.rank());
     std::optional<DistFileResult> kept;
     if (dist && opt.resume) {
@@ -137,7 +141,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
     if (kept) {
       dist_result = *kept;
     } else if (dist) {
-      dist_result = write_distcp_file(plan, mpi.rank(), out.staging(), engine, source,
+      dist_result = write_distcp_file(plan, mpi.rank(), out.staging(), engine, source, io,
                                       [&] {
                                            progress.add_tensor();
                                            test_hook_after_tensor(mpi.rank());
@@ -157,7 +161,9 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       if (!forwarder) forwarder = make_mpi_forwarder(mpi);
       log::debug("read-once: forwarding with {}", forwarder->name());
       ReadOnceStats stats;
-      results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(), opt.buffer_bytes, progress, stats);
+      results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(),
+                                   engine_buffer_bytes(opt.buffer_bytes, opt.io, 1), io, progress,
+                                   stats);
       log::debug("read-once: read {} from storage, sent {}, received {}",
                  human_bytes(static_cast<double>(stats.storage_bytes)),
                  human_bytes(static_cast<double>(stats.sent_bytes)),

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "core/direct_io.hpp"
 #include "core/dtype.hpp"
 #include "layout/parallel_layout.hpp"
 
@@ -21,6 +22,7 @@ struct ImportOptions {
   std::optional<DType> dtype;  // nullopt: keep every tensor's source dtype
   uint64_t buffer_bytes = 256ull << 20;
   std::string device = "cpu";  // copy engine: cpu, cuda or auto (make_copy_engine)
+  IoMode io = IoMode::Auto;  // O_DIRECT for large transfers where the filesystem takes it (direct_io.hpp)
   bool strict = true;
   bool overwrite = false;
   // Continue an interrupted run: shards already committed in the staging

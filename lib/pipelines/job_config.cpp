@@ -39,6 +39,14 @@ YAML::Node load_yaml(const std::string& file) {
     throw Error("{}: {}", file, e.what());
   }
 }
+
+IoMode get_io_mode(const YAML::Node& root, const std::string& file) {
+  try {
+    return parse_io_mode(get<std::string>(root, "io", file));
+  } catch (const Error& e) {
+    throw Error("{}: {}", file, e.what());
+  }
+}
 }  // namespace
 
 std::optional<DType> parse_dtype_option(const std::string& s) {
@@ -54,7 +62,7 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   ImportOptions o;
   check_keys(root,
              {"source", "target", "parallel", "dtype", "buffer_mb", "strict", "overwrite", "resume",
-              "read_once", "device"},
+              "read_once", "device", "io"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"hf_path"}, "source", file);
@@ -85,6 +93,7 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   if (root["resume"]) o.resume = get<bool>(root, "resume", file);
   if (root["read_once"]) o.read_once = get<bool>(root, "read_once", file);
   if (root["device"]) o.device = get<std::string>(root, "device", file);
+  if (root["io"]) o.io = get_io_mode(root, file);
   return o;
 }
 
@@ -92,7 +101,8 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
   const std::string file = yaml_path.string();
   const YAML::Node root = load_yaml(file);
   ExportOptions o;
-  check_keys(root, {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite", "device"},
+  check_keys(root,
+             {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite", "device", "io"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"megatron_path"}, "source", file);
@@ -112,6 +122,7 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
   if (root["verify_checksums"]) o.verify_checksums = get<bool>(root, "verify_checksums", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
   if (root["device"]) o.device = get<std::string>(root, "device", file);
+  if (root["io"]) o.io = get_io_mode(root, file);
   return o;
 }
 

@@ -347,9 +347,13 @@ std::string validate_shard_files(const MegatronCheckpoint& ck, bool checksums, M
   return {};
 }
 
-std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
-                                             std::vector<LocalTensorRef> refs) {
-  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs));
+IoMode source_io_mode(IoMode requested, bool checksums_verified) {
+  return requested == IoMode::Auto && checksums_verified ? IoMode::Buffered : requested;
+}
+
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                                             const IoConfig& io) {
+  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs), io);
   return std::make_unique<Hdf5ShardSource>(ck, std::move(refs));
 }
 

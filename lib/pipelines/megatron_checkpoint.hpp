@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/direct_io.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "layout/import_plan.hpp"
@@ -80,10 +81,16 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
 std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int rank, int ranks);
 
 // Reads rectangles of the checkpoint's local tensors (HDF5 datasets, or
-// torch_dist chunks). Source ids index `refs`.
+// torch_dist chunks). Source ids index `refs`. `io` applies to torch_dist
+// (HDF5 is read by libhdf5, through the page cache).
 struct LocalTensorRef;
-std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
-                                             std::vector<LocalTensorRef> refs);
+// How a source that is also checksummed should be read. The checksum pass
+// reads every file through the page cache; with `auto`, the conversion then
+// reads through the page cache too, sharing those reads (direct reads would
+// fetch every byte from storage a second time). An explicit `direct` is kept.
+IoMode source_io_mode(IoMode requested, bool checksums_verified);
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                                             const IoConfig& io);
 
 // Reads rectangles of shard datasets. Source ids index `refs`.
 struct LocalTensorRef {

@@ -107,10 +107,10 @@ uint64_t read_once_read_bytes(const ImportPlan& plan) {
 
 std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& mpi, Forwarder& fwd,
                                             const fs::path& staging, uint64_t buffer_bytes,
-                                            Progress& progress, ReadOnceStats& stats) {
+                                            const IoConfig& io, Progress& progress, ReadOnceStats& stats) {
   const int me = mpi.rank();
   const Schedule sched = make_schedule(plan);
-  SafetensorsSource source(plan.catalog);
+  SafetensorsSource source(plan.catalog, io);
 
   // All my shard files, with every dataset created up front.
   std::map<uint32_t, std::unique_ptr<Hdf5ShardUpdater>> files;

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "core/direct_io.hpp"
 #include "layout/import_plan.hpp"
 #include "pipelines/manifest.hpp"
 
@@ -29,7 +30,7 @@ struct ReadOnceStats {
 
 std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& mpi, Forwarder& fwd,
                                             const std::filesystem::path& staging,
-                                            uint64_t buffer_bytes, Progress& progress,
+                                            uint64_t buffer_bytes, const IoConfig& io, Progress& progress,
                                             ReadOnceStats& stats);
 
 // Bytes all ranks read from storage in each mode.

@@ -108,10 +108,13 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
   Progress progress(mpi, "reshard", total_bytes, total_tensors);
   std::vector<ShardResult> results;
   try {
-    const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
+    const IoMode src_io = source_io_mode(opt.io, opt.verify_checksums);
+    const int io_buffers = ck->format == "torch_dist" ? 1 : 0;  // the source's read window
+    const auto engine_ptr =
+        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, src_io, io_buffers));
     CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
-    const auto source_ptr = open_local_source(*ck, index.refs);
+    const auto source_ptr = open_local_source(*ck, index.refs, io_config(src_io, opt.buffer_bytes));
     RowSource& source = *source_ptr;
     for (size_t i : plan.shards_of_rank(mpi.rank()))
       results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, plan.shards[i],

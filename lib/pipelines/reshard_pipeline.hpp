@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 
+#include "core/direct_io.hpp"
 #include "layout/parallel_layout.hpp"
 
 namespace mb {
@@ -19,6 +20,7 @@ struct ReshardOptions {
   ParallelLayout layout;
   uint64_t buffer_bytes = 256ull << 20;
   std::string device = "cpu";  // copy engine: cpu, cuda or auto (make_copy_engine)
+  IoMode io = IoMode::Auto;  // O_DIRECT for large transfers where the filesystem takes it (direct_io.hpp)
   bool verify_checksums = true;
   bool overwrite = false;
 };

@@ -1,12 +1,14 @@
 // Reads rectangles of HF tensors straight from the safetensors files with
-// pread: whole-row ranges in one call, column windows row by row. Nothing
-// outside the requested bytes is read.
+// pread: whole-row ranges in one call, column windows row by row. With
+// direct I/O (direct_io.hpp) the reads go through one ReadWindow, which
+// rounds each load to the alignment and loads ahead for small reads going
+// forward; otherwise nothing outside the requested bytes is asked for.
 #pragma once
 
 #include <map>
 #include <memory>
 
-#include "core/file.hpp"
+#include "core/direct_io.hpp"
 #include "formats/safetensors/hf_checkpoint.hpp"
 #include "pipelines/copy_engine.hpp"
 
@@ -14,17 +16,20 @@ namespace mb {
 
 class SafetensorsSource : public RowSource {
  public:
-  explicit SafetensorsSource(const HfCatalog& catalog) : c_(catalog) {}
+  explicit SafetensorsSource(const HfCatalog& catalog, IoConfig io = {IoMode::Buffered, 0})
+      : c_(catalog), io_(io) {}
 
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
 
  private:
-  const File& file(uint32_t index);
+  InputFile& file(uint32_t index);
 
   const HfCatalog& c_;
-  std::map<uint32_t, File> files_;
+  IoConfig io_;
+  ReadWindow window_;  // allocated when the first file opens for direct reads
+  std::map<uint32_t, InputFile> files_;
   uint64_t bytes_read_ = 0;
 };
 

@@ -88,7 +88,7 @@ std::string common_pt() { return torch_save_archive(common_pt_pickle(), {}, "com
 }  // namespace
 
 DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::path& out_dir,
-                                 CopyEngine& engine, RowSource& source,
+                                 CopyEngine& engine, RowSource& source, const IoConfig& io,
                                  const std::function<void()>& on_tensor) {
   DistFileResult r;
   const std::string rel = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, rank);
@@ -100,14 +100,14 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
   Hasher file_hash;
   uint64_t pos = 0;
   {
-    File f(path, File::Mode::Write);
+    AppendFile f(path, io.mode, io.chunk_bytes);
     // Objects first, then tensors, as Megatron orders a bucket.
     for (size_t si : plan.shards_of_rank(rank)) {
       const ShardPlan& s = plan.shards[si];
       for (const LocalTensor& t : s.tensors)
         for (const std::string& key : dist_extra_states(t, plan.model, plan.layout, s.coord)) {
           const std::string& bytes = empty_extra_state_archive();
-          f.pwrite_exact(bytes.data(), bytes.size(), pos);
+          f.append(bytes.data(), bytes.size());
           file_hash.update(bytes.data(), bytes.size());
           r.items.push_back({key, true, {}, {}, {}, DType::U8, pos, bytes.size()});
           pos += bytes.size();
@@ -133,14 +133,12 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
         if (on_tensor) on_tensor();
       }
     }
+    f.finish();
     if (r.items.empty()) {
-      f.close();
       fs::remove(path);
       r.file.clear();
       return r;
     }
-    f.fsync();
-    f.close();
   }
   r.bytes = fs::file_size(path);
   MB_CHECK(r.bytes == pos, "internal: {} has {} bytes but {} were written in order", path.string(), r.bytes,

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/direct_io.hpp"
 #include "layout/import_plan.hpp"
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/manifest.hpp"
@@ -44,7 +45,7 @@ struct DistFileResult {
 
 // Writes this rank's .distcp file (none if it has no canonical tensor).
 DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const std::filesystem::path& out_dir,
-                                 CopyEngine& engine, RowSource& source,
+                                 CopyEngine& engine, RowSource& source, const IoConfig& io,
                                  const std::function<void()>& on_tensor = {});
 
 // Rank 0, after every rank wrote its file: validates and writes the Megatron

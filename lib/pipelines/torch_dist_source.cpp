@@ -8,8 +8,9 @@
 namespace mb {
 namespace fs = std::filesystem;
 
-TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs)
-    : ck_(ck), refs_(std::move(refs)) {}
+TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                                 IoConfig io)
+    : ck_(ck), refs_(std::move(refs)), io_(io) {}
 
 const std::vector<DistPiece>& TorchDistSource::pieces(uint32_t id) {
   auto it = pieces_.find(id);
@@ -20,12 +21,12 @@ const std::vector<DistPiece>& TorchDistSource::pieces(uint32_t id) {
       .first->second;
 }
 
-const File& TorchDistSource::file(const std::string& relative) {
+InputFile& TorchDistSource::file(const std::string& relative) {
   auto it = files_.find(relative);
   if (it == files_.end())
-    it = files_.emplace(relative, File(resolve_inside(ck_.iter_dir, relative, "torch_dist item"),
-                                       File::Mode::Read))
+    it = files_.emplace(relative, InputFile(resolve_inside(ck_.iter_dir, relative, "torch_dist item"), io_.mode))
              .first;
+  if (it->second.direct() && window_.capacity() == 0) window_ = ReadWindow(io_.chunk_bytes);
   return it->second;
 }
 
@@ -36,7 +37,7 @@ const TorchTensorItem& TorchDistSource::item(const std::string& key, const DcpCh
   const DcpStorage& st = ck_.dcp.storage_of(key, chunk.offsets);
   const std::string what = fmt::format("{} chunk at [{}] in {}", key, fmt::join(chunk.offsets, ", "),
                                        st.relative_path);
-  TorchTensorItem ti = read_torch_tensor_item(file(st.relative_path), st.offset, st.length, what);
+  TorchTensorItem ti = read_torch_tensor_item(file(st.relative_path).file(), st.offset, st.length, what);
   MB_CHECK(ti.shape == chunk.sizes, "{}: the archive holds shape {} but .metadata says {}", what,
            shape_str(ti.shape), shape_str(chunk.sizes));
   // Chunks are written contiguous; anything else would need a gather.
@@ -80,7 +81,7 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         const TorchTensorItem& ti = item(p.key, c);
         MB_CHECK(ti.dtype == meta->dtype, "{}: chunk dtype {} differs from .metadata's {}", p.key,
                  dtype_name(ti.dtype), dtype_name(meta->dtype));
-        const File& f = file(ck_.dcp.storage_of(p.key, c.offsets).relative_path);
+        InputFile& f = file(ck_.dcp.storage_of(p.key, c.offsets).relative_path);
         // Walk the cut's innermost runs (contiguous in the chunk), merging runs
         // that continue each other both in the file and in the destination.
         const uint64_t run = cut->sizes[nd - 1];
@@ -88,7 +89,7 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         uint64_t pend_file = 0, pend_len = 0;
         unsigned char* pend_dst = nullptr;
         auto flush = [&] {
-          if (pend_len) f.pread_exact(pend_dst, pend_len, pend_file, p.key);
+          if (pend_len) f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
           bytes_read_ += pend_len;
           pend_len = 0;
         };

@@ -44,6 +44,7 @@ dtype: bf16
 buffer_mb: 64
 strict: false
 overwrite: true
+io: buffered
 )");
   const ImportOptions o = load_import_job(d.path / "j.yaml");
   EXPECT_EQ(o.hf_path, "/in");
@@ -53,6 +54,8 @@ overwrite: true
   EXPECT_EQ(o.buffer_bytes, 64ull << 20);
   EXPECT_FALSE(o.strict);
   EXPECT_TRUE(o.overwrite);
+  EXPECT_EQ(o.io, IoMode::Buffered);
+  EXPECT_EQ(ImportOptions{}.io, IoMode::Auto);  // the default
 
   write_bytes(d.path / "typo.yaml", "parallel: {tp: 2, ppp: 4}\n");
   try {
@@ -67,6 +70,16 @@ overwrite: true
   const ExportOptions x = load_export_job(d.path / "e.yaml");
   EXPECT_EQ(*x.experts, ExpertLayout::PerExpert);
   EXPECT_EQ(*x.max_shard_bytes, 2000000000u);
+  EXPECT_EQ(x.io, IoMode::Auto);
+  write_bytes(d.path / "io.yaml", "source: {megatron_path: /m}\nio: odirect\n");
+  try {
+    load_export_job(d.path / "io.yaml");
+    FAIL() << "accepted io: odirect";
+  } catch (const std::exception& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("io.yaml"), std::string::npos) << m;
+    EXPECT_NE(m.find("'odirect'"), std::string::npos) << m;
+  }
 }
 
 TEST(JobConfig, SizesAndDtypes) {

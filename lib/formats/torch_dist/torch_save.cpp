@@ -285,7 +285,7 @@ std::string torch_save_archive(const std::string& data_pkl, const std::vector<st
   return out;
 }
 
-TorchSaveTensorWriter::TorchSaveTensorWriter(File& file, uint64_t base, DType dtype, const Shape& shape,
+TorchSaveTensorWriter::TorchSaveTensorWriter(ByteOutput& file, uint64_t base, DType dtype, const Shape& shape,
                                              Hasher* hash)
     : file_(file), hash_(hash), base_(base), pos_(0), expected_(checked_bytes(dtype, shape)) {
   pickle::Writer w;
@@ -298,7 +298,7 @@ TorchSaveTensorWriter::TorchSaveTensorWriter(File& file, uint64_t base, DType dt
 
 void TorchSaveTensorWriter::flush() {
   if (pending_.empty()) return;
-  file_.pwrite_exact(pending_.data(), pending_.size(), base_ + pending_at_);
+  file_.write_at(pending_.data(), pending_.size(), base_ + pending_at_);
   if (hash_) hash_->update(pending_.data(), pending_.size());
   pending_.clear();
 }
@@ -324,9 +324,9 @@ void TorchSaveTensorWriter::begin_record(const std::string& name, uint64_t size)
 void TorchSaveTensorWriter::write(const void* data, uint64_t n) {
   MB_CHECK(!finished_, "torch.save: write after finish");
   MB_CHECK(n <= expected_ - written_, "torch.save writer for {}: {} more bytes than the tensor's {}",
-           file_.path().string(), written_ + n - expected_, expected_);
+           file_.output_path().string(), written_ + n - expected_, expected_);
   if (n == 0) return;
-  file_.pwrite_exact(data, n, base_ + pos_);
+  file_.write_at(data, n, base_ + pos_);
   if (hash_) hash_->update(data, n);
   crc_ = crc32_of(crc_, data, n);
   pos_ += n;
@@ -346,7 +346,7 @@ void TorchSaveTensorWriter::end_record(uint32_t crc, uint64_t size) {
 uint64_t TorchSaveTensorWriter::finish() {
   MB_CHECK(!finished_, "torch.save: finish called twice");
   MB_CHECK(written_ == expected_, "torch.save writer for {}: got {} tensor bytes, expected {}",
-           file_.path().string(), written_, expected_);
+           file_.output_path().string(), written_, expected_);
   finished_ = true;
   end_record(crc_, written_);
   add_record("archive/version", "3\n");

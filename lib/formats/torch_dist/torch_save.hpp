@@ -38,11 +38,12 @@ class TorchSaveTensorWriter {
   // With `hash`, every byte of the archive is also fed to it, in file order
   // (the archive is written front to back), so that a file made of archives
   // written one after another can be checksummed without reading it back.
-  TorchSaveTensorWriter(File& file, uint64_t base, DType dtype, const Shape& shape,
+  // `out` is a File (any base) or an AppendFile (base = its current size).
+  TorchSaveTensorWriter(ByteOutput& out, uint64_t base, DType dtype, const Shape& shape,
                         Hasher* hash = nullptr);
   // The constructor writes data.pkl, byteorder and data/0's local header.
   // Tensor bytes, in row-major order, in any number of calls; each call is one
-  // pwrite at the current position. More bytes than the tensor holds throw.
+  // write at the current position. More bytes than the tensor holds throw.
   void write(const void* data, uint64_t n);
   // Writes the remaining records, the central directory and the end records.
   // Returns the archive's total length. Throws if fewer or more bytes than the
@@ -50,7 +51,7 @@ class TorchSaveTensorWriter {
   uint64_t finish();
 
  private:
-  File& file_;
+  ByteOutput& file_;
   Hasher* hash_ = nullptr;
   uint64_t base_, pos_;
   uint64_t expected_, written_ = 0;

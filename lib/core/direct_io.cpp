@@ -1,0 +1,403 @@
+#include "core/direct_io.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+
+namespace mb {
+namespace fs = std::filesystem;
+
+namespace {
+constexpr uint64_t kPage = 4096;
+
+uint64_t round_down(uint64_t v, uint64_t a) {
+  return v / a * a;
+}
+uint64_t round_up(uint64_t v, uint64_t a) {
+  return (v + a - 1) / a * a;
+}
+
+// Opens a second descriptor with O_DIRECT. Returns -1 (and says why) where
+// the filesystem does not do direct I/O.
+int open_direct(const fs::path& path, int flags, uint32_t& align, std::string& why) {
+  struct statx sx {};
+  if (::statx(AT_FDCWD, path.c_str(), 0, STATX_DIOALIGN, &sx) == 0 &&
+      (sx.stx_mask & STATX_DIOALIGN)) {
+    if (sx.stx_dio_offset_align == 0) {
+      why = "the filesystem does not support direct I/O";
+      return -1;
+    }
+    align = std::max({sx.stx_dio_offset_align, sx.stx_dio_mem_align, 512u});
+    if (align > kPage) {
+      why = "its direct I/O alignment is larger than a page";
+      return -1;
+    }
+  } else {
+    align = kPage;  // statx does not say (older kernel or filesystem): the safe choice
+  }
+  const int fd = ::open(path.c_str(), flags | O_DIRECT | O_CLOEXEC);
+  if (fd < 0) why = std::strerror(errno);
+  return fd;
+}
+
+void close_fd(int& fd) {
+  if (fd >= 0) ::close(fd);
+  fd = -1;
+}
+}  // namespace
+
+IoMode parse_io_mode(std::string_view name) {
+  if (name == "auto") return IoMode::Auto;
+  if (name == "direct") return IoMode::Direct;
+  if (name == "buffered") return IoMode::Buffered;
+  throw Error("unknown I/O mode '{}': expected auto, direct or buffered", name);
+}
+
+std::string_view io_mode_name(IoMode mode) {
+  switch (mode) {
+    case IoMode::Auto:
+      return "auto";
+    case IoMode::Direct:
+      return "direct";
+    case IoMode::Buffered:
+      return "buffered";
+  }
+  return "?";
+}
+
+uint64_t direct_io_chunk_bytes(uint64_t buffer_bytes) {
+  return round_down(std::clamp<uint64_t>(buffer_bytes / 32, 256 << 10, 8 << 20), kPage);
+}
+
+uint64_t engine_buffer_bytes(uint64_t buffer_bytes, IoMode mode, int io_buffers) {
+  if (mode == IoMode::Buffered || io_buffers <= 0) return buffer_bytes;
+  const uint64_t io = direct_io_chunk_bytes(buffer_bytes) * static_cast<uint64_t>(io_buffers);
+  // A tiny buffer keeps what it has; the engine enforces its own minimum.
+  return buffer_bytes > 2 * io ? buffer_bytes - io : buffer_bytes;
+}
+
+AlignedBuffer::AlignedBuffer(uint64_t bytes) : n_(round_up(bytes, kPage)) {
+  if (n_ == 0) return;
+  if (::posix_memalign(&p_, kPage, n_) != 0)
+    throw Error("out of memory allocating a {} byte I/O buffer", n_);
+}
+
+AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& o) noexcept {
+  if (this != &o) {
+    std::free(p_);
+    p_ = o.p_;
+    n_ = o.n_;
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
+  return *this;
+}
+
+// ---------------------------------------------------------------- InputFile
+
+namespace {
+std::atomic<uint64_t> next_input_id{1};
+}  // namespace
+
+InputFile::InputFile(const fs::path& path, IoMode mode)
+    : file_(path, File::Mode::Read), mode_(mode), id_(next_input_id++) {
+  if (mode == IoMode::Buffered) return;
+  std::string why;
+  direct_fd_ = open_direct(path, O_RDONLY, align_, why);
+  if (direct_fd_ < 0)
+    give_up_direct(why);
+  else
+    ::posix_fadvise(file_.fd(), 0, 0, POSIX_FADV_RANDOM);  // advice only: failure is harmless
+}
+
+InputFile::~InputFile() {
+  close_fd(direct_fd_);
+}
+
+InputFile::InputFile(InputFile&& o) noexcept
+    : file_(std::move(o.file_)),
+      direct_fd_(o.direct_fd_),
+      align_(o.align_),
+      mode_(o.mode_),
+      id_(o.id_) {
+  o.direct_fd_ = -1;
+  o.id_ = 0;
+}
+
+void InputFile::give_up_direct(std::string_view why) {
+  if (direct_fd_ >= 0) ::posix_fadvise(file_.fd(), 0, 0, POSIX_FADV_NORMAL);
+  close_fd(direct_fd_);
+  const std::string msg =
+      fmt::format("{}: reading through the page cache: {}", file_.path().string(), why);
+  if (mode_ == IoMode::Direct)
+    log::info("{}", msg);
+  else
+    log::debug("{}", msg);
+}
+
+int64_t InputFile::load(ReadWindow& w, uint64_t start, uint64_t len, std::string_view what) {
+  w.file_ = 0;  // invalid until the load completes
+  uint64_t got = 0;
+  while (got < len) {
+    const ssize_t r =
+        ::pread(direct_fd_, w.buf_.data() + got, len - got, static_cast<off_t>(start + got));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL) {
+        // The alignment we were told (or assumed) is wrong for this file:
+        // the page cache still works, so read that way from now on.
+        give_up_direct(
+            fmt::format("direct read at byte {} refused ({})", start + got, std::strerror(errno)));
+        return -1;
+      }
+      throw Error("read error in {} at byte {}{}{}: {}", file_.path().string(), start + got,
+                  what.empty() ? "" : " while reading ", what, std::strerror(errno));
+    }
+    if (r == 0) break;  // end of file
+    got += static_cast<uint64_t>(r);
+    if (got % align_ != 0) break;  // a direct read ends short only at the end of the file
+  }
+  w.file_ = id_;
+  w.off_ = start;
+  w.len_ = got;
+  return static_cast<int64_t>(got);
+}
+
+void InputFile::pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& w,
+                            std::string_view what) {
+  auto* d = static_cast<unsigned char*>(dst);
+  const uint64_t end = offset + n;
+  uint64_t pos = offset;
+  const uint64_t cap = round_down(w.capacity(), align_);
+  while (pos < end && direct_fd_ >= 0 && cap >= 2 * align_) {
+    if (w.file_ == id_ && pos >= w.off_ && pos < w.off_ + w.len_) {  // already loaded
+      const uint64_t k = std::min(end, w.off_ + w.len_) - pos;
+      std::memcpy(d + (pos - offset), w.buf_.data() + (pos - w.off_), k);
+      pos += k;
+      continue;
+    }
+    const uint64_t start = round_down(pos, align_);
+    uint64_t len = std::min(cap, round_up(end, align_) - start);
+    // A small read that continues the last load forward (a gap of at most
+    // max(last load, 1 MiB)) loads ahead: twice the last load.
+    const bool forward = w.file_ == id_ && start >= w.off_ &&
+                         start <= w.off_ + w.len_ + std::max<uint64_t>(w.len_, kSmallReadBytes);
+    if (n < kSmallReadBytes && forward)
+      len = std::min(cap, std::max(len, round_up(2 * w.len_, align_)));
+    const int64_t got = load(w, start, len, what);
+    if (got < 0) break;  // refused: the rest through the page cache
+    if (start + static_cast<uint64_t>(got) <= pos)
+      throw Error("{} is truncated: needed bytes [{}, {}){}{} but the file has {} bytes",
+                  file_.path().string(), offset, end, what.empty() ? "" : " for ", what,
+                  file_.size());
+  }
+  if (pos < end) file_.pread_exact(d + (pos - offset), end - pos, pos, what);
+}
+
+// --------------------------------------------------------------- AppendFile
+
+AppendFile::AppendFile(const fs::path& path, IoMode mode, uint64_t chunk_bytes)
+    : file_(path, File::Mode::Write), mode_(mode) {
+  if (mode == IoMode::Buffered) return;
+  std::string why;
+  direct_fd_ = open_direct(path, O_WRONLY, align_, why);
+  if (direct_fd_ < 0) {
+    give_up_direct(why);
+    return;
+  }
+  buf_ = AlignedBuffer(std::max<uint64_t>(round_down(chunk_bytes, align_), align_));
+}
+
+AppendFile::~AppendFile() {
+  close_fd(direct_fd_);
+}
+
+void AppendFile::give_up_direct(std::string_view why) {
+  close_fd(direct_fd_);
+  const std::string msg =
+      fmt::format("{}: writing through the page cache: {}", file_.path().string(), why);
+  if (mode_ == IoMode::Direct)
+    log::info("{}", msg);
+  else
+    log::debug("{}", msg);
+}
+
+void AppendFile::flush_direct(uint64_t n) {
+  // n is a multiple of the alignment: whole units, the tail padded by finish().
+  uint64_t done = 0;
+  while (done < n) {
+    const ssize_t r =
+        ::pwrite(direct_fd_, buf_.data() + done, n - done, static_cast<off_t>(flushed_ + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL && done == 0) {
+        // Refused, not failed: write the rest through the page cache.
+        give_up_direct(
+            fmt::format("direct write at byte {} refused ({})", flushed_, std::strerror(errno)));
+        return;
+      }
+      throw Error("write error in {} at byte {}: {}", file_.path().string(), flushed_ + done,
+                  std::strerror(errno));
+    }
+    done += static_cast<uint64_t>(r);
+    MB_CHECK(done % align_ == 0 || done == n, "short direct write in {} at byte {}",
+             file_.path().string(), flushed_ + done);
+  }
+  flushed_ += n;
+  filled_ = 0;
+}
+
+void AppendFile::append(const void* data, uint64_t n) {
+  MB_CHECK(!finished_, "internal: append to {} after finish", file_.path().string());
+  const auto* p = static_cast<const unsigned char*>(data);
+  while (n > 0 && direct_fd_ >= 0) {
+    const uint64_t k = std::min(n, buf_.size() - filled_);
+    std::memcpy(buf_.data() + filled_, p, k);
+    filled_ += k;
+    size_ += k;
+    p += k;
+    n -= k;
+    if (filled_ == buf_.size()) flush_direct(filled_);
+  }
+  if (direct_fd_ < 0) {
+    if (filled_ > 0) {  // what a refused direct write left behind
+      file_.pwrite_exact(buf_.data(), filled_, flushed_);
+      flushed_ += filled_;
+      filled_ = 0;
+    }
+    if (n > 0) file_.pwrite_exact(p, n, flushed_);
+    flushed_ += n;
+    size_ += n;
+  }
+}
+
+void AppendFile::write_at(const void* data, uint64_t n, uint64_t offset) {
+  MB_CHECK(offset == size_,
+           "internal: {} is written front to back, but a write at byte {} came when it had {}",
+           file_.path().string(), offset, size_);
+  append(data, n);
+}
+
+void AppendFile::finish() {
+  MB_CHECK(!finished_, "internal: {} finished twice", file_.path().string());
+  if (direct_fd_ >= 0 && filled_ > 0) {
+    const uint64_t padded = round_up(filled_, align_);
+    std::memset(buf_.data() + filled_, 0, padded - filled_);
+    const uint64_t tail = filled_;
+    flush_direct(padded);
+    if (direct_fd_ >= 0) flushed_ -= padded - tail;  // the padding is cut off below
+  }
+  if (filled_ > 0) append(nullptr, 0);  // a refused tail goes through the page cache
+  if (direct_fd_ >= 0) file_.truncate(size_);
+  MB_CHECK(flushed_ == size_, "internal: {} has {} bytes written of {}", file_.path().string(),
+           flushed_, size_);
+  close_fd(direct_fd_);
+  file_.fsync();
+  file_.close();
+  finished_ = true;
+}
+
+// --------------------------------------------------------------- RegionFile
+
+RegionFile::RegionFile(const fs::path& path, IoMode mode)
+    : file_(path, File::Mode::ReadWrite), mode_(mode) {
+  if (mode == IoMode::Buffered) return;
+  std::string why;
+  direct_fd_ = open_direct(path, O_WRONLY, align_, why);
+  if (direct_fd_ < 0) give_up_direct(why);
+}
+
+RegionFile::~RegionFile() {
+  close_fd(direct_fd_);
+}
+
+RegionFile::RegionFile(RegionFile&& o) noexcept
+    : file_(std::move(o.file_)), direct_fd_(o.direct_fd_), align_(o.align_), mode_(o.mode_) {
+  o.direct_fd_ = -1;
+}
+
+void RegionFile::give_up_direct(std::string_view why) {
+  close_fd(direct_fd_);
+  const std::string msg =
+      fmt::format("{}: writing through the page cache: {}", file_.path().string(), why);
+  if (mode_ == IoMode::Direct)
+    log::info("{}", msg);
+  else
+    log::debug("{}", msg);
+}
+
+RegionWriter::RegionWriter(RegionFile& f, uint64_t begin, uint64_t end, AlignedBuffer& buf)
+    : f_(f), buf_(buf), begin_(begin), end_(end), pos_(begin) {
+  const uint64_t a = f.align_;
+  if (f.direct() && buf.size() >= a && round_up(begin, a) < round_down(end, a)) {
+    a0_ = round_up(begin, a);
+    a1_ = round_down(end, a);
+  }
+}
+
+void RegionWriter::flush() {
+  if (filled_ == 0) return;
+  const uint64_t at = pos_ - filled_;
+  if (f_.direct()) {
+    uint64_t done = 0;
+    while (done < filled_) {
+      const ssize_t r = ::pwrite(f_.direct_fd_, buf_.data() + done, filled_ - done,
+                                 static_cast<off_t>(at + done));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EINVAL && done == 0) {
+          f_.give_up_direct(
+              fmt::format("direct write at byte {} refused ({})", at, std::strerror(errno)));
+          break;
+        }
+        throw Error("write error in {} at byte {}: {}", f_.file_.path().string(), at + done,
+                    std::strerror(errno));
+      }
+      done += static_cast<uint64_t>(r);
+    }
+    if (done == filled_) {
+      filled_ = 0;
+      return;
+    }
+  }
+  f_.file_.pwrite_exact(buf_.data(), filled_, at);  // refused: through the page cache
+  filled_ = 0;
+}
+
+void RegionWriter::write_at(const void* data, uint64_t n, uint64_t offset) {
+  MB_CHECK(offset == pos_ && offset + n <= end_,
+           "internal: {}: region [{}, {}) written out of order (a write of {} bytes at byte {}, "
+           "expected {})",
+           f_.file_.path().string(), begin_, end_, n, offset, pos_);
+  const auto* p = static_cast<const unsigned char*>(data);
+  while (n > 0) {
+    const bool middle = pos_ >= a0_ && pos_ < a1_ && f_.direct();
+    if (!middle) {  // an end unit, or no direct I/O: through the page cache
+      flush();
+      const uint64_t k = pos_ < a0_ ? std::min(n, a0_ - pos_) : n;
+      f_.file_.pwrite_exact(p, k, pos_);
+      pos_ += k, p += k, n -= k;
+      continue;
+    }
+    const uint64_t k = std::min({n, buf_.size() - filled_, a1_ - pos_});
+    std::memcpy(buf_.data() + filled_, p, k);
+    filled_ += k;
+    pos_ += k, p += k, n -= k;
+    if (filled_ == buf_.size() || pos_ == a1_) flush();  // whole units, aligned
+  }
+}
+
+void RegionWriter::finish() const {
+  MB_CHECK(pos_ == end_ && filled_ == 0, "internal: {}: region [{}, {}) written up to byte {} only",
+           f_.file_.path().string(), begin_, end_, pos_);
+}
+
+}  // namespace mb

@@ -1,0 +1,209 @@
+// Large transfers that bypass the page cache (O_DIRECT).
+//
+// Why: a conversion touches each byte once, so caching it buys nothing, and
+// filling the page cache is not free. On the benchmark machine (2 cores, cloud
+// disk) a cold buffered read of a 4.9 GB shard took 11.5 s, 9.4 s of it kernel
+// time, the same read with O_DIRECT 5.5 s with 0.3 s; a buffered 4.9 GB write
+// plus fsync 13.5 s (12.3 s kernel), with O_DIRECT 3.7 s (docs/performance.md).
+// With two cores, that kernel time competes with the conversion itself.
+//
+// O_DIRECT wants the file offset, the length and the memory aligned (statx
+// reports the alignments; 4096 is assumed where it does not). Reads therefore
+// go through an aligned bounce buffer covering the aligned superset of the
+// wanted range (at most one alignment unit more at each end), and appends
+// through an aligned buffer written out in whole units, the last one padded
+// and the file then truncated to its exact length. Filesystems that refuse
+// O_DIRECT (tmpfs on older kernels, some FUSE mounts) get buffered I/O, as do
+// small and strided reads, where the page cache's readahead is the better tool.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "core/file.hpp"
+
+namespace mb {
+
+// auto: O_DIRECT where the filesystem takes it, buffered elsewhere.
+// direct: the same, but saying (at info level) when a file falls back.
+// buffered: the page cache for everything.
+enum class IoMode { Auto, Direct, Buffered };
+IoMode parse_io_mode(std::string_view name);  // throws naming the value
+std::string_view io_mode_name(IoMode mode);
+
+// The size of each direct transfer for a given conversion buffer: 1/32 of it,
+// between 256 KiB and 8 MiB (8 MiB requests ran at 1 GB/s here, 1 MiB ones
+// at 0.66 GB/s). A source's bounce buffer and an output's append buffer take
+// one each, out of the conversion buffer (see engine_buffer_bytes).
+uint64_t direct_io_chunk_bytes(uint64_t buffer_bytes);
+// What remains of `buffer_bytes` for the copy engine once `io_buffers` direct
+// I/O buffers are taken out of it, so that the total stays the configured one.
+uint64_t engine_buffer_bytes(uint64_t buffer_bytes, IoMode mode, int io_buffers);
+
+// What a pipeline hands to its sources and outputs.
+struct IoConfig {
+  IoMode mode = IoMode::Auto;
+  uint64_t chunk_bytes = 8 << 20;  // bounce / append buffer size
+};
+inline IoConfig io_config(IoMode mode, uint64_t buffer_bytes) {
+  return {mode, direct_io_chunk_bytes(buffer_bytes)};
+}
+
+// Page-aligned heap memory, as O_DIRECT needs.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(uint64_t bytes);
+  ~AlignedBuffer() { std::free(p_); }
+  AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  AlignedBuffer& operator=(AlignedBuffer&& o) noexcept;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  unsigned char* data() { return static_cast<unsigned char*>(p_); }
+  uint64_t size() const { return n_; }
+
+ private:
+  void* p_ = nullptr;
+  uint64_t n_ = 0;
+};
+
+// The memory direct reads go through, shared by all files of one source:
+// an aligned buffer that also keeps the last bytes loaded, so that small
+// reads going forward (norms next to each other, the rows of a column
+// window) are served from it. What the page cache's readahead did, in user
+// space, for one source's reads only.
+class ReadWindow {
+ public:
+  ReadWindow() = default;
+  explicit ReadWindow(uint64_t bytes) : buf_(bytes) {}
+  uint64_t capacity() const { return buf_.size(); }
+
+ private:
+  friend class InputFile;
+  AlignedBuffer buf_;
+  uint64_t file_ = 0;  // the InputFile whose bytes it holds (0: none)
+  uint64_t off_ = 0, len_ = 0;
+};
+
+// A file read by byte ranges. With direct I/O every read goes through the
+// caller's ReadWindow: a large read loads exactly the aligned superset of
+// what it needs, in window-sized requests; a small read that continues the
+// previous one forward loads twice the last load (up to the window), so
+// that sequential small reads cost few requests. Without direct I/O (or
+// without a window) reads go through file(), the ordinary buffered handle.
+class InputFile {
+ public:
+  // Reads below this size count as small (may load ahead).
+  static constexpr uint64_t kSmallReadBytes = 1 << 20;
+
+  InputFile(const std::filesystem::path& path, IoMode mode);
+  ~InputFile();
+  InputFile(InputFile&& o) noexcept;
+  InputFile& operator=(InputFile&&) = delete;
+  InputFile(const InputFile&) = delete;
+
+  // The buffered handle, for parsing headers. With direct I/O it is marked
+  // POSIX_FADV_RANDOM: a header read must not pull the data after it into
+  // the page cache, since the data is then read again, directly.
+  const File& file() const { return file_; }
+  bool direct() const { return direct_fd_ >= 0; }
+  // Reads exactly [offset, offset + n); a short file is an error naming `what`.
+  void pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& window,
+                   std::string_view what);
+
+ private:
+  File file_;
+  int direct_fd_ = -1;
+  uint32_t align_ = 4096;
+  IoMode mode_;
+  uint64_t id_;
+  void give_up_direct(std::string_view why);
+  // Loads [start, start + len) (aligned) into the window; returns the bytes
+  // loaded (fewer at the end of the file), or -1 if direct I/O was refused.
+  int64_t load(ReadWindow& w, uint64_t start, uint64_t len, std::string_view what);
+};
+
+// A file written front to back only (a .distcp file, a whole output file).
+// In direct mode the bytes are gathered in an aligned buffer of `chunk_bytes`
+// and written in whole chunks; finish() writes the padded tail, truncates to
+// the exact length and fsyncs. Without finish() (an error), the file is left
+// incomplete: it lives under a staging name that is never committed.
+class AppendFile : public ByteOutput {
+ public:
+  AppendFile(const std::filesystem::path& path, IoMode mode, uint64_t chunk_bytes);
+  ~AppendFile() override;
+  AppendFile(const AppendFile&) = delete;
+  AppendFile& operator=(const AppendFile&) = delete;
+
+  void append(const void* data, uint64_t n);
+  // ByteOutput: `offset` must be where the file ends (size()).
+  void write_at(const void* data, uint64_t n, uint64_t offset) override;
+  const std::filesystem::path& output_path() const override { return file_.path(); }
+
+  uint64_t size() const { return size_; }
+  bool direct() const { return direct_fd_ >= 0; }
+  // Writes what is buffered, sets the exact length, fsyncs and closes.
+  void finish();
+
+ private:
+  File file_;
+  int direct_fd_ = -1;
+  uint32_t align_ = 4096;
+  IoMode mode_;
+  AlignedBuffer buf_;
+  uint64_t filled_ = 0;   // bytes waiting in buf_
+  uint64_t flushed_ = 0;  // bytes already in the file
+  uint64_t size_ = 0;     // bytes appended
+  bool finished_ = false;
+  void flush_direct(uint64_t n);
+  void give_up_direct(std::string_view why);
+};
+
+// A file whose regions are filled by several writers (export: each rank
+// writes its tensors into files that rank 0 created at their final size).
+class RegionFile {
+ public:
+  RegionFile(const std::filesystem::path& path, IoMode mode);  // an existing file, read-write
+  ~RegionFile();
+  RegionFile(RegionFile&& o) noexcept;
+  RegionFile& operator=(RegionFile&&) = delete;
+  RegionFile(const RegionFile&) = delete;
+
+  File& file() { return file_; }
+  bool direct() const { return direct_fd_ >= 0; }
+
+ private:
+  friend class RegionWriter;
+  File file_;
+  int direct_fd_ = -1;
+  uint32_t align_ = 4096;
+  IoMode mode_;
+  void give_up_direct(std::string_view why);
+};
+
+// Writes one region [begin, end) of a RegionFile front to back. With direct
+// I/O the whole aligned units inside the region are gathered in `buf` and
+// written with O_DIRECT; the partial units at its two ends, which it may
+// share with neighbouring regions written by other ranks, go through the page
+// cache, so a buffered and a direct write never touch the same unit.
+class RegionWriter {
+ public:
+  RegionWriter(RegionFile& f, uint64_t begin, uint64_t end, AlignedBuffer& buf);
+  // `offset` must be where the previous write ended.
+  void write_at(const void* data, uint64_t n, uint64_t offset);
+  // Checks that the whole region came (what is buffered is already written).
+  void finish() const;
+
+ private:
+  RegionFile& f_;
+  AlignedBuffer& buf_;
+  uint64_t begin_, end_, pos_;
+  uint64_t a0_ = 0, a1_ = 0;  // the aligned middle written directly (empty: none)
+  uint64_t filled_ = 0;       // bytes in buf_, for file bytes [pos_ - filled_, pos_)
+  void flush();
+};
+
+}  // namespace mb
