@@ -52,6 +52,40 @@ void close_fd(int& fd) {
   if (fd >= 0) ::close(fd);
   fd = -1;
 }
+
+// Says that `path` is read or written through the page cache after all:
+// worth an info line when direct I/O was asked for explicitly.
+void log_fallback(IoMode mode, const fs::path& path, const char* verb, std::string_view why) {
+  const std::string msg =
+      fmt::format("{}: {} through the page cache: {}", path.string(), verb, why);
+  if (mode == IoMode::Direct)
+    log::info("{}", msg);
+  else
+    log::debug("{}", msg);
+}
+
+// Writes n bytes (whole alignment units) at `at` with O_DIRECT. Returns false,
+// having written nothing, when the request is refused (EINVAL: the alignment
+// is not what the filesystem wants), so that the caller can write buffered.
+bool pwrite_direct(int fd, const unsigned char* p, uint64_t n, uint64_t at, const fs::path& path,
+                   std::string& why) {
+  uint64_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pwrite(fd, p + done, n - done, static_cast<off_t>(at + done));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL && done == 0) {
+        why = fmt::format("direct write at byte {} refused ({})", at, std::strerror(errno));
+        return false;
+      }
+      throw Error("write error in {} at byte {}: {}", path.string(), at + done,
+                  std::strerror(errno));
+    }
+    if (r == 0) throw Error("write error in {} at byte {}: no progress", path.string(), at + done);
+    done += static_cast<uint64_t>(r);
+  }
+  return true;
+}
 }  // namespace
 
 IoMode parse_io_mode(std::string_view name) {
@@ -135,12 +169,7 @@ InputFile::InputFile(InputFile&& o) noexcept
 void InputFile::give_up_direct(std::string_view why) {
   if (direct_fd_ >= 0) ::posix_fadvise(file_.fd(), 0, 0, POSIX_FADV_NORMAL);
   close_fd(direct_fd_);
-  const std::string msg =
-      fmt::format("{}: reading through the page cache: {}", file_.path().string(), why);
-  if (mode_ == IoMode::Direct)
-    log::info("{}", msg);
-  else
-    log::debug("{}", msg);
+  log_fallback(mode_, file_.path(), "reading", why);
 }
 
 int64_t InputFile::load(ReadWindow& w, uint64_t start, uint64_t len, std::string_view what) {
@@ -222,34 +251,15 @@ AppendFile::~AppendFile() {
 
 void AppendFile::give_up_direct(std::string_view why) {
   close_fd(direct_fd_);
-  const std::string msg =
-      fmt::format("{}: writing through the page cache: {}", file_.path().string(), why);
-  if (mode_ == IoMode::Direct)
-    log::info("{}", msg);
-  else
-    log::debug("{}", msg);
+  log_fallback(mode_, file_.path(), "writing", why);
 }
 
 void AppendFile::flush_direct(uint64_t n) {
   // n is a multiple of the alignment: whole units, the tail padded by finish().
-  uint64_t done = 0;
-  while (done < n) {
-    const ssize_t r =
-        ::pwrite(direct_fd_, buf_.data() + done, n - done, static_cast<off_t>(flushed_ + done));
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EINVAL && done == 0) {
-        // Refused, not failed: write the rest through the page cache.
-        give_up_direct(
-            fmt::format("direct write at byte {} refused ({})", flushed_, std::strerror(errno)));
-        return;
-      }
-      throw Error("write error in {} at byte {}: {}", file_.path().string(), flushed_ + done,
-                  std::strerror(errno));
-    }
-    done += static_cast<uint64_t>(r);
-    MB_CHECK(done % align_ == 0 || done == n, "short direct write in {} at byte {}",
-             file_.path().string(), flushed_ + done);
+  std::string why;
+  if (!pwrite_direct(direct_fd_, buf_.data(), n, flushed_, file_.path(), why)) {
+    give_up_direct(why);  // refused, not failed: append() writes the rest buffered
+    return;
   }
   flushed_ += n;
   filled_ = 0;
@@ -326,12 +336,7 @@ RegionFile::RegionFile(RegionFile&& o) noexcept
 
 void RegionFile::give_up_direct(std::string_view why) {
   close_fd(direct_fd_);
-  const std::string msg =
-      fmt::format("{}: writing through the page cache: {}", file_.path().string(), why);
-  if (mode_ == IoMode::Direct)
-    log::info("{}", msg);
-  else
-    log::debug("{}", msg);
+  log_fallback(mode_, file_.path(), "writing", why);
 }
 
 RegionWriter::RegionWriter(RegionFile& f, uint64_t begin, uint64_t end, AlignedBuffer& buf)
@@ -346,29 +351,13 @@ RegionWriter::RegionWriter(RegionFile& f, uint64_t begin, uint64_t end, AlignedB
 void RegionWriter::flush() {
   if (filled_ == 0) return;
   const uint64_t at = pos_ - filled_;
-  if (f_.direct()) {
-    uint64_t done = 0;
-    while (done < filled_) {
-      const ssize_t r = ::pwrite(f_.direct_fd_, buf_.data() + done, filled_ - done,
-                                 static_cast<off_t>(at + done));
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EINVAL && done == 0) {
-          f_.give_up_direct(
-              fmt::format("direct write at byte {} refused ({})", at, std::strerror(errno)));
-          break;
-        }
-        throw Error("write error in {} at byte {}: {}", f_.file_.path().string(), at + done,
-                    std::strerror(errno));
-      }
-      done += static_cast<uint64_t>(r);
-    }
-    if (done == filled_) {
-      filled_ = 0;
-      return;
-    }
+  std::string why;
+  if (f_.direct() && pwrite_direct(f_.direct_fd_, buf_.data(), filled_, at, f_.file_.path(), why)) {
+    filled_ = 0;
+    return;
   }
-  f_.file_.pwrite_exact(buf_.data(), filled_, at);  // refused: through the page cache
+  if (f_.direct()) f_.give_up_direct(why);
+  f_.file_.pwrite_exact(buf_.data(), filled_, at);  // through the page cache
   filled_ = 0;
 }
 
