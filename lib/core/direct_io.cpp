@@ -111,8 +111,8 @@ uint64_t direct_io_chunk_bytes(uint64_t buffer_bytes) {
   return round_down(std::clamp<uint64_t>(buffer_bytes / 32, 256 << 10, 8 << 20), kPage);
 }
 
-uint64_t engine_buffer_bytes(uint64_t buffer_bytes, IoMode mode, int io_buffers) {
-  if (mode == IoMode::Buffered || io_buffers <= 0) return buffer_bytes;
+uint64_t engine_buffer_bytes(uint64_t buffer_bytes, int io_buffers) {
+  if (io_buffers <= 0) return buffer_bytes;
   const uint64_t io = direct_io_chunk_bytes(buffer_bytes) * static_cast<uint64_t>(io_buffers);
   // A tiny buffer keeps what it has; the engine enforces its own minimum.
   return buffer_bytes > 2 * io ? buffer_bytes - io : buffer_bytes;

@@ -41,7 +41,7 @@ std::string_view io_mode_name(IoMode mode);
 uint64_t direct_io_chunk_bytes(uint64_t buffer_bytes);
 // What remains of `buffer_bytes` for the copy engine once `io_buffers` direct
 // I/O buffers are taken out of it, so that the total stays the configured one.
-uint64_t engine_buffer_bytes(uint64_t buffer_bytes, IoMode mode, int io_buffers);
+uint64_t engine_buffer_bytes(uint64_t buffer_bytes, int io_buffers);
 
 // What a pipeline hands to its sources and outputs.
 struct IoConfig {

@@ -323,7 +323,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
     const int io_buffers = (ck->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
                            (opt.io != IoMode::Buffered ? 1 : 0);
     const auto engine_ptr =
-        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, IoMode::Auto, io_buffers));
+        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, io_buffers));
     CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     const auto source_ptr = open_local_source(*ck, plan.refs, io_config(src_io, opt.buffer_bytes));

@@ -120,8 +120,9 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
     // The direct I/O buffers (a read bounce buffer; for torch_dist an append
     // buffer too) come out of the configured buffer.
     const IoConfig io = io_config(opt.io, opt.buffer_bytes);
+    const bool direct = opt.io != IoMode::Buffered;
     const auto engine_ptr =
-        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, opt.io, dist ? 2 : 1));
+        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, !direct ? 0 : dist ? 2 : 1));
     CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     SafetensorsSource source(plan.catalog, io);
@@ -162,7 +163,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       log::debug("read-once: forwarding with {}", forwarder->name());
       ReadOnceStats stats;
       results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(),
-                                   engine_buffer_bytes(opt.buffer_bytes, opt.io, 1), io, progress,
+                                   engine_buffer_bytes(opt.buffer_bytes, direct ? 1 : 0), io, progress,
                                    stats);
       log::debug("read-once: read {} from storage, sent {}, received {}",
                  human_bytes(static_cast<double>(stats.storage_bytes)),

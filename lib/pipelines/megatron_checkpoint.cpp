@@ -184,6 +184,17 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
   return ck;
 }
 
+namespace {
+// Hashes `path` and compares with its manifest entry; the problem, or "".
+std::string checksum_mismatch(const fs::path& path, const json& entry) {
+  const std::string got = hash_hex(hash_file(path)), want = entry.at("xxh3").get<std::string>();
+  if (got == want) return {};
+  return fmt::format("{} is corrupt: its xxh3 checksum is {} but the manifest recorded {} (pass "
+                     "--no-verify-checksums to use it anyway)",
+                     path.string(), got, want);
+}
+}  // namespace
+
 std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool checksums, int rank,
                                           int ranks) {
   std::vector<std::string> problems;
@@ -199,11 +210,7 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
       problems.push_back(fmt::format("{} has {} bytes but the manifest recorded {}: truncated or replaced",
                                      path.string(), fs::file_size(path), f.at("bytes").get<uint64_t>()));
     else if (checksums) {
-      const std::string got = hash_hex(hash_file(path)), want = f.at("xxh3").get<std::string>();
-      if (got != want)
-        problems.push_back(fmt::format("{} is corrupt: its xxh3 checksum is {} but the manifest recorded "
-                                       "{} (pass --no-verify-checksums to use it anyway)",
-                                       path.string(), got, want));
+      if (auto p = checksum_mismatch(path, f); !p.empty()) problems.push_back(std::move(p));
     }
   }
   if (rank != 0) return problems;
@@ -270,13 +277,7 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
              "{} has {} bytes but the manifest recorded {}: truncated or replaced", path.string(),
              fs::file_size(path), entry->at("bytes").get<uint64_t>());
     if (checksums) {
-      const std::string got = hash_hex(hash_file(path));
-      const std::string want = entry->at("xxh3").get<std::string>();
-      if (got != want)
-        problems.push_back(fmt::format(
-            "{} is corrupt: its xxh3 checksum is {} but the manifest recorded {} (pass "
-            "--no-verify-checksums to use it anyway)",
-            path.string(), got, want));
+      if (auto p = checksum_mismatch(path, *entry); !p.empty()) problems.push_back(std::move(p));
     }
     Hdf5ShardReader r(path);
     const ShardFileInfo& fi = r.file_info();
@@ -316,11 +317,7 @@ std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int ran
     if (static_cast<int>(index++ % static_cast<size_t>(ranks)) != rank) continue;
     const fs::path path = ck.dir / f.at("path").get<std::string>();
     try {
-      const std::string got = hash_hex(hash_file(path)), want = f.at("xxh3").get<std::string>();
-      if (got != want)
-        problems.push_back(fmt::format("{} is corrupt: its xxh3 checksum is {} but the manifest recorded "
-                                       "{} (pass --no-verify-checksums to use it anyway)",
-                                       path.string(), got, want));
+      if (auto p = checksum_mismatch(path, f); !p.empty()) problems.push_back(std::move(p));
     } catch (const std::exception& e) {
       problems.push_back(fmt::format("{}: {}", path.string(), e.what()));
     }

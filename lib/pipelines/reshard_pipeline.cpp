@@ -109,9 +109,9 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
   std::vector<ShardResult> results;
   try {
     const IoMode src_io = source_io_mode(opt.io, opt.verify_checksums);
-    const int io_buffers = ck->format == "torch_dist" ? 1 : 0;  // the source's read window
-    const auto engine_ptr =
-        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, src_io, io_buffers));
+    // A torch_dist source read directly takes its window out of the buffer.
+    const int io_buffers = ck->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0;
+    const auto engine_ptr = make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, io_buffers));
     CopyEngine& engine = *engine_ptr;
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     const auto source_ptr = open_local_source(*ck, index.refs, io_config(src_io, opt.buffer_bytes));

@@ -303,27 +303,32 @@ Hdf5ShardUpdater::Hdf5ShardUpdater(const fs::path& path, const ShardFileInfo& in
   H5Pclose(dcpl);
 }
 
-Hdf5ShardUpdater::~Hdf5ShardUpdater() {
-  MB_HDF5_LOCK;
-  if (open_dset_ >= 0) H5Dclose(open_dset_);
-  if (file_ >= 0) H5Fclose(file_);
+int64_t OneOpenDataset::get(int64_t file, const std::string& name, const fs::path& path) {
+  if (id_ >= 0 && name_ == name) return id_;
+  close();
+  id_ = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
+  MB_CHECK(id_ >= 0, "{}: cannot open dataset '{}'{}", path.string(), name, hdf5_error_detail());
+  name_ = name;
+  return id_;
 }
 
-int64_t Hdf5ShardUpdater::dataset_handle(size_t dataset) {
-  if (open_dset_ >= 0 && open_index_ == dataset) return open_dset_;
-  if (open_dset_ >= 0) H5Dclose(open_dset_);
-  const ShardDatasetInfo& d = info_.at(dataset);
-  open_dset_ = H5Dopen2(file_, d.name.c_str(), H5P_DEFAULT);
-  MB_CHECK(open_dset_ >= 0, "{}: cannot open dataset '{}'{}", path_.string(), d.name, hdf5_error_detail());
-  open_index_ = dataset;
-  return open_dset_;
+void OneOpenDataset::close() {
+  if (id_ >= 0) H5Dclose(id_);
+  id_ = -1;
+  name_.clear();
+}
+
+Hdf5ShardUpdater::~Hdf5ShardUpdater() {
+  MB_HDF5_LOCK;
+  open_.close();
+  if (file_ >= 0) H5Fclose(file_);
 }
 
 void Hdf5ShardUpdater::write_rect(size_t dataset, uint64_t row0, uint64_t rows, uint64_t col0,
                                   uint64_t cols, const void* data) {
   MB_HDF5_LOCK;
   const ShardDatasetInfo& d = info_.at(dataset);
-  const hid_t dset = dataset_handle(dataset);
+  const hid_t dset = open_.get(file_, d.name, path_);
   hid_t fspace = H5Dget_space(dset);
   select_rows(fspace, dims_of(d.shape), row0, row0 + rows, col0, col0 + cols);
   hsize_t n = rows * cols;
@@ -346,7 +351,7 @@ std::string Hdf5ShardUpdater::finish_dataset(size_t dataset, uint64_t block_byte
   std::vector<unsigned char> buf(std::min(block, std::max<uint64_t>(rows, 1)) * cols * es);
   Hasher h;
   TypeHandle type = type_for(d.dtype);
-  const hid_t dset = dataset_handle(dataset);
+  const hid_t dset = open_.get(file_, d.name, path_);
   for (uint64_t r0 = 0; r0 < rows; r0 += block) {
     const uint64_t n = std::min(block, rows - r0);
     hid_t fspace = H5Dget_space(dset);
@@ -367,8 +372,7 @@ std::string Hdf5ShardUpdater::finish_dataset(size_t dataset, uint64_t block_byte
 
 void Hdf5ShardUpdater::close() {
   MB_HDF5_LOCK;
-  if (open_dset_ >= 0) H5Dclose(open_dset_);
-  open_dset_ = -1;
+  open_.close();
   if (file_ >= 0) {
     herr_t rc = H5Fclose(file_);
     const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
@@ -435,7 +439,7 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
 
 Hdf5ShardReader::~Hdf5ShardReader() {
   MB_HDF5_LOCK;
-  if (open_dset_ >= 0) H5Dclose(open_dset_);
+  open_.close();
   if (file_ >= 0) H5Fclose(file_);
 }
 
@@ -454,14 +458,7 @@ void Hdf5ShardReader::read(const std::string& name, uint64_t row0, uint64_t rows
   MB_CHECK(row0 + rows <= rows_2d(info->shape) && col0 + cols <= cols_2d(info->shape),
            "{}: dataset '{}' {} has no rows [{}, {}) cols [{}, {})", path_.string(), name,
            shape_str(info->shape), row0, row0 + rows, col0, col0 + cols);
-  if (open_name_ != name || open_dset_ < 0) {
-    if (open_dset_ >= 0) H5Dclose(open_dset_);
-    open_name_.clear();
-    open_dset_ = H5Dopen2(file_, name.c_str(), H5P_DEFAULT);
-    MB_CHECK(open_dset_ >= 0, "{}: cannot open dataset '{}'{}", path_.string(), name, hdf5_error_detail());
-    open_name_ = name;
-  }
-  const hid_t d = open_dset_;
+  const hid_t d = open_.get(file_, name, path_);
   hid_t fspace = H5Dget_space(d);
   select_rows(fspace, dims_of(info->shape), row0, row0 + rows, col0, col0 + cols);
   // Memory: a 2-D block inside a buffer whose rows are dst_stride bytes apart.

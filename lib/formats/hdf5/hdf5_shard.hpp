@@ -57,6 +57,26 @@ class Hdf5ShardWriter {
 };
 
 // Random-access writing, for read-once mode: every dataset is created up
+// The one dataset of a file kept open. Readers and updaters go through a
+// tensor block by block, and an open HDF5 dataset costs tens of KiB, so keeping
+// all of a shard's hundreds open would cost tens of MiB outside the buffer.
+// Callers hold the HDF5 lock.
+class OneOpenDataset {
+ public:
+  OneOpenDataset() = default;
+  ~OneOpenDataset() { close(); }
+  OneOpenDataset(const OneOpenDataset&) = delete;
+  OneOpenDataset& operator=(const OneOpenDataset&) = delete;
+  // The handle of dataset `name` of `file` (`path` for errors), opening it
+  // and closing the previous one when it is another.
+  int64_t get(int64_t file, const std::string& name, const std::filesystem::path& path);
+  void close();
+
+ private:
+  std::string name_;
+  int64_t id_ = -1;
+};
+
 // front, then rectangles arrive in any order; at the end each dataset is read
 // back once to compute its checksum.
 class Hdf5ShardUpdater {
@@ -79,11 +99,7 @@ class Hdf5ShardUpdater {
   std::filesystem::path path_;
   int64_t file_ = -1;
   std::vector<ShardDatasetInfo> info_;
-  // One dataset open at a time (see Hdf5ShardReader): memory must not grow
-  // with the number of datasets in a shard.
-  int64_t dataset_handle(size_t dataset);
-  size_t open_index_ = 0;
-  int64_t open_dset_ = -1;
+  OneOpenDataset open_;
 };
 
 class Hdf5ShardReader {
@@ -107,11 +123,7 @@ class Hdf5ShardReader {
   int64_t file_ = -1;
   ShardFileInfo info_;
   std::vector<ShardDatasetInfo> datasets_;
-  // One dataset handle kept open: readers go through a tensor block by block,
-  // and an open HDF5 dataset costs tens of KiB, so keeping all of a shard's
-  // hundreds open would cost tens of MiB outside the buffer.
-  mutable std::string open_name_;
-  mutable int64_t open_dset_ = -1;
+  mutable OneOpenDataset open_;
 };
 
 // The HDF5 type we store for a dtype, and the dtype a stored type stands for.
