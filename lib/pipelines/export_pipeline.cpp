@@ -17,6 +17,7 @@
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
+#include "pipelines/step_driver.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -248,175 +249,190 @@ class FileRegionSink : public RowSink {
 
 }  // namespace
 
-int run_export(const ExportOptions& opt, MpiContext& mpi) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const StagedOutput out(opt.hf_path);
-  // Every rank opens the checkpoint (it is small: the manifest); rank 0 plans.
-  std::string status = "ok", blob;
-  std::optional<MegatronCheckpoint> ck;
-  try {
+namespace {
+
+// Megatron shards -> HF safetensors, as a Step for the driver
+// (step_driver.hpp): the plan says which rank writes which HF tensor where;
+// the source is the shard files; the sink regions of the output files that
+// rank 0 creates at full size.
+class ExportStep : public Step {
+ public:
+  explicit ExportStep(const ExportOptions& opt) : opt_(opt), out_(opt.hf_path) {}
+
+  // Every rank opens the checkpoint (it is small: the manifest).
+  void open(MpiContext&) override {
     ForeignCheckpointOptions foreign;
-    foreign.hf_config = opt.hf_config;
-    if (opt.experts) foreign.experts.main = *opt.experts;
-    if (opt.mtp_experts) foreign.experts.mtp = *opt.mtp_experts;
-    ck = open_megatron_checkpoint(opt.megatron_path, &foreign);
-    if (mpi.is_root()) {
-      const auto packed = json::to_msgpack(to_json(build_export_plan(*ck, opt, mpi.size())));
-      blob.assign(packed.begin(), packed.end());
-    }
-  } catch (const std::exception& e) {
-    status = e.what();
+    foreign.hf_config = opt_.hf_config;
+    if (opt_.experts) foreign.experts.main = *opt_.experts;
+    if (opt_.mtp_experts) foreign.experts.mtp = *opt_.mtp_experts;
+    ck_ = open_megatron_checkpoint(opt_.megatron_path, &foreign);
   }
-  for (const auto& s : mpi.all_gather(status))
-    if (s != "ok") {
-      if (mpi.is_root()) log::error("{}", s);
-      return 2;
-    }
+
+  // Rank 0 keeps its plan for prepare().
+  std::string plan(MpiContext& mpi) override {
+    root_plan_ = build_export_plan(*ck_, opt_, mpi.size());
+    const auto packed = json::to_msgpack(to_json(*root_plan_));
+    return std::string(packed.begin(), packed.end());
+  }
+
   // Nothing is written unless every shard file is present and of this layout.
-  // The checksums are checked beside the conversion (below): reading every
+  // The checksums are checked beside the conversion (settle): reading every
   // file once more before starting would add a full read of the checkpoint
   // when it is not in the page cache. Nothing is committed unless they match.
-  const std::string problem = validate_shard_files(*ck, /*checksums=*/false, mpi);
-  if (!problem.empty()) {
-    if (mpi.is_root()) log::error("{}", problem);
-    return 2;
+  std::string check(MpiContext& mpi) override {
+    return validate_shard_files(*ck_, /*checksums=*/false, mpi);
   }
-  mpi.broadcast(blob);
-  const ExportPlan plan = from_json(json::from_msgpack(blob));
-  std::string().swap(blob);  // the plan is parsed; its bytes are not needed again
 
   // Rank 0 creates every file with its header at full size; then all ranks
-  // fill in their tensors.
-  status = "ok";
-  if (mpi.is_root()) {
-    try {
-      out.prepare(opt.overwrite);
-      for (size_t f = 0; f < plan.files.size(); ++f) {
-        const fs::path path = resolve_inside(out.staging(), plan.files[f], "output file");
-        File file(path, File::Mode::Write);
-        file.pwrite_exact(plan.headers[f].data(), plan.headers[f].size(), 0);
-        uint64_t end = plan.headers[f].size();
-        for (const auto& t : plan.tensors)
-          if (t.file == f) end = std::max(end, t.offset + t.nbytes());
-        file.truncate(end);
-      }
-    } catch (const std::exception& e) {
-      status = e.what();
+  // fill in their tensors. The plan is parsed here too (rank 0 has it).
+  void prepare(MpiContext&) override {
+    out_.prepare(opt_.overwrite);
+    const ExportPlan& plan = *root_plan_;
+    for (size_t f = 0; f < plan.files.size(); ++f) {
+      const fs::path path = resolve_inside(out_.staging(), plan.files[f], "output file");
+      File file(path, File::Mode::Write);
+      file.pwrite_exact(plan.headers[f].data(), plan.headers[f].size(), 0);
+      uint64_t end = plan.headers[f].size();
+      for (const auto& t : plan.tensors)
+        if (t.file == f) end = std::max(end, t.offset + t.nbytes());
+      file.truncate(end);
     }
   }
-  mpi.broadcast(status);
-  if (status != "ok") {
-    if (mpi.is_root()) log::error("{}", status);
-    return 2;
+
+  void receive(std::string blob, MpiContext& mpi) override {
+    plan_ = from_json(json::from_msgpack(blob));
+    std::string().swap(blob);  // the plan is parsed; its bytes are not needed again
+    uint64_t total_bytes = 0;
+    for (const auto& t : plan_.tensors) total_bytes += t.nbytes();
+    progress_.emplace(mpi, "export", total_bytes, plan_.tensors.size());
+    if (opt_.verify_checksums)
+      checksums_ = std::async(std::launch::async,
+                              [this, &mpi] { return checksum_problems(*ck_, mpi.rank(), mpi.size()); });
   }
 
-  uint64_t written = 0, tensors = 0, total_bytes = 0;
-  for (const auto& t : plan.tensors) total_bytes += t.nbytes();
-  Progress progress(mpi, "export", total_bytes, plan.tensors.size());
-  std::future<std::vector<std::string>> checksums;
-  if (opt.verify_checksums)
-    checksums = std::async(std::launch::async, [&ck, &mpi] { return checksum_problems(*ck, mpi.rank(), mpi.size()); });
-  try {
-    const IoMode src_io = source_io_mode(opt.io, opt.verify_checksums);
-    // The direct I/O buffers (a torch_dist source's read window, the output's
-    // write buffer) are taken out of the configured buffer.
-    const int io_buffers = (ck->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
-                           (opt.io != IoMode::Buffered ? 1 : 0);
-    const auto engine_ptr =
-        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, io_buffers));
-    CopyEngine& engine = *engine_ptr;
-    engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
-    const auto source_ptr = open_local_source(*ck, plan.refs, io_config(src_io, opt.buffer_bytes));
-    RowSource& source = *source_ptr;
-    std::map<uint32_t, RegionFile> files;
-    AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
-    for (const ExportTensor& t : plan.tensors) {
-      if (t.rank != mpi.rank()) continue;
-      auto it = files.find(t.file);
-      if (it == files.end()) {
-        it = files.emplace(t.file, RegionFile(out.staging() / plan.files[t.file], opt.io)).first;
-        if (it->second.direct() && write_buffer.size() == 0)
-          write_buffer = AlignedBuffer(direct_io_chunk_bytes(opt.buffer_bytes));
-      }
-      RegionWriter region(it->second, t.offset, t.offset + t.nbytes(), write_buffer);
-      FileRegionSink sink(region, t.offset, cols_2d(t.shape) * dtype_size(t.dtype));
-      CopyJob job{t.name, &t.segments, rows_2d(t.shape), cols_2d(t.shape), t.stored_dtype, t.dtype, t.op};
+  void execute(MpiContext& mpi) override;
+
+  std::string settle(MpiContext& mpi) override {
+    progress_->finish();
+    std::string corrupt;
+    if (checksums_.valid()) {
       try {
-        engine.run(job, source, sink);
-        region.finish();
-      } catch (...) {
-        rethrow_with_context(fmt::format("exporting {}", t.name));
+        const auto found = checksums_.get();
+        if (!found.empty()) corrupt = found.front();
+      } catch (const std::exception& e) {
+        corrupt = e.what();
       }
-      written += t.nbytes();
-      ++tensors;
-      progress.add_tensor();
-      test_hook_after_tensor(mpi.rank());
     }
-    for (auto& [f, file] : files) file.file().fsync();
-  } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
+    total_written_ = mpi.all_reduce_sum(written_);
+    total_tensors_ = mpi.all_reduce_sum(tensors_);
+    max_rss_ = mpi.all_reduce_max(peak_rss_bytes());
+    return corrupt;
   }
-  progress.finish();
-  std::string corrupt;
-  if (checksums.valid()) {
-    try {
-      const auto found = checksums.get();
-      if (!found.empty()) corrupt = found.front();
-    } catch (const std::exception& e) {
-      corrupt = e.what();
-    }
-  }
-  for (const auto& c : mpi.all_gather(corrupt))
-    if (!c.empty()) {
-      mpi.barrier();
-      if (mpi.is_root()) {
-        log::error("{}", c);
-        std::error_code ec;
-        fs::remove_all(out.staging(), ec);  // never committed; the target is untouched
-      }
-      return 2;
-    }
-  const uint64_t total_written = mpi.all_reduce_sum(written);
-  const uint64_t total_tensors = mpi.all_reduce_sum(tensors);
-  const uint64_t max_rss = mpi.all_reduce_max(peak_rss_bytes());
 
-  if (mpi.is_root()) {
-    try {
-      json weight_map = json::object();
-      uint64_t total = 0;
-      for (const auto& t : plan.tensors) {
-        weight_map[t.name] = plan.files[t.file];
-        total += t.nbytes();
-      }
-      MB_CHECK(total_tensors == plan.tensors.size(), "internal: {} of {} tensors written",
-               total_tensors, plan.tensors.size());
-      const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-      write_file_atomic(out.staging() / "model.safetensors.index.json", index.dump(2) + "\n");
-      write_file_atomic(out.staging() / "config.json",
-                        ck->manifest.at("model").at("hf_config").dump(2) + "\n");
-      for (const auto& f : ck->source.extra_files) {
-        const fs::path from = resolve_inside(ck->dir / "hf", f, "extra file");
-        if (fs::exists(from))
-          fs::copy_file(from, out.staging() / f, fs::copy_options::overwrite_existing);
-        else
-          log::warn("{} is missing; {} is not carried into the export", from.string(), f);
-      }
-      out.commit();
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log::info("export done: {} tensors in {} files ({}) under {}", plan.tensors.size(),
-                plan.files.size(), human_bytes(static_cast<double>(total_written)),
-                out.target().string());
-      log::info("{:.2f} s, {:.2f} GB/s, peak RSS per rank {}", secs,
-                static_cast<double>(total_written) / secs / 1e9,
-                human_bytes(static_cast<double>(max_rss)));
-    } catch (const std::exception& e) {
-      log::error("{}", e.what());
-      mpi.abort(1);
-    }
+  void discard() override {
+    std::error_code ec;
+    fs::remove_all(out_.staging(), ec);
   }
-  mpi.barrier();
-  return 0;
+
+  void commit(MpiContext&) override;
+
+  std::string summary(const std::string& blob, int world) const override {
+    const ExportPlan p = from_json(json::from_msgpack(blob));
+    std::vector<uint64_t> load(static_cast<size_t>(world), 0);
+    for (const auto& t : p.tensors) load[static_cast<size_t>(t.rank)] += t.nbytes();
+    return fmt::format("export {} -> {}: {} tensors in {} files\n", opt_.megatron_path.string(),
+                       out_.target().string(), p.tensors.size(), p.files.size()) +
+           balance_report(load, "writes");
+  }
+
+ private:
+  const ExportOptions& opt_;
+  const StagedOutput out_;
+  const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+  std::optional<MegatronCheckpoint> ck_;
+  std::optional<ExportPlan> root_plan_;
+  ExportPlan plan_;
+  std::optional<Progress> progress_;
+  std::future<std::vector<std::string>> checksums_;
+  uint64_t written_ = 0, tensors_ = 0, total_written_ = 0, total_tensors_ = 0, max_rss_ = 0;
+
+};
+
+void ExportStep::execute(MpiContext& mpi) {
+  const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums);
+  // The direct I/O buffers (a torch_dist source's read window, the output's
+  // write buffer) are taken out of the configured buffer.
+  const int io_buffers = (ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
+                         (opt_.io != IoMode::Buffered ? 1 : 0);
+  const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
+  engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
+  const auto source = open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes));
+  std::map<uint32_t, RegionFile> files;
+  AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
+  for (const ExportTensor& t : plan_.tensors) {
+    if (t.rank != mpi.rank()) continue;
+    auto it = files.find(t.file);
+    if (it == files.end()) {
+      it = files.emplace(t.file, RegionFile(out_.staging() / plan_.files[t.file], opt_.io)).first;
+      if (it->second.direct() && write_buffer.size() == 0)
+        write_buffer = AlignedBuffer(direct_io_chunk_bytes(opt_.buffer_bytes));
+    }
+    RegionWriter region(it->second, t.offset, t.offset + t.nbytes(), write_buffer);
+    FileRegionSink sink(region, t.offset, cols_2d(t.shape) * dtype_size(t.dtype));
+    CopyJob job{t.name, &t.segments, rows_2d(t.shape), cols_2d(t.shape), t.stored_dtype, t.dtype, t.op};
+    try {
+      engine->run(job, *source, sink);
+      region.finish();
+    } catch (...) {
+      rethrow_with_context(fmt::format("exporting {}", t.name));
+    }
+    written_ += t.nbytes();
+    ++tensors_;
+    progress_->add_tensor();
+    test_hook_after_tensor(mpi.rank());
+  }
+  for (auto& [f, file] : files) file.file().fsync();
+}
+
+void ExportStep::commit(MpiContext&) {
+  json weight_map = json::object();
+  uint64_t total = 0;
+  for (const auto& t : plan_.tensors) {
+    weight_map[t.name] = plan_.files[t.file];
+    total += t.nbytes();
+  }
+  MB_CHECK(total_tensors_ == plan_.tensors.size(), "internal: {} of {} tensors written",
+           total_tensors_, plan_.tensors.size());
+  const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_file_atomic(out_.staging() / "model.safetensors.index.json", index.dump(2) + "\n");
+  write_file_atomic(out_.staging() / "config.json",
+                    ck_->manifest.at("model").at("hf_config").dump(2) + "\n");
+  for (const auto& f : ck_->source.extra_files) {
+    const fs::path from = resolve_inside(ck_->dir / "hf", f, "extra file");
+    if (fs::exists(from))
+      fs::copy_file(from, out_.staging() / f, fs::copy_options::overwrite_existing);
+    else
+      log::warn("{} is missing; {} is not carried into the export", from.string(), f);
+  }
+  out_.commit();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  log::info("export done: {} tensors in {} files ({}) under {}", plan_.tensors.size(),
+            plan_.files.size(), human_bytes(static_cast<double>(total_written_)),
+            out_.target().string());
+  log::info("{:.2f} s, {:.2f} GB/s, peak RSS per rank {}", secs,
+            static_cast<double>(total_written_) / secs / 1e9,
+            human_bytes(static_cast<double>(max_rss_)));
+}
+
+}  // namespace
+
+std::unique_ptr<Step> make_export_step(const ExportOptions& opt) {
+  return std::make_unique<ExportStep>(opt);
+}
+
+int run_export(const ExportOptions& opt, MpiContext& mpi) {
+  ExportStep step(opt);
+  return run_step(step, mpi);
 }
 
 }  // namespace mb

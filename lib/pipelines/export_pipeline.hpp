@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <optional>
 
@@ -13,6 +14,7 @@
 namespace mb {
 
 class MpiContext;
+class Step;
 
 struct ExportOptions {
   std::filesystem::path megatron_path;
@@ -34,6 +36,9 @@ struct ExportOptions {
 };
 
 int run_export(const ExportOptions& opt, MpiContext& mpi);
+
+// The export as a driver step (step_driver.hpp); `opt` must outlive it.
+std::unique_ptr<Step> make_export_step(const ExportOptions& opt);
 
 // Parses "5GB", "500MB", "4GiB", "123" (bytes).
 uint64_t parse_size(const std::string& s);

@@ -1,6 +1,8 @@
 #include "pipelines/import_pipeline.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <filesystem>
 
@@ -19,7 +21,9 @@
 #include "dist/forwarder.hpp"
 #include "pipelines/safetensors_source.hpp"
 #include "pipelines/shard_writer.hpp"
+#include "pipelines/plan_report.hpp"
 #include "pipelines/staged_output.hpp"
+#include "pipelines/step_driver.hpp"
 #include "pipelines/torch_dist_output.hpp"
 
 namespace mb {
@@ -53,217 +57,260 @@ void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
 
 }  // namespace
 
-int run_import(const ImportOptions& opt, MpiContext& mpi) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const StagedOutput out(opt.out);
-  MB_CHECK(opt.format == "hdf5" || opt.format == "torch_dist",
-           "unknown output format '{}' (supported: hdf5, torch_dist)", opt.format);
-  const bool dist = opt.format == "torch_dist";
-  MB_CHECK(!(opt.read_once && opt.resume), "--read-once and --resume cannot be combined (read-once "
-           "shards are all written together)");
-  if (opt.read_once && dist && mpi.is_root())
-    log::info("torch_dist stores every element once, so each HF byte is read once already");
+namespace {
 
-  // Rank 0 reads config.json, the index and every header once, plans, and
-  // broadcasts the plan; a planning error is reported by rank 0 only and every
-  // rank exits with the same code.
-  std::string status, blob;
-  if (mpi.is_root()) {
-    try {
-      const ModelConfig model = load_model_config(opt.hf_path / "config.json");
-      validate_layout(opt.layout, model);  // before any tensor I/O
-      HfCatalog catalog = read_hf_catalog(opt.hf_path);
-      PlanRequest req{opt.layout, opt.dtype, opt.strict, mpi.size()};
-      ImportPlan plan = build_import_plan(model, std::move(catalog), req);
-      // torch_dist stores each element once: balance by the canonical bytes.
-      if (dist) assign_shards_to_ranks(plan.shards, mpi.size(), /*canonical_only=*/true);
-      // What must match for a partial output to be resumed: the plan's
-      // inputs, and for torch_dist the rank count (files are per rank).
-      json fp = plan_to_json(plan);
-      fp.erase("shards");
-      fp["format"] = opt.format;
-      fp["ranks"] = dist ? mpi.size() : 0;
-      const std::string fps = fp.dump();
-      const bool resumed =
-          out.prepare(opt.overwrite, opt.resume, hash_hex(hash_bytes(fps.data(), fps.size())));
-      if (resumed) log::info("resuming the partial output in {}", out.staging().string());
-      if (dist) std::filesystem::create_directories(out.staging() / kTorchDistIterDir);
-      const auto packed = json::to_msgpack(plan_to_json(plan));
-      blob.assign(packed.begin(), packed.end());
-      status = "ok";
-    } catch (const std::exception& e) {
-      status = e.what();
-    }
-  }
-  mpi.broadcast(status);
-  if (status != "ok") {
-    if (mpi.is_root()) log::error("{}", status);
-    return 2;
-  }
-  mpi.broadcast(blob);
-  const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
-  blob.clear();
-  blob.shrink_to_fit();
+// HF safetensors -> HDF5 shards or a torch_dist checkpoint, as a Step for the
+// driver (step_driver.hpp): the plan is the import plan; the source the HF
+// files; the sink one HDF5 file per shard, one .distcp file per rank, or
+// read-once forwarding.
+class ImportStep : public Step {
+ public:
+  ImportStep(const ImportOptions& opt) : opt_(opt), out_(opt.out), dist_(opt.format == "torch_dist") {}
 
-  uint64_t total_bytes = 0, total_tensors = 0;
-  for (const auto& s : plan.shards)
-    for (const auto& t : s.tensors)
-      if (!dist || t.canonical) {
-        total_bytes += t.nbytes();
-        ++total_tensors;
-      }
-  Progress progress(mpi, "import", total_bytes, total_tensors);
-  std::vector<ShardResult> results;
-  DistFileResult dist_result;
-  uint64_t read_once_storage = 0;
-  try {
+  void open(MpiContext& mpi) override {
+    MB_CHECK(opt_.format == "hdf5" || opt_.format == "torch_dist",
+             "unknown output format '{}' (supported: hdf5, torch_dist)", opt_.format);
+    MB_CHECK(!(opt_.read_once && opt_.resume), "--read-once and --resume cannot be combined (read-once "
+             "shards are all written together)");
+    if (opt_.read_once && dist_ && mpi.is_root())
+      log::info("torch_dist stores every element once, so each HF byte is read once already");
+  }
+
+  // Rank 0 reads config.json, the index and every header once, and plans.
+  std::string plan(MpiContext& mpi) override {
+    const ModelConfig model = load_model_config(opt_.hf_path / "config.json");
+    validate_layout(opt_.layout, model);  // before any tensor I/O
+    HfCatalog catalog = read_hf_catalog(opt_.hf_path);
+    PlanRequest req{opt_.layout, opt_.dtype, opt_.strict, mpi.size()};
+    ImportPlan plan = build_import_plan(model, std::move(catalog), req);
+    // torch_dist stores each element once: balance by the canonical bytes.
+    if (dist_) assign_shards_to_ranks(plan.shards, mpi.size(), /*canonical_only=*/true);
+    // What must match for a partial output to be resumed: the plan's
+    // inputs, and for torch_dist the rank count (files are per rank).
+    json fp = plan_to_json(plan);
+    fp.erase("shards");
+    fp["format"] = opt_.format;
+    fp["ranks"] = dist_ ? mpi.size() : 0;
+    const std::string fps = fp.dump();
+    fingerprint_ = hash_hex(hash_bytes(fps.data(), fps.size()));
+    const auto packed = json::to_msgpack(plan_to_json(plan));
+    return std::string(packed.begin(), packed.end());
+  }
+
+  void prepare(MpiContext&) override {
+    if (out_.prepare(opt_.overwrite, opt_.resume, fingerprint_))
+      log::info("resuming the partial output in {}", out_.staging().string());
+    if (dist_) fs::create_directories(out_.staging() / kTorchDistIterDir);
+  }
+
+  void receive(std::string blob, MpiContext& mpi) override {
+    plan_ = plan_from_json(json::from_msgpack(blob));
+    uint64_t total_bytes = 0, total_tensors = 0;
+    for (const auto& s : plan_.shards)
+      for (const auto& t : s.tensors)
+        if (!dist_ || t.canonical) {
+          total_bytes += t.nbytes();
+          ++total_tensors;
+        }
+    progress_.emplace(mpi, "import", total_bytes, total_tensors);
+  }
+
+  void execute(MpiContext& mpi) override {
     // The direct I/O buffers (a read bounce buffer; for torch_dist an append
     // buffer too) come out of the configured buffer.
-    const IoConfig io = io_config(opt.io, opt.buffer_bytes);
-    const bool direct = opt.io != IoMode::Buffered;
-    const auto engine_ptr =
-        make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, !direct ? 0 : dist ? 2 : 1));
-    CopyEngine& engine = *engine_ptr;
-    engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
-    SafetensorsSource source(plan.catalog, io);
-    const std::string dist_name = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, mpi.rank());
-    std::optional<DistFileResult> kept;
-    if (dist && opt.resume) {
-      const std::string rec = out.done_record(dist_name);
+    const IoConfig io = io_config(opt_.io, opt_.buffer_bytes);
+    const bool direct = opt_.io != IoMode::Buffered;
+    const auto engine = make_copy_engine(
+        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct ? 0 : dist_ ? 2 : 1));
+    engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
+    SafetensorsSource source(plan_.catalog, io);
+    if (dist_)
+      write_distcp(mpi, *engine, source, io);
+    else if (opt_.read_once)
+      write_read_once(mpi, io, direct);
+    else
+      write_shards(mpi, *engine, source);
+  }
+
+  std::string settle(MpiContext& mpi) override {
+    progress_->finish();
+    read_once_total_ = mpi.all_reduce_sum(read_once_storage_);
+    gathered_ = gather_shard_results(results_, mpi);
+    dist_gathered_ = mpi.gather(dist_ ? dist_file_result_to_json(dist_result_).dump() : "");
+    return {};
+  }
+
+  void commit(MpiContext&) override {
+    const Listing l = dist_ ? list_distcp() : list_shards();
+    copy_hf_side_files(plan_, out_.staging());
+    write_file_atomic(out_.staging() / "megatron_config.yaml",
+                      megatron_config_yaml(plan_.model, plan_.layout));
+    const json manifest = build_manifest(plan_, opt_.format, l.files, source_description(plan_));
+    write_file_atomic(out_.staging() / kManifestName, manifest.dump(1) + "\n");
+    out_.commit();
+    report(l);
+  }
+
+  std::string summary(const std::string& blob, int) const override {
+    const ImportPlan p = plan_from_json(json::from_msgpack(blob));
+    return fmt::format("import to {} ({})\n", out_.target().string(), opt_.format) +
+           plan_report(p, /*per_shard=*/false);
+  }
+
+ private:
+  struct Listing {
+    json files;
+    uint64_t written = 0, read = 0, tensors = 0;
+    std::vector<std::pair<std::string, std::pair<uint64_t, uint64_t>>> rows;  // file, tensors, bytes
+  };
+
+  void after_tensor(MpiContext& mpi) {
+    progress_->add_tensor();
+    test_hook_after_tensor(mpi.rank());
+  }
+
+  // torch_dist: this rank's one .distcp file, kept on resume when its bytes
+  // still match the checksum recorded when it was written.
+  void write_distcp(MpiContext& mpi, CopyEngine& engine, SafetensorsSource& source, const IoConfig& io) {
+    const std::string name = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, mpi.rank());
+    if (opt_.resume) {
+      const std::string rec = out_.done_record(name);
       if (!rec.empty()) {
         DistFileResult r = dist_file_result_from_json(json::parse(rec));
-        if (r.file.empty() || (std::filesystem::exists(out.staging() / r.file) &&
-                               hash_hex(hash_file(out.staging() / r.file)) == r.xxh3)) {
-          kept = std::move(r);
-          log::info("resume: keeping {}", dist_name);
+        if (r.file.empty() || (fs::exists(out_.staging() / r.file) &&
+                               hash_hex(hash_file(out_.staging() / r.file)) == r.xxh3)) {
+          dist_result_ = std::move(r);
+          log::info("resume: keeping {}", name);
+          return;
         }
       }
     }
-    if (kept) {
-      dist_result = *kept;
-    } else if (dist) {
-      dist_result = write_distcp_file(plan, mpi.rank(), out.staging(), engine, source, io,
-                                      [&] {
-                                           progress.add_tensor();
-                                           test_hook_after_tensor(mpi.rank());
-                                         });
-      out.mark_done(dist_name, dist_file_result_to_json(dist_result).dump());
-    } else if (opt.read_once) {
-      // With a GPU engine, forward over NCCL when every rank has its own
-      // device (collective: all ranks take this branch together); else MPI.
-      std::unique_ptr<Forwarder> forwarder;
-#ifdef MEGABRIDGE_HAVE_NCCL
-      if (opt.device != "cpu") {
-        std::string why;
-        forwarder = make_nccl_forwarder(mpi, opt.buffer_bytes, &why);
-        if (!forwarder && mpi.is_root()) log::info("read-once: forwarding over MPI, not NCCL: {}", why);
-      }
-#endif
-      if (!forwarder) forwarder = make_mpi_forwarder(mpi);
-      log::debug("read-once: forwarding with {}", forwarder->name());
-      ReadOnceStats stats;
-      results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(),
-                                   engine_buffer_bytes(opt.buffer_bytes, direct ? 1 : 0), io, progress,
-                                   stats);
-      log::debug("read-once: read {} from storage, sent {}, received {}",
-                 human_bytes(static_cast<double>(stats.storage_bytes)),
-                 human_bytes(static_cast<double>(stats.sent_bytes)),
-                 human_bytes(static_cast<double>(stats.received_bytes)));
-      read_once_storage = stats.storage_bytes;
-    } else {
-      for (size_t i : plan.shards_of_rank(mpi.rank())) {
-        const ShardPlan& s = plan.shards[i];
-        if (opt.resume) {
-          if (auto r = resume_shard(out, s.coord.file_name())) {
-            log::info("resume: keeping {}", s.coord.file_name());
-            progress.add_bytes(s.bytes_written());
-            results.push_back(std::move(*r));
-            continue;
-          }
-        }
-        log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
-                   human_bytes(static_cast<double>(s.bytes_written())));
-        results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(),
-                                           engine, source, [&] {
-                                           progress.add_tensor();
-                                           test_hook_after_tensor(mpi.rank());
-                                         }));
-        out.mark_done(results.back().file, shard_result_to_json(results.back()).dump());
-      }
-    }
-  } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
+    dist_result_ = write_distcp_file(plan_, mpi.rank(), out_.staging(), engine, source, io,
+                                     [&] { after_tensor(mpi); });
+    out_.mark_done(name, dist_file_result_to_json(dist_result_).dump());
   }
-  progress.finish();
-  const uint64_t read_once_total = mpi.all_reduce_sum(read_once_storage);
 
-  const GatheredResults gathered = gather_shard_results(results, mpi);
-  const auto dist_gathered = mpi.gather(dist ? dist_file_result_to_json(dist_result).dump() : "");
-  if (mpi.is_root()) {
-    try {
-      json files;
-      uint64_t written = 0, read = 0, tensors = 0;
-      std::vector<std::pair<std::string, std::pair<uint64_t, uint64_t>>> listing;
-      if (dist) {
-        std::vector<DistFileResult> all;
-        for (const auto& g : dist_gathered) all.push_back(dist_file_result_from_json(json::parse(g)));
-        finish_torch_dist(plan, all, out.staging());
-        files = json::array();
-        for (const auto& r : all) {
-          read += r.bytes_read;
-          if (r.file.empty()) continue;
-          uint64_t n = 0;
-          for (const auto& it : r.items) n += it.object ? 0 : 1;
-          files.push_back({{"path", r.file}, {"bytes", r.bytes}, {"xxh3", r.xxh3}, {"tensor_count", n},
-                           {"object_count", r.items.size() - n}});
-          written += r.bytes;
-          tensors += n;
-          listing.push_back({r.file, {n, r.bytes}});
-        }
-      } else {
-        std::vector<ShardResult> all = gathered.results;
-        MB_CHECK(all.size() == plan.shards.size(), "internal: {} of {} shards reported",
-                 all.size(), plan.shards.size());
-        files = manifest_files(all);
-        for (const auto& r : all) {
-          written += r.bytes;
-          read += opt.read_once ? 0 : r.bytes_read;
-          tensors += r.tensors.size();
-          listing.push_back({r.file, {r.tensors.size(), r.bytes}});
+  void write_read_once(MpiContext& mpi, const IoConfig& io, bool direct) {
+    // With a GPU engine, forward over NCCL when every rank has its own
+    // device (collective: all ranks take this branch together); else MPI.
+    std::unique_ptr<Forwarder> forwarder;
+#ifdef MEGABRIDGE_HAVE_NCCL
+    if (opt_.device != "cpu") {
+      std::string why;
+      forwarder = make_nccl_forwarder(mpi, opt_.buffer_bytes, &why);
+      if (!forwarder && mpi.is_root()) log::info("read-once: forwarding over MPI, not NCCL: {}", why);
+    }
+#endif
+    if (!forwarder) forwarder = make_mpi_forwarder(mpi);
+    log::debug("read-once: forwarding with {}", forwarder->name());
+    ReadOnceStats stats;
+    results_ = run_read_once_hdf5(plan_, mpi, *forwarder, out_.staging(),
+                                  engine_buffer_bytes(opt_.buffer_bytes, direct ? 1 : 0), io,
+                                  *progress_, stats);
+    log::debug("read-once: read {} from storage, sent {}, received {}",
+               human_bytes(static_cast<double>(stats.storage_bytes)),
+               human_bytes(static_cast<double>(stats.sent_bytes)),
+               human_bytes(static_cast<double>(stats.received_bytes)));
+    read_once_storage_ = stats.storage_bytes;
+  }
+
+  void write_shards(MpiContext& mpi, CopyEngine& engine, SafetensorsSource& source) {
+    for (size_t i : plan_.shards_of_rank(mpi.rank())) {
+      const ShardPlan& s = plan_.shards[i];
+      if (opt_.resume) {
+        if (auto r = resume_shard(out_, s.coord.file_name())) {
+          log::info("resume: keeping {}", s.coord.file_name());
+          progress_->add_bytes(s.bytes_written());
+          results_.push_back(std::move(*r));
+          continue;
         }
       }
-      if (opt.read_once) read = read_once_total;
-      std::sort(listing.begin(), listing.end());
-      copy_hf_side_files(plan, out.staging());
-      write_file_atomic(out.staging() / "megatron_config.yaml",
-                        megatron_config_yaml(plan.model, plan.layout));
-      const json manifest = build_manifest(plan, opt.format, files, source_description(plan));
-      write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
-      out.commit();
-      const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log::info("import done: {} {}, {} files ({}) in {}", opt.format, plan.layout.describe(),
-                listing.size(), human_bytes(static_cast<double>(written)), out.target().string());
-      if (listing.size() <= 16)
-        for (const auto& [file, nb] : listing)
-          log::info("  {:<28} {:>5} tensors {:>11}", file, nb.first,
-                    human_bytes(static_cast<double>(nb.second)));
-      log::info("  manifest.json, megatron_config.yaml, hf/ (config.json and {} side files)",
-                plan.catalog.extra_files.size());
-      log::info("{} tensors from {} HF tensors: read {}, wrote {} in {:.2f} s ({:.2f} GB/s "
-                "read); peak RSS per rank {}",
-                tensors, plan.catalog.tensors.size(), human_bytes(static_cast<double>(read)),
-                human_bytes(static_cast<double>(written)), secs,
-                static_cast<double>(read) / secs / 1e9,
-                human_bytes(static_cast<double>(gathered.max_rss)));
-    } catch (const std::exception& e) {
-      log::error("{}", e.what());
-      mpi.abort(1);
+      log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
+                 human_bytes(static_cast<double>(s.bytes_written())));
+      results_.push_back(write_hdf5_shard(plan_.layout, plan_.model.architecture, s, out_.staging(),
+                                          engine, source, [&] { after_tensor(mpi); }));
+      out_.mark_done(results_.back().file, shard_result_to_json(results_.back()).dump());
     }
   }
-  mpi.barrier();
-  return 0;
+
+  Listing list_distcp() const {
+    Listing l;
+    std::vector<DistFileResult> all;
+    for (const auto& g : dist_gathered_) all.push_back(dist_file_result_from_json(json::parse(g)));
+    finish_torch_dist(plan_, all, out_.staging());
+    l.files = json::array();
+    for (const auto& r : all) {
+      l.read += r.bytes_read;
+      if (r.file.empty()) continue;
+      uint64_t n = 0;
+      for (const auto& it : r.items) n += it.object ? 0 : 1;
+      l.files.push_back({{"path", r.file}, {"bytes", r.bytes}, {"xxh3", r.xxh3}, {"tensor_count", n},
+                         {"object_count", r.items.size() - n}});
+      l.written += r.bytes;
+      l.tensors += n;
+      l.rows.push_back({r.file, {n, r.bytes}});
+    }
+    return l;
+  }
+
+  Listing list_shards() const {
+    Listing l;
+    const std::vector<ShardResult>& all = gathered_.results;
+    MB_CHECK(all.size() == plan_.shards.size(), "internal: {} of {} shards reported", all.size(),
+             plan_.shards.size());
+    l.files = manifest_files(all);
+    for (const auto& r : all) {
+      l.written += r.bytes;
+      l.read += opt_.read_once ? 0 : r.bytes_read;
+      l.tensors += r.tensors.size();
+      l.rows.push_back({r.file, {r.tensors.size(), r.bytes}});
+    }
+    if (opt_.read_once) l.read = read_once_total_;
+    return l;
+  }
+
+  void report(Listing l) const {
+    std::sort(l.rows.begin(), l.rows.end());
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    log::info("import done: {} {}, {} files ({}) in {}", opt_.format, plan_.layout.describe(),
+              l.rows.size(), human_bytes(static_cast<double>(l.written)), out_.target().string());
+    if (l.rows.size() <= 16)
+      for (const auto& [file, nb] : l.rows)
+        log::info("  {:<28} {:>5} tensors {:>11}", file, nb.first,
+                  human_bytes(static_cast<double>(nb.second)));
+    log::info("  manifest.json, megatron_config.yaml, hf/ (config.json and {} side files)",
+              plan_.catalog.extra_files.size());
+    log::info("{} tensors from {} HF tensors: read {}, wrote {} in {:.2f} s ({:.2f} GB/s "
+              "read); peak RSS per rank {}",
+              l.tensors, plan_.catalog.tensors.size(), human_bytes(static_cast<double>(l.read)),
+              human_bytes(static_cast<double>(l.written)), secs,
+              static_cast<double>(l.read) / secs / 1e9,
+              human_bytes(static_cast<double>(gathered_.max_rss)));
+  }
+
+  const ImportOptions& opt_;
+  const StagedOutput out_;
+  const bool dist_;
+  const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+  std::string fingerprint_;
+  ImportPlan plan_;
+  std::optional<Progress> progress_;
+  std::vector<ShardResult> results_;
+  DistFileResult dist_result_;
+  uint64_t read_once_storage_ = 0, read_once_total_ = 0;
+  GatheredResults gathered_;
+  std::vector<std::string> dist_gathered_;
+};
+
+}  // namespace
+
+std::unique_ptr<Step> make_import_step(const ImportOptions& opt) {
+  return std::make_unique<ImportStep>(opt);
+}
+
+int run_import(const ImportOptions& opt, MpiContext& mpi) {
+  ImportStep step(opt);
+  return run_step(step, mpi);
 }
 
 }  // namespace mb

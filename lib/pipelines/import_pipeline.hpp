@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -13,6 +14,7 @@
 namespace mb {
 
 class MpiContext;
+class Step;
 
 struct ImportOptions {
   std::filesystem::path hf_path;
@@ -36,5 +38,8 @@ struct ImportOptions {
 // Runs on every rank. Returns the process exit code (0 on success). A failure
 // on any rank aborts the whole job; nothing is committed unless all succeed.
 int run_import(const ImportOptions& opt, MpiContext& mpi);
+
+// The import as a driver step (step_driver.hpp); `opt` must outlive it.
+std::unique_ptr<Step> make_import_step(const ImportOptions& opt);
 
 }  // namespace mb

@@ -1,6 +1,8 @@
 #include "pipelines/reshard_pipeline.hpp"
 
 #include <chrono>
+#include <memory>
+#include <optional>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -12,7 +14,9 @@
 #include "pipelines/manifest.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/shard_writer.hpp"
+#include "pipelines/plan_report.hpp"
 #include "pipelines/staged_output.hpp"
+#include "pipelines/step_driver.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -56,105 +60,107 @@ ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout
   assign_shards_to_ranks(p.shards, world);
   return p;
 }
+
+// Shards in one layout -> another, as a Step for the driver (step_driver.hpp):
+// the plan is a direct import's at the target layout, composed through the
+// source's export index; the source the old shards; the sink HDF5 shards.
+class ReshardStep : public Step {
+ public:
+  explicit ReshardStep(const ReshardOptions& opt) : opt_(opt), out_(opt.out) {}
+
+  void open(MpiContext&) override { ck_ = open_megatron_checkpoint(opt_.src); }
+
+  std::string plan(MpiContext& mpi) override {
+    const auto packed = json::to_msgpack(plan_to_json(build_reshard_plan(*ck_, opt_.layout, mpi.size())));
+    return std::string(packed.begin(), packed.end());
+  }
+
+  std::string check(MpiContext& mpi) override {
+    return validate_shard_files(*ck_, opt_.verify_checksums, mpi);
+  }
+
+  void prepare(MpiContext&) override { out_.prepare(opt_.overwrite); }
+
+  void receive(std::string blob, MpiContext& mpi) override {
+    plan_ = plan_from_json(json::from_msgpack(blob));
+    std::string().swap(blob);  // the plan is parsed; its bytes are not needed again
+    uint64_t total_bytes = 0, total_tensors = 0;
+    for (const auto& s : plan_.shards) {
+      total_bytes += s.bytes_written();
+      total_tensors += s.tensors.size();
+    }
+    progress_.emplace(mpi, "reshard", total_bytes, total_tensors);
+  }
+
+  void execute(MpiContext& mpi) override {
+    const ExportIndex index = build_export_index(ck_->shards, ck_->source.tensors.size());
+    const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums);
+    // A torch_dist source read directly takes its window out of the buffer.
+    const int io_buffers = ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0;
+    const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
+    engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
+    const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes));
+    for (size_t i : plan_.shards_of_rank(mpi.rank()))
+      results_.push_back(write_hdf5_shard(plan_.layout, plan_.model.architecture, plan_.shards[i],
+                                          out_.staging(), *engine, *source, [&] {
+                                            progress_->add_tensor();
+                                            test_hook_after_tensor(mpi.rank());
+                                          }));
+  }
+
+  std::string settle(MpiContext& mpi) override {
+    progress_->finish();
+    gathered_ = gather_shard_results(results_, mpi);
+    return {};
+  }
+
+  void commit(MpiContext&) override {
+    // The HF side (config, tokenizer files, source description) carries over.
+    fs::create_directories(out_.staging() / "hf");
+    for (const auto& e : fs::directory_iterator(ck_->dir / "hf"))
+      fs::copy_file(e.path(), out_.staging() / "hf" / e.path().filename());
+    write_file_atomic(out_.staging() / "megatron_config.yaml",
+                      megatron_config_yaml(plan_.model, plan_.layout));
+    const json manifest =
+        build_manifest(plan_, "hdf5", manifest_files(gathered_.results), ck_->manifest.at("source"));
+    write_file_atomic(out_.staging() / kManifestName, manifest.dump(1) + "\n");
+    out_.commit();
+    uint64_t bytes = 0;
+    for (const auto& r : gathered_.results) bytes += r.bytes;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    log::info("reshard done: {} -> {}: {} shard files ({}) under {}, {:.2f} s, peak RSS per rank {}",
+              ck_->layout.describe(), plan_.layout.describe(), gathered_.results.size(),
+              human_bytes(static_cast<double>(bytes)), out_.target().string(), secs,
+              human_bytes(static_cast<double>(gathered_.max_rss)));
+  }
+
+  std::string summary(const std::string& blob, int) const override {
+    const ImportPlan p = plan_from_json(json::from_msgpack(blob));
+    return fmt::format("reshard {} ({}) -> {}\n", opt_.src.string(), ck_->layout.describe(),
+                       out_.target().string()) +
+           plan_report(p, /*per_shard=*/false);
+  }
+
+ private:
+  const ReshardOptions& opt_;
+  const StagedOutput out_;
+  const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+  std::optional<MegatronCheckpoint> ck_;
+  ImportPlan plan_;
+  std::optional<Progress> progress_;
+  std::vector<ShardResult> results_;
+  GatheredResults gathered_;
+};
+
 }  // namespace
 
-int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const StagedOutput out(opt.out);
-  std::string status = "ok", blob;
-  std::optional<MegatronCheckpoint> ck;
-  try {
-    ck = open_megatron_checkpoint(opt.src);
-    if (mpi.is_root()) {
-      const auto packed = json::to_msgpack(plan_to_json(build_reshard_plan(*ck, opt.layout, mpi.size())));
-      blob.assign(packed.begin(), packed.end());
-    }
-  } catch (const std::exception& e) {
-    status = e.what();
-  }
-  for (const auto& s : mpi.all_gather(status))
-    if (s != "ok") {
-      if (mpi.is_root()) log::error("{}", s);
-      return 2;
-    }
-  const std::string problem = validate_shard_files(*ck, opt.verify_checksums, mpi);
-  if (!problem.empty()) {
-    if (mpi.is_root()) log::error("{}", problem);
-    return 2;
-  }
-  status = "ok";
-  if (mpi.is_root()) {
-    try {
-      out.prepare(opt.overwrite);
-    } catch (const std::exception& e) {
-      status = e.what();
-    }
-  }
-  mpi.broadcast(status);
-  if (status != "ok") {
-    if (mpi.is_root()) log::error("{}", status);
-    return 2;
-  }
-  mpi.broadcast(blob);
-  const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
-  std::string().swap(blob);  // the plan is parsed; its bytes are not needed again
-  const ExportIndex index = build_export_index(ck->shards, ck->source.tensors.size());
+std::unique_ptr<Step> make_reshard_step(const ReshardOptions& opt) {
+  return std::make_unique<ReshardStep>(opt);
+}
 
-  uint64_t total_bytes = 0, total_tensors = 0;
-  for (const auto& s : plan.shards) {
-    total_bytes += s.bytes_written();
-    total_tensors += s.tensors.size();
-  }
-  Progress progress(mpi, "reshard", total_bytes, total_tensors);
-  std::vector<ShardResult> results;
-  try {
-    const IoMode src_io = source_io_mode(opt.io, opt.verify_checksums);
-    // A torch_dist source read directly takes its window out of the buffer.
-    const int io_buffers = ck->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0;
-    const auto engine_ptr = make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, io_buffers));
-    CopyEngine& engine = *engine_ptr;
-    engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
-    const auto source_ptr = open_local_source(*ck, index.refs, io_config(src_io, opt.buffer_bytes));
-    RowSource& source = *source_ptr;
-    for (size_t i : plan.shards_of_rank(mpi.rank()))
-      results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, plan.shards[i],
-                                         out.staging(), engine, source,
-                                         [&] {
-                                           progress.add_tensor();
-                                           test_hook_after_tensor(mpi.rank());
-                                         }));
-  } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
-  }
-  progress.finish();
-  const GatheredResults gathered = gather_shard_results(results, mpi);
-  if (mpi.is_root()) {
-    try {
-      // The HF side (config, tokenizer files, source description) carries over.
-      fs::create_directories(out.staging() / "hf");
-      for (const auto& e : fs::directory_iterator(ck->dir / "hf"))
-        fs::copy_file(e.path(), out.staging() / "hf" / e.path().filename());
-      write_file_atomic(out.staging() / "megatron_config.yaml",
-                        megatron_config_yaml(plan.model, plan.layout));
-      const json manifest =
-          build_manifest(plan, "hdf5", manifest_files(gathered.results), ck->manifest.at("source"));
-      write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
-      out.commit();
-      uint64_t bytes = 0;
-      for (const auto& r : gathered.results) bytes += r.bytes;
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      log::info("reshard done: {} -> {}: {} shard files ({}) under {}, {:.2f} s, peak RSS per rank {}",
-                ck->layout.describe(), plan.layout.describe(), gathered.results.size(),
-                human_bytes(static_cast<double>(bytes)), out.target().string(), secs,
-                human_bytes(static_cast<double>(gathered.max_rss)));
-    } catch (const std::exception& e) {
-      log::error("{}", e.what());
-      mpi.abort(1);
-    }
-  }
-  mpi.barrier();
-  return 0;
+int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
+  ReshardStep step(opt);
+  return run_step(step, mpi);
 }
 
 }  // namespace mb

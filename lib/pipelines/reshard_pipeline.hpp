@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "core/direct_io.hpp"
@@ -13,6 +14,7 @@
 namespace mb {
 
 class MpiContext;
+class Step;
 
 struct ReshardOptions {
   std::filesystem::path src;
@@ -26,5 +28,8 @@ struct ReshardOptions {
 };
 
 int run_reshard(const ReshardOptions& opt, MpiContext& mpi);
+
+// The reshard as a driver step (step_driver.hpp); `opt` must outlive it.
+std::unique_ptr<Step> make_reshard_step(const ReshardOptions& opt);
 
 }  // namespace mb

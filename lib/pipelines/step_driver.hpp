@@ -1,0 +1,59 @@
+// One driver for every conversion command (import, export, reshard; bench
+// through them; `megabridge run` for a sequence of them). A command describes
+// its source, sink and plan as a Step; run_step() runs it as
+//
+//   open     every rank  opens the inputs (small: a manifest)  any rank fails: exit 2
+//   plan     rank 0      plans the work, serialised            fails: exit 2
+//   check    every rank  collective checks of the inputs       any problem: exit 2
+//   prepare  rank 0      creates the staged output             fails: exit 2
+//   receive  every rank  the broadcast plan
+//   execute  every rank  its share of the work                 throws: the job is aborted
+//   settle   every rank  collectives after the work (progress, gathers, late checks);
+//                        any problem: discard (rank 0), exit 2
+//   commit   rank 0      manifest, rename into place           throws: the job is aborted
+//
+// so that error handling, the status broadcasts and the abort rule ("a failing
+// rank fails the whole job promptly") live in one place. Exits before execute
+// return 2 on every rank together, so a pipeline can stop cleanly after them;
+// once ranks work independently, a failure aborts the MPI job.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace mb {
+
+class MpiContext;
+
+class Step {
+ public:
+  virtual ~Step() = default;
+  virtual void open(MpiContext&) {}
+  virtual std::string plan(MpiContext& mpi) = 0;
+  // Returns a problem (empty: none). Collective: every rank calls it.
+  virtual std::string check(MpiContext&) { return {}; }
+  virtual void prepare(MpiContext&) {}
+  virtual void receive(std::string blob, MpiContext& mpi) = 0;
+  virtual void execute(MpiContext& mpi) = 0;
+  // Returns a problem found after the work (empty: none). Collective.
+  virtual std::string settle(MpiContext&) { return {}; }
+  // Rank 0, after a problem in settle: removes what prepare created.
+  virtual void discard() {}
+  virtual void commit(MpiContext& mpi) = 0;
+  // Rank 0, for --dry-run: what the plan (as returned by plan()) does on `world` ranks.
+  virtual std::string summary(const std::string& blob, int world) const = 0;
+};
+
+// Runs every phase. Returns the exit code: 0, or 2 when the step stopped
+// before converting (the error is logged by rank 0). Aborts the MPI job on a
+// failure while converting or committing.
+int run_step(Step& step, MpiContext& mpi);
+
+// open and plan only. Returns 0 and, on rank 0, the plan summary in `summary`;
+// 2 on an error (logged by rank 0). Nothing is written.
+int dry_run_step(Step& step, MpiContext& mpi, std::string& summary);
+
+// Bytes per rank and the balance, as the dry-run summaries print them.
+std::string balance_report(const std::vector<uint64_t>& bytes_per_rank, const char* what);
+
+}  // namespace mb
