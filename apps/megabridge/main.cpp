@@ -2,10 +2,13 @@
 // Megatron-Core's parallel layout. See README.md for usage.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 
 #include "core/error.hpp"
+#include "pipeline_cli.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
 #include "layout/import_plan.hpp"
@@ -17,6 +20,11 @@
 #include "pipelines/synth.hpp"
 #include "pipelines/verify_pipeline.hpp"
 #include "core/file.hpp"
+#include "dist/test_hooks.hpp"
+#include "pipelines/export_pipeline.hpp"
+#include "pipelines/pipeline_config.hpp"
+#include "pipelines/staged_output.hpp"
+#include "pipelines/step_driver.hpp"
 
 namespace {
 
@@ -42,7 +50,7 @@ struct ImportFlags {
   bool not_strict = false, overwrite = false, resume = false, read_once = false;
 
   void add(CLI::App* c, bool with_output) {
-    c->add_option("--config", config, "YAML job file (configs/*.yaml)");
+    c->add_option("--config", config, "YAML job file (configs/*.yaml), a one-step pipeline; flags override it");
     c->add_option("--hf-path", hf_path, "HuggingFace checkpoint directory");
     if (with_output) c->add_option("--out", out, "output directory");
     c->add_option("--tp", tp, "tensor-parallel size");
@@ -66,7 +74,7 @@ struct ImportFlags {
   }
 
   mb::ImportOptions resolve() const {
-    mb::ImportOptions o = config.empty() ? mb::ImportOptions{} : mb::load_import_job(config);
+    mb::ImportOptions o;  // a --config file arrives as flags (expand_config)
     if (!hf_path.empty()) o.hf_path = hf_path;
     if (!out.empty()) o.out = out;
     if (!format.empty()) o.format = format;
@@ -96,7 +104,7 @@ struct ExportFlags {
   bool no_verify = false, overwrite = false;
 
   void add(CLI::App* c) {
-    c->add_option("--config", config, "YAML job file");
+    c->add_option("--config", config, "YAML job file, a one-step pipeline; flags override it");
     c->add_option("--megatron-path", megatron_path, "megabridge Megatron output directory");
     c->add_option("--hf-path", hf_path, "output HF checkpoint directory");
     c->add_option("--experts", experts, "decoder expert layout: fused or per_expert (default: as the source)");
@@ -114,7 +122,7 @@ struct ExportFlags {
   }
 
   mb::ExportOptions resolve() const {
-    mb::ExportOptions o = config.empty() ? mb::ExportOptions{} : mb::load_export_job(config);
+    mb::ExportOptions o;  // a --config file arrives as flags (expand_config)
     if (!megatron_path.empty()) o.megatron_path = megatron_path;
     if (!hf_path.empty()) o.hf_path = hf_path;
     if (!experts.empty()) o.experts = mb::expert_layout_from_name(experts);
@@ -145,11 +153,14 @@ int run_plan(const mb::ImportOptions& o, int ranks, bool per_shard, mb::MpiConte
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  mb::MpiContext mpi(&argc, &argv);
+// One command line (a step of a pipeline is one too), parsed into a fresh
+// CLI tree so that no value carries over from an earlier step.
+int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action action) {
   CLI::App app{"megabridge: Qwen3.5 checkpoints between HuggingFace and Megatron-Core"};
   app.require_subcommand(1);
-  std::string log_level = "info";
+  // A --config file's flags come first; the command line's, later, win.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  std::string log_level;  // empty: keep the level (a pipeline's steps inherit run's)
   bool quiet = false;
   app.add_option("--log-level", log_level, "debug, info, warn, error or off");
   app.add_flag("--quiet,-q", quiet, "only warnings and errors");
@@ -234,31 +245,55 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--read-once", bench_opt.read_once, "import in read-once mode");
   bench_cmd->add_flag("--cold", bench_opt.cold,
                       "drop the page cache before each phase (root): every phase reads from storage");
-  for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd, export_cmd, verify_cmd, reshard_cmd, bench_cmd}) {
+  std::string verify_config, reshard_config;
+  verify_cmd->add_option("--config", verify_config, "YAML job file, a one-step pipeline; flags override it");
+  reshard_cmd->add_option("--config", reshard_config, "YAML job file, a one-step pipeline; flags override it");
+  RunFlags run_flags;
+  CLI::App* run_cmd = app.add_subcommand(
+      "run", "run a YAML pipeline of steps (import, verify, reshard, export, ...) in one MPI job");
+  run_flags.add(run_cmd);
+  for (CLI::App* c : {import_cmd, plan_cmd, synth_cmd, export_cmd, verify_cmd, reshard_cmd, bench_cmd, run_cmd}) {
     c->add_option("--log-level", log_level, "debug, info, warn, error or off");
     c->add_flag("--quiet,-q", quiet, "only warnings and errors");
   }
 
+  if (action == Action::Specs) {
+    set_command_specs(command_specs(app));
+    return 0;
+  }
   try {
-    app.parse(argc, argv);
+    std::reverse(args.begin(), args.end());  // CLI11 takes a vector last argument first
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
+    if (action != Action::Execute) throw mb::Error("{}", e.what());
     return mpi.is_root() ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
   }
   try {
-    mb::log::set_level(quiet ? mb::log::Level::Warn : mb::log::parse_level(log_level));
+    if (quiet) mb::log::set_level(mb::log::Level::Warn);
+    else if (!log_level.empty()) mb::log::set_level(mb::log::parse_level(log_level));
+    if (*run_cmd) return run_pipeline(run_flags, mpi);
     if (*import_cmd) {
       mb::ImportOptions o = import_flags.resolve();
       MB_CHECK(!o.out.empty(), "no output directory given: use --out or target.path in --config");
+      if (action != Action::Execute) return drive(action, mb::make_import_step(o), mpi);
       return mb::run_import(o, mpi);
     }
     if (*verify_cmd) {
       if (verify_buffer_mb) verify_opt.buffer_bytes = *verify_buffer_mb << 20;
       verify_opt.verify_checksums = !verify_no_checksums;
+      if (action == Action::Validate) return 0;
+      if (action == Action::DryRun) {
+        if (mpi.is_root())
+          std::printf("  verify compares %s with %s (no plan: it reads both when it runs)\n",
+                      verify_opt.a.c_str(), verify_opt.b.c_str());
+        return 0;
+      }
       return mb::run_verify(verify_opt, mpi);
     }
     if (*bench_cmd) {
       if (bench_buffer_mb) bench_opt.buffer_bytes = *bench_buffer_mb << 20;
       if (!bench_io.empty()) bench_opt.io = mb::parse_io_mode(bench_io);
+      if (action != Action::Execute) return 0;
       return mb::run_bench(bench_opt, mpi);
     }
     if (*reshard_cmd) {
@@ -267,12 +302,21 @@ int main(int argc, char** argv) {
       if (reshard_buffer_mb) reshard_opt.buffer_bytes = *reshard_buffer_mb << 20;
       if (!reshard_io.empty()) reshard_opt.io = mb::parse_io_mode(reshard_io);
       reshard_opt.verify_checksums = !reshard_no_checksums;
+      if (action != Action::Execute) return drive(action, mb::make_reshard_step(reshard_opt), mpi);
       return mb::run_reshard(reshard_opt, mpi);
     }
-    if (*export_cmd) return mb::run_export(export_flags.resolve(), mpi);
-    if (*plan_cmd) return run_plan(plan_flags.resolve(), plan_ranks, per_shard, mpi);
+    if (*export_cmd) {
+      const mb::ExportOptions o = export_flags.resolve();
+      if (action != Action::Execute) return drive(action, mb::make_export_step(o), mpi);
+      return mb::run_export(o, mpi);
+    }
+    if (*plan_cmd) {
+      const mb::ImportOptions o = plan_flags.resolve();
+      if (action != Action::Execute) return 0;
+      return run_plan(o, plan_ranks, per_shard, mpi);
+    }
     if (*synth_cmd) {
-      if (!mpi.is_root()) return 0;
+      if (action != Action::Execute || !mpi.is_root()) return 0;
       mb::SynthOptions o;
       try {
         o.hf_config = nlohmann::json::parse(mb::read_text_file(synth_config));
@@ -292,8 +336,22 @@ int main(int argc, char** argv) {
       return 0;
     }
   } catch (const std::exception& e) {
+    if (action != Action::Execute) throw;
     mb::log::error("{}", e.what());
     return 2;
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  mb::MpiContext mpi(&argc, &argv);
+  megabridge_main({}, mpi, Action::Specs);
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    args = expand_config(args);
+  } catch (const std::exception& e) {
+    if (mpi.is_root()) mb::log::error("{}", e.what());
+    return 2;
+  }
+  return megabridge_main(args, mpi, Action::Execute);
 }

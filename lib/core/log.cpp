@@ -11,6 +11,7 @@ int g_rank = 0;
 int g_width = 1;
 Level g_level = Level::Info;
 std::mutex g_mutex;
+std::string g_context;
 
 const char* tag(Level l) {
   switch (l) {
@@ -29,6 +30,8 @@ void set_rank(int rank, int world_size) {
 }
 
 void set_level(Level l) { g_level = l; }
+void set_context(std::string context) { g_context = std::move(context); }
+const std::string& context() { return g_context; }
 Level level() { return g_level; }
 
 Level parse_level(std::string_view name) {
@@ -42,7 +45,7 @@ Level parse_level(std::string_view name) {
 
 void write(Level l, std::string_view message) {
   // One fwrite per line so that lines from concurrent ranks interleave whole.
-  std::string line = fmt::format("[rank {:>{}}] {}: {}\n", g_rank, g_width, tag(l), message);
+  std::string line = fmt::format("[rank {:>{}}] {}: {}{}\n", g_rank, g_width, tag(l), g_context, message);
   std::lock_guard lock(g_mutex);
   std::fwrite(line.data(), 1, line.size(), stderr);
   std::fflush(stderr);

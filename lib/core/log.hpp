@@ -13,6 +13,10 @@ enum class Level { Debug = 0, Info = 1, Warn = 2, Error = 3, Off = 4 };
 // Set once at start-up, after MPI is initialised.
 void set_rank(int rank, int world_size);
 void set_level(Level level);
+// A prefix for every line until changed, e.g. "[2/5 verify] " while a pipeline
+// runs its second step; empty by default.
+void set_context(std::string context);
+const std::string& context();
 Level level();
 Level parse_level(std::string_view name);  // "debug", "info", "warn", "error", "off"
 

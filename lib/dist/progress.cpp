@@ -113,7 +113,7 @@ void Progress::show(bool final_line) {
                   total_tensors_, gb(static_cast<double>(b)), gb(static_cast<double>(total_bytes_)),
                   rate / 1e9, eta);
   if (tty_) {
-    std::fprintf(stderr, "\r[rank 0] %s\x1b[K%s", line.c_str(), final_line ? "\n" : "");
+    std::fprintf(stderr, "\r[rank 0] %s%s\x1b[K%s", log::context().c_str(), line.c_str(), final_line ? "\n" : "");
     std::fflush(stderr);
   } else {
     log::info("{}", line);

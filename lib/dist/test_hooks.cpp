@@ -14,12 +14,15 @@ struct Hooks {
   long fail_after = 0;
   long delay_ms = 0;
   long count = 0;
+  int fail_step = 0;  // 0: any
+  int step = 0;
   Hooks() {
     if (const char* f = std::getenv("MEGABRIDGE_TEST_FAIL")) {
       const std::string s(f);
       const auto colon = s.find(':');
       fail_rank = std::stoi(s.substr(0, colon));
       fail_after = colon == std::string::npos ? 0 : std::stol(s.substr(colon + 1));
+      if (const auto at = s.find('@'); at != std::string::npos) fail_step = std::stoi(s.substr(at + 1));
     }
     if (const char* d = std::getenv("MEGABRIDGE_TEST_DELAY_MS")) delay_ms = std::stol(d);
   }
@@ -33,9 +36,14 @@ Hooks& hooks() {
 void test_hook_after_tensor(int rank) {
   Hooks& h = hooks();
   if (h.delay_ms > 0) usleep(static_cast<useconds_t>(h.delay_ms * 1000));
-  if (h.fail_rank == rank && ++h.count > h.fail_after)
+  if (h.fail_rank == rank && (h.fail_step == 0 || h.fail_step == h.step) && ++h.count > h.fail_after)
     throw Error("injected failure on rank {} after {} tensors (MEGABRIDGE_TEST_FAIL)", rank,
                 h.fail_after);
+}
+
+void test_hook_begin_step(int step) {
+  hooks().step = step;
+  hooks().count = 0;
 }
 
 }  // namespace mb

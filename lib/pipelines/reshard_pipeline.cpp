@@ -14,7 +14,6 @@
 #include "pipelines/manifest.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/shard_writer.hpp"
-#include "pipelines/plan_report.hpp"
 #include "pipelines/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 
@@ -134,11 +133,15 @@ class ReshardStep : public Step {
               human_bytes(static_cast<double>(gathered_.max_rss)));
   }
 
-  std::string summary(const std::string& blob, int) const override {
+  // Not plan_report(): a reshard plan's segments index the source shards, not HF tensors.
+  std::string summary(const std::string& blob, int world) const override {
     const ImportPlan p = plan_from_json(json::from_msgpack(blob));
-    return fmt::format("reshard {} ({}) -> {}\n", opt_.src.string(), ck_->layout.describe(),
-                       out_.target().string()) +
-           plan_report(p, /*per_shard=*/false);
+    std::vector<uint64_t> load(static_cast<size_t>(world), 0);
+    for (const auto& s : p.shards) load[static_cast<size_t>(s.rank)] += s.bytes_written();
+    return fmt::format("reshard {} ({}) -> {} ({}): {} shard files\n", opt_.src.string(),
+                       ck_->layout.describe(), out_.target().string(), p.layout.describe(),
+                       p.shards.size()) +
+           balance_report(load, "writes");
   }
 
  private:

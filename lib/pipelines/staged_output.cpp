@@ -26,6 +26,12 @@ StagedOutput::StagedOutput(fs::path target) : target_(normalised(std::move(targe
 
 namespace {
 constexpr const char* kJobFile = ".megabridge-job";
+std::string g_stamp_name, g_stamp;
+}  // namespace
+
+void StagedOutput::set_commit_stamp(std::string name, std::string content) {
+  g_stamp_name = std::move(name);
+  g_stamp = std::move(content);
 }
 
 bool StagedOutput::prepare(bool overwrite, bool resume, const std::string& fingerprint) const {
@@ -71,6 +77,7 @@ void StagedOutput::commit() const {
   for (const auto& e : fs::recursive_directory_iterator(staging_))
     if (e.path().extension() == ".done") done.push_back(e.path());
   for (const auto& p : done) fs::remove(p, ec);
+  if (!g_stamp_name.empty()) write_file_atomic(staging_ / g_stamp_name, g_stamp);
   fsync_directory(staging_);
   if (fs::exists(target_)) {
     // Move the old output aside first so that the target is never half old, half new.

@@ -28,6 +28,11 @@ class StagedOutput {
   // existing target when overwrite was allowed.
   void commit() const;
 
+  // A file every commit of this process writes into the output before it
+  // is renamed into place (empty: none): `megabridge run` records which
+  // step made an output, so that --resume knows it is finished.
+  static void set_commit_stamp(std::string name, std::string content);
+
  private:
   std::filesystem::path target_;
   std::filesystem::path staging_;

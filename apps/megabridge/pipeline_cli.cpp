@@ -1,0 +1,335 @@
+#include "pipeline_cli.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/file.hpp"
+#include "core/hash.hpp"
+#include "core/log.hpp"
+#include "dist/mpi_context.hpp"
+#include "dist/test_hooks.hpp"
+#include "pipelines/staged_output.hpp"
+#include "pipelines/step_driver.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using mb::CommandSpec;
+using mb::OptionSpec;
+using mb::PipelineStep;
+
+namespace {
+
+// Written into each output a pipeline step commits; --resume compares it.
+constexpr const char* kStepStamp = ".megabridge-step.json";
+
+std::vector<CommandSpec> g_specs;
+
+// The nested blocks of the single-job files (configs/*.yaml), per command.
+const std::map<std::string, std::string> kParallel = {
+    {"parallel.tp", "tp"}, {"parallel.pp", "pp"}, {"parallel.ep", "ep"}, {"parallel.etp", "etp"},
+    {"parallel.first_stage_layers", "first_stage_layers"},
+    {"parallel.last_stage_layers", "last_stage_layers"}};
+
+std::map<std::string, std::string> aliases_of(const std::string& command) {
+  std::map<std::string, std::string> a;
+  if (command == "import" || command == "reshard" || command == "bench" || command == "plan")
+    a = kParallel;
+  if (command == "import" || command == "plan") {
+    a["source.hf_path"] = "hf_path";
+    a["target.path"] = "out";
+    a["target.format"] = "format";
+  }
+  if (command == "reshard") {
+    a["source.megatron_path"] = "megatron_path";
+    a["target.path"] = "out";
+  }
+  if (command == "export") {
+    a["source.megatron_path"] = "megatron_path";
+    for (const char* k : {"hf_path", "experts", "mtp_experts", "max_shard_size"})
+      a[std::string("target.") + k] = k;
+  }
+  return a;
+}
+
+OptionSpec option_spec(const CLI::Option& o) {
+  OptionSpec s;
+  if (o.get_lnames().empty()) {
+    s.key = o.get_name();  // a positional: verify's A and B are a and b
+    for (auto& c : s.key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  } else {
+    s.key = o.get_lnames().front();
+    s.option = "--" + s.key;
+    for (auto& c : s.key)
+      if (c == '-') c = '_';
+  }
+  const std::string type = o.get_type_name();
+  if (o.get_expected_min() == 0 && !s.option.empty())  // add_flag sets expected(0)
+    s.kind = OptionSpec::Kind::Flag;
+  else if (type.rfind("UINT", 0) == 0 || type.rfind("INT", 0) == 0)
+    s.kind = OptionSpec::Kind::UInt;
+  else if (type.rfind("FLOAT", 0) == 0)
+    s.kind = OptionSpec::Kind::Number;
+  // An IsMember check shows as "TEXT:{cpu,cuda,auto}".
+  if (const auto b = type.find(":{"); b != std::string::npos && type.back() == '}') {
+    std::string list = type.substr(b + 2, type.size() - b - 3);
+    for (size_t p = 0, q; p <= list.size(); p = q + 1) {
+      q = list.find(',', p);
+      if (q == std::string::npos) q = list.size();
+      s.choices.push_back(list.substr(p, q - p));
+    }
+  }
+  return s;
+}
+
+fs::path normal(const std::string& p) {
+  fs::path x = fs::absolute(p).lexically_normal();
+  return x.has_filename() ? x : x.parent_path();
+}
+
+const CommandSpec& spec_of(const std::string& command) {
+  for (const auto& c : g_specs)
+    if (c.name == command) return c;
+  throw mb::Error("no command '{}'", command);
+}
+
+// The directory a step writes, and those it reads.
+const char* output_key(const std::string& command) {
+  if (command == "import" || command == "reshard" || command == "synth") return "out";
+  if (command == "export") return "hf_path";
+  return nullptr;
+}
+std::vector<const char*> input_keys(const std::string& command) {
+  if (command == "import" || command == "plan") return {"hf_path"};
+  if (command == "export" || command == "reshard") return {"megatron_path"};
+  if (command == "verify") return {"a", "b"};
+  return {};
+}
+
+std::vector<std::string> step_args(const PipelineStep& s) {
+  std::vector<std::string> a{s.command};
+  a.insert(a.end(), s.args.begin(), s.args.end());
+  return a;
+}
+
+// What the step is: the command and its options, without those that do not
+// change the output.
+std::string fingerprint(const PipelineStep& s) {
+  static const std::set<std::string> volatile_keys = {"resume", "overwrite", "log_level", "quiet"};
+  json j = {{"command", s.command}};
+  for (const auto& [k, v] : s.values)
+    if (!volatile_keys.count(k)) j["values"][k] = v;
+  const std::string t = j.dump();
+  return mb::hash_hex(mb::hash_bytes(t.data(), t.size()));
+}
+
+std::string stamp(const std::string& file, const PipelineStep& s) {
+  json j = {{"pipeline", file}, {"step", s.index}, {"command", s.command}, {"fingerprint", fingerprint(s)}};
+  for (const auto& [k, v] : s.values) j["values"][k] = v;
+  return j.dump(1) + "\n";
+}
+
+// Rank 0 looks; every rank gets the answer.
+bool committed_by_this_step(const PipelineStep& s, mb::MpiContext& mpi) {
+  const char* key = output_key(s.command);
+  std::string yes = "0";
+  if (key && mpi.is_root()) {
+    try {
+      const fs::path f = normal(*s.value(key)) / kStepStamp;
+      if (fs::exists(f) && json::parse(mb::read_text_file(f)).value("fingerprint", "") == fingerprint(s))
+        yes = "1";
+    } catch (const std::exception&) {
+    }
+  }
+  mpi.broadcast(yes);
+  return yes == "1";
+}
+
+// Every step parsed and resolved as its command line, before anything runs.
+void validate_steps(const mb::Pipeline& p, mb::MpiContext& mpi) {
+  std::string problems;
+  size_t n = 0;
+  for (const auto& s : p.steps) {
+    try {
+      megabridge_main(step_args(s), mpi, Action::Validate);
+    } catch (const std::exception& e) {
+      problems += fmt::format("\n  {}:{}: step {} ({}): {}", p.file, s.line, s.index, s.command, e.what());
+      ++n;
+    }
+  }
+  if (n) throw mb::Error("{} problem(s) in {}, nothing was run:{}", n, p.file, problems);
+}
+
+int dry_run(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
+  int worst = 0;
+  std::map<fs::path, size_t> made_by;  // outputs of earlier steps
+  for (const auto& s : p.steps) {
+    mb::log::set_context(fmt::format("[{}/{} {}] ", s.index, p.steps.size(), s.command));
+    if (mpi.is_root()) std::fputs(mb::describe_step(s, p.steps.size()).c_str(), stdout);
+    bool later = false;
+    for (const char* k : input_keys(s.command))
+      if (const std::string* v = s.value(k); v && made_by.count(normal(*v)) && !fs::exists(normal(*v))) {
+        if (mpi.is_root())
+          std::printf("  plan: when step %zu has written %s\n", made_by[normal(*v)], v->c_str());
+        later = true;
+      }
+    if (const char* k = output_key(s.command); k && s.value(k)) made_by[normal(*s.value(k))] = s.index;
+    if (resume && committed_by_this_step(s, mpi)) {
+      if (mpi.is_root()) std::printf("  --resume: skipped, its output is committed and matches\n");
+      continue;
+    }
+    std::fflush(stdout);
+    if (later) continue;
+    int rc = 2;
+    try {
+      rc = megabridge_main(step_args(s), mpi, Action::DryRun);
+    } catch (const std::exception& e) {
+      if (mpi.is_root()) mb::log::error("{}", e.what());
+    }
+    std::fflush(stdout);
+    worst = std::max(worst, rc);
+  }
+  mb::log::set_context("");
+  return worst;
+}
+
+int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const size_t n = p.steps.size();
+  size_t skipped = 0;
+  bool first_unfinished = true;
+  for (const auto& s : p.steps) {
+    mb::log::set_context(fmt::format("[{}/{} {}] ", s.index, n, s.command));
+    mb::test_hook_begin_step(static_cast<int>(s.index));
+    if (resume && committed_by_this_step(s, mpi)) {
+      if (mpi.is_root())
+        mb::log::info("skipped: {} is committed and matches this step", *s.value(output_key(s.command)));
+      ++skipped;
+      continue;
+    }
+    std::vector<std::string> args = step_args(s);
+    // The first unfinished step continues with its own resume, if it has one.
+    if (resume && first_unfinished && spec_of(s.command).find("resume") && !s.value("resume"))
+      args.push_back("--resume");
+    first_unfinished = false;
+    if (mpi.is_root()) {
+      std::string line = "megabridge";
+      for (const auto& a : args) line += " " + a;
+      mb::log::info("{}", line);
+    }
+    if (output_key(s.command)) mb::StagedOutput::set_commit_stamp(kStepStamp, stamp(p.file, s));
+    const int rc = megabridge_main(args, mpi, Action::Execute);
+    mb::StagedOutput::set_commit_stamp("", "");
+    if (rc != 0) {
+      if (mpi.is_root())
+        mb::log::error("pipeline stopped: step {}/{} ({}) failed with exit code {}{}", s.index, n,
+                       s.command, rc,
+                       s.index < n ? fmt::format("; steps {}-{} were not run", s.index + 1, n) : "");
+      mb::log::set_context("");
+      return rc;
+    }
+  }
+  mb::log::set_context("");
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (mpi.is_root())
+    mb::log::info("pipeline {} done: {} step(s) in {:.2f} s{}", p.file, n, secs,
+                  skipped ? fmt::format(" ({} skipped, committed earlier)", skipped) : "");
+  return 0;
+}
+
+}  // namespace
+
+void RunFlags::add(CLI::App* run) {
+  run->add_option("FILE", file, "the pipeline, a YAML file (docs/pipelines.md)")->required();
+  run->add_flag("--dry-run", dry_run, "print every step expanded and its plan summary; convert nothing");
+  run->add_flag("--resume", resume,
+                "skip the steps whose output is committed and matches; resume the first unfinished one");
+}
+
+std::vector<CommandSpec> command_specs(const CLI::App& app) {
+  std::vector<CommandSpec> out;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    if (sub->get_name() == "run") continue;
+    CommandSpec c;
+    c.name = sub->get_name();
+    for (const CLI::Option* o : sub->get_options()) {
+      const auto& l = o->get_lnames();
+      if (!l.empty() && (l.front() == "help" || l.front() == "config")) continue;
+      c.options.push_back(option_spec(*o));
+    }
+    c.aliases = aliases_of(c.name);
+    for (auto it = c.aliases.begin(); it != c.aliases.end();)
+      it = c.find(it->second) ? std::next(it) : c.aliases.erase(it);
+    if (c.find("not_strict")) c.negated["strict"] = "not_strict";
+    if (c.find("no_verify_checksums")) c.negated["verify_checksums"] = "no_verify_checksums";
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+void set_command_specs(std::vector<CommandSpec> specs) { g_specs = std::move(specs); }
+
+std::vector<std::string> expand_config(const std::vector<std::string>& args) {
+  size_t cmd = 0;
+  while (cmd < args.size() && args[cmd].rfind("-", 0) == 0) cmd += args[cmd] == "--log-level" ? 2 : 1;
+  if (cmd >= args.size()) return args;
+  std::string file;
+  std::vector<std::string> rest;
+  for (size_t i = cmd + 1; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) {
+      file = args[++i];
+    } else if (args[i].rfind("--config=", 0) == 0) {
+      file = args[i].substr(9);
+    } else {
+      rest.push_back(args[i]);
+    }
+  }
+  const std::string command = args[cmd];
+  if (file.empty() || command == "run") return args;
+  // plan reads an import job file and leaves out what only an import writes.
+  const bool plan = command == "plan";
+  const PipelineStep s = mb::load_single_step(file, spec_of(plan ? "import" : command));
+  std::vector<std::string> out(args.begin(), args.begin() + static_cast<long>(cmd) + 1);
+  for (const auto& a : s.args) {
+    const std::string opt = a.substr(0, a.find('='));
+    bool known = !plan;
+    for (const auto& o : spec_of(command).options) known = known || o.option == opt;
+    if (known) out.push_back(a);
+  }
+  out.insert(out.end(), rest.begin(), rest.end());
+  return out;
+}
+
+int drive(Action action, std::unique_ptr<mb::Step> step, mb::MpiContext& mpi) {
+  if (action != Action::DryRun) return 0;
+  std::string summary;
+  const int rc = mb::dry_run_step(*step, mpi, summary);
+  if (mpi.is_root() && rc == 0) {
+    for (size_t p = 0, q; p < summary.size(); p = q + 1) {
+      q = summary.find('\n', p);
+      if (q == std::string::npos) q = summary.size();
+      std::printf("  %s\n", summary.substr(p, q - p).c_str());
+    }
+  }
+  return rc;
+}
+
+int run_pipeline(const RunFlags& flags, mb::MpiContext& mpi) {
+  mb::Pipeline p;
+  try {
+    p = mb::load_pipeline(flags.file, g_specs);
+    validate_steps(p, mpi);
+  } catch (const std::exception& e) {
+    if (mpi.is_root()) mb::log::error("{}", e.what());
+    return 2;
+  }
+  if (mpi.is_root())
+    mb::log::info("pipeline {}: {} step(s) on {} rank(s){}", p.file, p.steps.size(), mpi.size(),
+                  flags.dry_run ? " (dry run: nothing is converted)" : "");
+  return flags.dry_run ? dry_run(p, flags.resume, mpi) : run_steps(p, flags.resume, mpi);
+}
