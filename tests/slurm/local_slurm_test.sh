@@ -11,7 +11,11 @@
 #   4. submits slurm/import.sbatch, slurm/export.sbatch and slurm/verify.sbatch
 #      with sbatch, waits for each job and checks their results (shards identical again, the
 #      export byte-identical to the fixture, verify clean);
-#   5. always stops the daemons (trap) and removes the directory.
+#   5. runs a pipeline (import -> verify -> export -> verify) with `srun --mpi=pmix -n 4
+#      megabridge run` and submits slurm/pipeline.sbatch with --resume: every step of
+#      the srun run named in its log, the shards identical to mpirun's, the export
+#      byte-identical to the fixture; the sbatch job skips the two finished steps;
+#   6. always stops the daemons (trap) and removes the directory.
 #   local_slurm_test.sh MEGABRIDGE_BIN TESTS_DATA_DIR
 # Needs root (slurmd runs job steps as root here). Exits 77 (skipped) when not
 # root and Slurm is not installed.
@@ -261,5 +265,32 @@ log "sbatch slurm/verify.sbatch"
 MEGABRIDGE_VERIFY_A="$fixture" MEGABRIDGE_VERIFY_B="$work/out-sbatch" submit_wait verify
 grep -q 'tensors compared' "$work/verify.out" || { cat "$work/verify.out"; echo "FAIL: no verify summary"; exit 1; }
 grep 'tensors compared' "$work/verify.out" | head -1
+
+# --- 5. a pipeline through srun, then slurm/pipeline.sbatch --resume --------------
+cat >"$work/pipeline.yaml" <<YAML
+vars: {hf: $fixture, meg: $work/pipe}
+steps:
+  - import: {hf_path: "\${hf}", out: "\${meg}", tp: 2, pp: 2, buffer_mb: 16}
+  - verify: {a: "\${hf}", b: "\${meg}"}
+  - export: {megatron_path: "\${meg}", hf_path: "\${meg}-hf"}
+  - verify: {a: "\${hf}", b: "\${meg}-hf"}
+YAML
+log "srun --mpi=pmix -n 4 megabridge run (4 steps)"
+timeout 180 srun --mpi=pmix -n 4 --kill-on-bad-exit=1 --time=3 \
+  "$bin" run "$work/pipeline.yaml" >"$work/pipeline-srun.log" 2>&1 ||
+  { cat "$work/pipeline-srun.log"; echo "FAIL: the pipeline failed under srun"; exit 1; }
+for s in "1/4 import" "2/4 verify" "3/4 export" "4/4 verify"; do
+  grep -q "\[$s\]" "$work/pipeline-srun.log" || { cat "$work/pipeline-srun.log"; echo "FAIL: step [$s] not logged"; exit 1; }
+done
+same_shards "$work/pipe" "$work/out-mpirun"
+for f in "$fixture"/*.safetensors "$fixture"/model.safetensors.index.json; do
+  cmp "$f" "$work/pipe-hf/$(basename "$f")" || { echo "FAIL: pipeline export differs: $(basename "$f")"; exit 1; }
+done
+log "pipeline under srun: 4 steps, shards identical to mpirun's, export identical to the fixture"
+log "sbatch slurm/pipeline.sbatch --resume"
+submit_wait pipeline "$work/pipeline.yaml" --resume
+[ "$(grep -c 'skipped: ' "$work/pipeline.out")" -eq 2 ] ||
+  { cat "$work/pipeline.out"; echo "FAIL: pipeline.sbatch --resume did not skip the finished steps"; exit 1; }
+log "pipeline.sbatch --resume: the import and the export skipped, both verify steps run again"
 
 log "PASS"

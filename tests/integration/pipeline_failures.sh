@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `megabridge run` when a step fails, and --resume (docs/pipelines.md):
+#   1. a middle step that cannot start (verify of a missing directory): exit 2
+#      naming the step, the later steps not run;
+#   2. a rank failing while a middle step converts (MEGABRIDGE_TEST_FAIL=<rank>:<n>@<step>):
+#      the job aborts promptly with the rank's error naming the step; nothing
+#      of that step or later is committed;
+#   3. SIGKILL of a rank in the middle step, then --resume: the finished step is
+#      skipped (one line), the killed import resumes keeping its committed
+#      shards, the last step runs; the result is byte-identical to an
+#      uninterrupted import and passes the independent reference check.
+#   pipeline_failures.sh BIN PYTHON DATA_DIR
+set -euo pipefail
+bin="$1" python="$2" data="$3"
+fixture="$data/qwen35-dense-tiny"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/mb-pipefail-XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+mpi=(mpirun --allow-run-as-root --oversubscribe -np 2)
+fail() { echo "FAIL: $*"; exit 1; }
+
+# --- 1. a middle step that cannot start ------------------------------------------
+cat >"$work/stop.yaml" <<YAML
+steps:
+  - import: {hf_path: $fixture, out: $work/s1, tp: 2}
+  - verify: {a: $fixture, b: $work/missing}
+  - export: {megatron_path: $work/s1, hf_path: $work/s3}
+YAML
+set +e
+out="$("${mpi[@]}" "$bin" run "$work/stop.yaml" 2>&1)"
+code=$?
+set -e
+[ "$code" -eq 2 ] || { echo "$out"; fail "exit $code, not 2"; }
+grep -q "\[2/3 verify\] $work/missing is not a directory" <<<"$out" || { echo "$out"; fail "the step's error"; }
+grep -q "\[2/3 verify\] pipeline stopped: step 2/3 (verify) failed with exit code 2; steps 3-3 were not run" <<<"$out" ||
+  { echo "$out"; fail "no line naming the failed step"; }
+[ -e "$work/s1/manifest.json" ] || fail "step 1 should have been committed"
+[ ! -e "$work/s3" ] && [ ! -e "$work/s3.partial" ] || fail "step 3 ran after step 2 failed"
+echo "ok: a failing middle step stops the pipeline (exit 2, step named, step 3 not run)"
+
+# --- 2. a rank failing while the middle step converts ---------------------------
+cat >"$work/abort.yaml" <<YAML
+steps:
+  - import: {hf_path: $fixture, out: $work/a1, tp: 2}
+  - reshard: {megatron_path: $work/a1, out: $work/a2, pp: 2}
+  - export: {megatron_path: $work/a2, hf_path: $work/a3}
+YAML
+start=$(date +%s)
+set +e
+out="$(MEGABRIDGE_TEST_FAIL=1:3@2 timeout 120 "${mpi[@]}" "$bin" run "$work/abort.yaml" 2>&1)"
+code=$?
+set -e
+[ "$code" -ne 0 ] && [ "$code" -ne 124 ] || { echo "$out"; fail "the job did not fail promptly (exit $code)"; }
+grep -q "\[rank 1\] error: \[2/3 reshard\] .*injected failure on rank 1" <<<"$out" || { echo "$out"; fail "rank 1's error does not name the step"; }
+[ -e "$work/a1/manifest.json" ] || fail "step 1 should have been committed"
+[ ! -e "$work/a2" ] && [ ! -e "$work/a2.partial/manifest.json" ] || fail "the failed step committed"
+[ ! -e "$work/a3" ] && [ ! -e "$work/a3.partial" ] || fail "step 3 ran"
+echo "ok: a rank failing in step 2 aborted the job in $(( $(date +%s) - start )) s (exit $code) with its error naming the step"
+
+# --- 3. SIGKILL in the middle step, then --resume ----------------------------------
+"${mpi[@]}" "$bin" import --quiet --hf-path "$fixture" --out "$work/reference" --tp 2 --pp 2
+cat >"$work/r.yaml" <<YAML
+vars: {hf: $fixture}
+steps:
+  - import: {hf_path: "\${hf}", out: $work/r1}
+  - import: {hf_path: "\${hf}", out: $work/r2, tp: 2, pp: 2}
+  - verify: {a: "\${hf}", b: $work/r2}
+YAML
+MEGABRIDGE_TEST_DELAY_MS=40 "${mpi[@]}" "$bin" run "$work/r.yaml" >"$work/killed.log" 2>&1 &
+job=$!
+for _ in $(seq 1 1200); do
+  ls "$work"/r2.partial/*.done >/dev/null 2>&1 && break
+  sleep 0.05
+done
+ls "$work"/r2.partial/*.done >/dev/null 2>&1 || { cat "$work/killed.log"; fail "step 2 committed no shard"; }
+victim="$(pgrep -f "megabridge run $work/r.yaml" | grep -v "^$job\$" | tail -1)"
+kill -9 "$victim"
+set +e
+wait "$job"
+code=$?
+set -e
+[ "$code" -ne 0 ] || fail "the killed job exited 0"
+[ -e "$work/r1/.megabridge-step.json" ] || fail "step 1 should be committed with its stamp"
+[ ! -e "$work/r2" ] || fail "step 2 committed after SIGKILL"
+kept_before=$(ls "$work"/r2.partial/*.h5 2>/dev/null | wc -l)
+log="$("${mpi[@]}" "$bin" run --resume "$work/r.yaml" 2>&1)" || { echo "$log"; fail "--resume failed"; }
+grep -q "\[1/3 import\] skipped: $work/r1 is committed and matches this step" <<<"$log" || { echo "$log"; fail "step 1 not skipped"; }
+[ "$(grep -c "skipped:" <<<"$log")" -eq 1 ] || { echo "$log"; fail "only step 1 may be skipped"; }
+grep -q "\[2/3 import\] resume: keeping" <<<"$log" || { echo "$log"; fail "step 2 did not resume"; }
+grep -q "\[2/3 import\] resuming the partial output" <<<"$log" || { echo "$log"; fail "step 2 started over"; }
+grep -q "OK: .* tensors compared, all identical" <<<"$log" || { echo "$log"; fail "step 3 did not run"; }
+for f in "$work"/reference/*.h5; do cmp "$f" "$work/r2/$(basename "$f")"; done
+"$python" "$here/check_import.py" "$fixture" "$work/r2" --tp 2 --pp 2
+echo "ok: after SIGKILL in step 2 (${kept_before} shard(s) committed), --resume skipped step 1, kept $(grep -c 'resume: keeping' <<<"$log") shard(s), finished bit-identical"
+
+# A second --resume has nothing left to convert: both imports are skipped.
+log="$("${mpi[@]}" "$bin" run --resume "$work/r.yaml" 2>&1)"
+[ "$(grep -c "skipped:" <<<"$log")" -eq 2 ] || { echo "$log"; fail "finished steps not skipped"; }
+# A changed step is not skipped: its output is then refused as usual.
+sed -i 's/tp: 2, pp: 2/tp: 2, pp: 2, dtype: fp32/' "$work/r.yaml"
+set +e
+log="$("${mpi[@]}" "$bin" run --resume "$work/r.yaml" 2>&1)"
+code=$?
+set -e
+[ "$code" -eq 2 ] && grep -q "\[2/3 import\] .*already holds files" <<<"$log" || { echo "$log"; fail "a changed step was skipped (exit $code)"; }
+echo "ok: --resume skips only steps whose committed output matches them"
