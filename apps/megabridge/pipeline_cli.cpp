@@ -4,9 +4,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -18,10 +17,10 @@
 #include "pipelines/step_driver.hpp"
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 using mb::CommandSpec;
 using mb::OptionSpec;
 using mb::PipelineStep;
+using nlohmann::json;
 
 namespace {
 
@@ -32,7 +31,10 @@ std::vector<CommandSpec> g_specs;
 
 // The nested blocks of the single-job files (configs/*.yaml), per command.
 const std::map<std::string, std::string> kParallel = {
-    {"parallel.tp", "tp"}, {"parallel.pp", "pp"}, {"parallel.ep", "ep"}, {"parallel.etp", "etp"},
+    {"parallel.tp", "tp"},
+    {"parallel.pp", "pp"},
+    {"parallel.ep", "ep"},
+    {"parallel.etp", "etp"},
     {"parallel.first_stage_layers", "first_stage_layers"},
     {"parallel.last_stage_layers", "last_stage_layers"}};
 
@@ -129,7 +131,10 @@ std::string fingerprint(const PipelineStep& s) {
 }
 
 std::string stamp(const std::string& file, const PipelineStep& s) {
-  json j = {{"pipeline", file}, {"step", s.index}, {"command", s.command}, {"fingerprint", fingerprint(s)}};
+  json j = {{"pipeline", file},
+            {"step", s.index},
+            {"command", s.command},
+            {"fingerprint", fingerprint(s)}};
   for (const auto& [k, v] : s.values) j["values"][k] = v;
   return j.dump(1) + "\n";
 }
@@ -141,7 +146,8 @@ bool committed_by_this_step(const PipelineStep& s, mb::MpiContext& mpi) {
   if (key && mpi.is_root()) {
     try {
       const fs::path f = normal(*s.value(key)) / kStepStamp;
-      if (fs::exists(f) && json::parse(mb::read_text_file(f)).value("fingerprint", "") == fingerprint(s))
+      if (fs::exists(f) &&
+          json::parse(mb::read_text_file(f)).value("fingerprint", "") == fingerprint(s))
         yes = "1";
     } catch (const std::exception&) {
     }
@@ -158,7 +164,8 @@ void validate_steps(const mb::Pipeline& p, mb::MpiContext& mpi) {
     try {
       megabridge_main(step_args(s), mpi, Action::Validate);
     } catch (const std::exception& e) {
-      problems += fmt::format("\n  {}:{}: step {} ({}): {}", p.file, s.line, s.index, s.command, e.what());
+      problems +=
+          fmt::format("\n  {}:{}: step {} ({}): {}", p.file, s.line, s.index, s.command, e.what());
       ++n;
     }
   }
@@ -173,12 +180,14 @@ int dry_run(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
     if (mpi.is_root()) std::fputs(mb::describe_step(s, p.steps.size()).c_str(), stdout);
     bool later = false;
     for (const char* k : input_keys(s.command))
-      if (const std::string* v = s.value(k); v && made_by.count(normal(*v)) && !fs::exists(normal(*v))) {
+      if (const std::string* v = s.value(k);
+          v && made_by.count(normal(*v)) && !fs::exists(normal(*v))) {
         if (mpi.is_root())
           std::printf("  plan: when step %zu has written %s\n", made_by[normal(*v)], v->c_str());
         later = true;
       }
-    if (const char* k = output_key(s.command); k && s.value(k)) made_by[normal(*s.value(k))] = s.index;
+    if (const char* k = output_key(s.command); k && s.value(k))
+      made_by[normal(*s.value(k))] = s.index;
     if (resume && committed_by_this_step(s, mpi)) {
       if (mpi.is_root()) std::printf("  --resume: skipped, its output is committed and matches\n");
       continue;
@@ -208,7 +217,8 @@ int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
     mb::test_hook_begin_step(static_cast<int>(s.index));
     if (resume && committed_by_this_step(s, mpi)) {
       if (mpi.is_root())
-        mb::log::info("skipped: {} is committed and matches this step", *s.value(output_key(s.command)));
+        mb::log::info("skipped: {} is committed and matches this step",
+                      *s.value(output_key(s.command)));
       ++skipped;
       continue;
     }
@@ -227,9 +237,9 @@ int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
     mb::StagedOutput::set_commit_stamp("", "");
     if (rc != 0) {
       if (mpi.is_root())
-        mb::log::error("pipeline stopped: step {}/{} ({}) failed with exit code {}{}", s.index, n,
-                       s.command, rc,
-                       s.index < n ? fmt::format("; steps {}-{} were not run", s.index + 1, n) : "");
+        mb::log::error(
+            "pipeline stopped: step {}/{} ({}) failed with exit code {}{}", s.index, n, s.command,
+            rc, s.index < n ? fmt::format("; steps {}-{} were not run", s.index + 1, n) : "");
       mb::log::set_context("");
       return rc;
     }
@@ -246,9 +256,11 @@ int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
 
 void RunFlags::add(CLI::App* run) {
   run->add_option("FILE", file, "the pipeline, a YAML file (docs/pipelines.md)")->required();
-  run->add_flag("--dry-run", dry_run, "print every step expanded and its plan summary; convert nothing");
-  run->add_flag("--resume", resume,
-                "skip the steps whose output is committed and matches; resume the first unfinished one");
+  run->add_flag("--dry-run", dry_run,
+                "print every step expanded and its plan summary; convert nothing");
+  run->add_flag(
+      "--resume", resume,
+      "skip the steps whose output is committed and matches; resume the first unfinished one");
 }
 
 std::vector<CommandSpec> command_specs(const CLI::App& app) {
@@ -272,11 +284,14 @@ std::vector<CommandSpec> command_specs(const CLI::App& app) {
   return out;
 }
 
-void set_command_specs(std::vector<CommandSpec> specs) { g_specs = std::move(specs); }
+void set_command_specs(std::vector<CommandSpec> specs) {
+  g_specs = std::move(specs);
+}
 
 std::vector<std::string> expand_config(const std::vector<std::string>& args) {
   size_t cmd = 0;
-  while (cmd < args.size() && args[cmd].rfind("-", 0) == 0) cmd += args[cmd] == "--log-level" ? 2 : 1;
+  while (cmd < args.size() && args[cmd].rfind("-", 0) == 0)
+    cmd += args[cmd] == "--log-level" ? 2 : 1;
   if (cmd >= args.size()) return args;
   std::string file;
   std::vector<std::string> rest;

@@ -1,12 +1,11 @@
 #include "pipelines/pipeline_config.hpp"
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "core/error.hpp"
 
@@ -22,12 +21,14 @@ class Problems {
   template <typename... Args>
   void add(const YAML::Mark& m, fmt::format_string<Args...> f, Args&&... args) {
     const int line = m.line >= 0 ? m.line + 1 : 0;
-    list_.push_back({line, fmt::format("{}:{}: {}", file_, line, fmt::format(f, std::forward<Args>(args)...))});
+    list_.push_back(
+        {line, fmt::format("{}:{}: {}", file_, line, fmt::format(f, std::forward<Args>(args)...))});
   }
   void throw_if_any() const {
     if (list_.empty()) return;
     auto sorted = list_;
-    std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::stable_sort(sorted.begin(), sorted.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
     std::string msg = fmt::format("{} problem(s) in {}, nothing was run:", sorted.size(), file_);
     for (const auto& p : sorted) msg += "\n  " + p.second;
     throw Error("{}", msg);
@@ -47,10 +48,14 @@ std::string join(const std::vector<std::string>& v) {
 
 const char* kind_name(const YAML::Node& n) {
   switch (n.Type()) {
-    case YAML::NodeType::Map: return "a mapping";
-    case YAML::NodeType::Sequence: return "a list";
-    case YAML::NodeType::Null: return "nothing";
-    default: return "a value";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Null:
+      return "nothing";
+    default:
+      return "a value";
   }
 }
 
@@ -90,7 +95,8 @@ class Expander {
     if (name.rfind("env:", 0) == 0) {
       // ${env:NAME:-default}: the default when NAME is unset or empty.
       const auto dash = name.find(":-");
-      const std::string var = name.substr(4, dash == std::string::npos ? std::string::npos : dash - 4);
+      const std::string var =
+          name.substr(4, dash == std::string::npos ? std::string::npos : dash - 4);
       if (auto v = env_(var); v && !(v->empty() && dash != std::string::npos)) return *v;
       if (dash != std::string::npos) return name.substr(dash + 2);
       p_.add(m, "undefined variable '${{{}}}': {} is not set in the environment", name, var);
@@ -99,7 +105,8 @@ class Expander {
     if (auto it = vars_.find(name); it != vars_.end()) return it->second;
     std::vector<std::string> known;
     for (const auto& [k, v] : vars_) known.push_back(k);
-    p_.add(m, "undefined variable '${{{}}}' (defined in vars: {})", name, known.empty() ? "none" : join(known));
+    p_.add(m, "undefined variable '${{{}}}' (defined in vars: {})", name,
+           known.empty() ? "none" : join(known));
     return {};
   }
 
@@ -130,7 +137,8 @@ std::optional<std::string> typed(const OptionSpec& o, const std::string& where, 
       return b ? "true" : "false";
     }
     case Kind::UInt:
-      if (v.empty() || v.size() > 19 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      if (v.empty() || v.size() > 19 ||
+          !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
         p.add(n.Mark(), "{}: '{}' must be a whole number, not '{}'", where, o.key, v);
         return std::nullopt;
       }
@@ -145,8 +153,10 @@ std::optional<std::string> typed(const OptionSpec& o, const std::string& where, 
       return v;
     }
     case Kind::Text:
-      if (!o.choices.empty() && std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end()) {
-        p.add(n.Mark(), "{}: bad value '{}' for '{}' (expected one of: {})", where, v, o.key, join(o.choices));
+      if (!o.choices.empty() &&
+          std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end()) {
+        p.add(n.Mark(), "{}: bad value '{}' for '{}' (expected one of: {})", where, v, o.key,
+              join(o.choices));
         return std::nullopt;
       }
       return v;
@@ -231,7 +241,8 @@ class StepReader {
     }
     if (auto it = values_.find(key); it != values_.end()) {
       if (explicit_ && it->second.explicit_)
-        p_.add(m, "{}: '{}' is set twice (also at line {})", where_, path, it->second.mark.line + 1);
+        p_.add(m, "{}: '{}' is set twice (also at line {})", where_, path,
+               it->second.mark.line + 1);
       if (!explicit_ || it->second.explicit_) return;
     }
     const OptionSpec& o = *c_.find(key);
@@ -284,7 +295,8 @@ void read_vars(const YAML::Node& vars, Expander& x, Problems& p) {
   for (const auto& kv : vars) {
     const std::string name = kv.first.as<std::string>();
     if (!kv.second.IsScalar()) {
-      p.add(kv.second.Mark(), "vars: '{}' must be a single value, got {}", name, kind_name(kv.second));
+      p.add(kv.second.Mark(), "vars: '{}' must be a single value, got {}", name,
+            kind_name(kv.second));
       continue;
     }
     if (name.rfind("env:", 0) == 0 || name.find_first_of("${}") != std::string::npos)
@@ -338,11 +350,13 @@ Pipeline load_pipeline(const std::filesystem::path& path, const std::vector<Comm
   Expander x(p, env);
   Pipeline out;
   out.file = file;
-  if (!root.IsMap()) throw Error("{}: a pipeline is a mapping with 'steps' (and optional 'vars', 'defaults')", file);
+  if (!root.IsMap())
+    throw Error("{}: a pipeline is a mapping with 'steps' (and optional 'vars', 'defaults')", file);
   for (const auto& kv : root) {
     const std::string k = kv.first.as<std::string>();
     if (k != "vars" && k != "defaults" && k != "steps")
-      p.add(kv.first.Mark(), "unknown key '{}' at the top level (expected vars, defaults, steps)", k);
+      p.add(kv.first.Mark(), "unknown key '{}' at the top level (expected vars, defaults, steps)",
+            k);
   }
   read_vars(root["vars"], x, p);
   std::vector<std::tuple<std::string, YAML::Node, YAML::Mark>> defaults;
@@ -363,18 +377,23 @@ Pipeline load_pipeline(const std::filesystem::path& path, const std::vector<Comm
   for (size_t i = 0; i < steps.size(); ++i) {
     const YAML::Node s = steps[i];
     if (!s.IsMap() || s.size() != 1) {
-      p.add(s.Mark(), "step {}: a step is one command name with its options, e.g. '- verify: {{a: ..., b: ...}}'", i + 1);
+      p.add(s.Mark(),
+            "step {}: a step is one command name with its options, e.g. '- verify: {{a: ..., b: "
+            "...}}'",
+            i + 1);
       continue;
     }
     const std::string name = s.begin()->first.as<std::string>();
     const YAML::Node body = s.begin()->second;
     const CommandSpec* c = find_command(commands, name);
     if (!c) {
-      p.add(s.begin()->first.Mark(), "step {}: unknown step '{}' (expected one of: {})", i + 1, name, join(names));
+      p.add(s.begin()->first.Mark(), "step {}: unknown step '{}' (expected one of: {})", i + 1,
+            name, join(names));
       continue;
     }
     if (!body.IsMap() && !body.IsNull()) {
-      p.add(body.Mark(), "step {} ({}): its options must be a mapping, got {}", i + 1, name, kind_name(body));
+      p.add(body.Mark(), "step {} ({}): its options must be a mapping, got {}", i + 1, name,
+            kind_name(body));
       continue;
     }
     StepReader r(*c, fmt::format("step {} ({})", i + 1, name), x, p);
@@ -389,7 +408,8 @@ Pipeline load_pipeline(const std::filesystem::path& path, const std::vector<Comm
   }
   for (size_t d = 0; d < defaults.size(); ++d)
     if (!default_used[d])
-      p.add(std::get<2>(defaults[d]), "defaults: '{}' is an option of none of the steps", std::get<0>(defaults[d]));
+      p.add(std::get<2>(defaults[d]), "defaults: '{}' is an option of none of the steps",
+            std::get<0>(defaults[d]));
   p.throw_if_any();
   return out;
 }
@@ -401,8 +421,9 @@ PipelineStep load_single_step(const std::filesystem::path& path, const CommandSp
   if (root.IsMap() && root["steps"]) {
     Pipeline p = load_pipeline(path, {command}, env);
     if (p.steps.size() != 1)
-      throw Error("{}: --config takes a single step; run a pipeline of {} steps with `megabridge run {}`",
-                  file, p.steps.size(), file);
+      throw Error(
+          "{}: --config takes a single step; run a pipeline of {} steps with `megabridge run {}`",
+          file, p.steps.size(), file);
     return p.steps.front();
   }
   Problems p(file);
@@ -418,8 +439,10 @@ PipelineStep load_single_step(const std::filesystem::path& path, const CommandSp
 }
 
 std::string describe_step(const PipelineStep& s, size_t steps) {
-  std::string out = fmt::format("# [{}/{} {}] (line {})\n- {}:\n", s.index, steps, s.command, s.line, s.command);
-  for (const auto& [k, v] : s.values) out += fmt::format("    {}: {}\n", k, YAML::Dump(YAML::Node(v)));
+  std::string out =
+      fmt::format("# [{}/{} {}] (line {})\n- {}:\n", s.index, steps, s.command, s.line, s.command);
+  for (const auto& [k, v] : s.values)
+    out += fmt::format("    {}: {}\n", k, YAML::Dump(YAML::Node(v)));
   return out;
 }
 

@@ -21,7 +21,7 @@ struct OptionSpec {
   enum class Kind { Flag, UInt, Number, Text };
   std::string key;
   Kind kind = Kind::Text;
-  std::string option;  // "--hf-path"; empty for a positional argument
+  std::string option;                // "--hf-path"; empty for a positional argument
   std::vector<std::string> choices;  // empty: any value of the kind
 };
 

@@ -1,10 +1,10 @@
 #include "pipelines/step_driver.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <exception>
 #include <functional>
-
-#include <fmt/format.h>
 
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
@@ -117,8 +117,9 @@ std::string balance_report(const std::vector<uint64_t>& bytes_per_rank, const ch
     sum += bytes_per_rank[r];
     max = std::max(max, bytes_per_rank[r]);
   }
-  const double mean =
-      bytes_per_rank.empty() ? 0.0 : static_cast<double>(sum) / static_cast<double>(bytes_per_rank.size());
+  const double mean = bytes_per_rank.empty()
+                          ? 0.0
+                          : static_cast<double>(sum) / static_cast<double>(bytes_per_rank.size());
   out += fmt::format("  total {:.3f} GiB; balance: busiest rank {:.2f}x the mean\n",
                      static_cast<double>(sum) / (1ull << 30),
                      mean > 0 ? static_cast<double>(max) / mean : 1.0);
