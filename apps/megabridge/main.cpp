@@ -281,13 +281,7 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
     if (*verify_cmd) {
       if (verify_buffer_mb) verify_opt.buffer_bytes = *verify_buffer_mb << 20;
       verify_opt.verify_checksums = !verify_no_checksums;
-      if (action == Action::Validate) return 0;
-      if (action == Action::DryRun) {
-        if (mpi.is_root())
-          std::printf("  verify compares %s with %s (no plan: it reads both when it runs)\n",
-                      verify_opt.a.c_str(), verify_opt.b.c_str());
-        return 0;
-      }
+      if (action != Action::Execute) return drive(action, mb::make_verify_step(verify_opt), mpi);
       return mb::run_verify(verify_opt, mpi);
     }
     if (*bench_cmd) {

@@ -92,9 +92,14 @@ int run_step(Step& step, MpiContext& mpi) {
     }
     return 2;
   }
-  if (mpi.is_root()) or_abort(mpi, [&] { step.commit(mpi); });
-  mpi.barrier();
-  return 0;
+  std::string code = "0";
+  if (mpi.is_root())
+    or_abort(mpi, [&] {
+      step.commit(mpi);
+      code = std::to_string(step.exit_code());
+    });
+  mpi.broadcast(code);  // also the barrier: every rank returns once rank 0 has committed
+  return std::stoi(code);
 }
 
 int dry_run_step(Step& step, MpiContext& mpi, std::string& summary) {

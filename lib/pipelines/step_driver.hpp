@@ -40,12 +40,14 @@ class Step {
   // Rank 0, after a problem in settle: removes what prepare created.
   virtual void discard() {}
   virtual void commit(MpiContext& mpi) = 0;
+  // Rank 0, after commit: the step's exit code (verify: 1 when it found differences).
+  virtual int exit_code() const { return 0; }
   // Rank 0, for --dry-run: what the plan (as returned by plan()) does on `world` ranks.
   virtual std::string summary(const std::string& blob, int world) const = 0;
 };
 
-// Runs every phase. Returns the exit code: 0, or 2 when the step stopped
-// before converting (the error is logged by rank 0). Aborts the MPI job on a
+// Runs every phase. Returns the exit code: rank 0's exit_code() after the
+// commit, or 2 when the step stopped before converting (the error is logged by rank 0). Aborts the MPI job on a
 // failure while converting or committing.
 int run_step(Step& step, MpiContext& mpi);
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <memory>
+#include <optional>
 #include <numeric>
 #include <set>
 
@@ -14,6 +16,7 @@
 #include "pipelines/manifest.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/safetensors_source.hpp"
+#include "pipelines/step_driver.hpp"
 #include "pipelines/tensor_compare.hpp"
 #include "pipelines/torch_dist_source.hpp"
 
@@ -40,34 +43,14 @@ std::vector<int> assign(const std::vector<uint64_t>& sizes, int world) {
   return out;
 }
 
-// Runs `work` on rank 0 and shares its result string (or its error) with all ranks.
-bool root_step(MpiContext& mpi, std::string& result, const std::function<std::string()>& work) {
-  std::string status = "ok";
-  if (mpi.is_root()) {
-    try {
-      result = work();
-    } catch (const std::exception& e) {
-      status = e.what();
-    }
-  }
-  mpi.broadcast(status);
-  if (status != "ok") {
-    if (mpi.is_root()) log::error("{}", status);
-    return false;
-  }
-  mpi.broadcast(result);
-  return true;
+// HF with HF: the plan is both catalogues, read once by rank 0.
+std::string plan_hf_hf(const VerifyOptions& opt) {
+  return json{{"a", catalog_to_json(read_hf_catalog(opt.a))}, {"b", catalog_to_json(read_hf_catalog(opt.b))}}
+      .dump();
 }
 
-void compare_hf_hf(const VerifyOptions& opt, MpiContext& mpi, std::vector<std::string>& findings,
-                   uint64_t& compared, bool& ok) {
-  std::string blob;
-  ok = root_step(mpi, blob, [&] {
-    return json{{"a", catalog_to_json(read_hf_catalog(opt.a))},
-                {"b", catalog_to_json(read_hf_catalog(opt.b))}}
-        .dump();
-  });
-  if (!ok) return;
+void compare_hf_hf(const VerifyOptions& opt, const std::string& blob, MpiContext& mpi,
+                   std::vector<std::string>& findings, uint64_t& compared) {
   const json j = json::parse(blob);
   const HfCatalog a = catalog_from_json(j.at("a")), b = catalog_from_json(j.at("b"));
   std::vector<std::pair<uint32_t, uint32_t>> common;
@@ -165,45 +148,25 @@ class StoredCompareSink : public RowSink {
   std::vector<unsigned char> buf_;
 };
 
-void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs::path& meg,
-                         bool hf_is_a, MpiContext& mpi, std::vector<std::string>& findings,
-                         uint64_t& compared, bool& ok) {
-  std::optional<MegatronCheckpoint> ck;
-  std::string status = "ok";
-  try {
-    ForeignCheckpointOptions foreign;
-    foreign.hf_config = opt.hf_config.empty() ? hf / "config.json" : opt.hf_config;
-    foreign.experts = detect_expert_layouts(read_hf_catalog(hf));
-    ck = open_megatron_checkpoint(meg, &foreign);
-  } catch (const std::exception& e) {
-    status = e.what();
-  }
-  for (const auto& s : mpi.all_gather(status))
-    if (s != "ok") {
-      if (mpi.is_root()) log::error("{}", s);
-      ok = false;
-      return;
-    }
-  // The plan of what every shard must hold, derived from the HF checkpoint.
-  std::string blob, notes;
-  ok = root_step(mpi, blob, [&] {
-    const ModelConfig model = load_model_config(hf / "config.json");
-    if (model.raw != ck->manifest.at("model").at("hf_config"))
-      notes += fmt::format("CONFIG  {}/config.json differs from the config the checkpoint was "
-                           "converted from\n", hf.string());
-    const ImportPlan plan = build_import_plan(model, read_hf_catalog(hf),
-                                              {ck->layout, ck->cast, /*strict=*/false, mpi.size()});
-    for (const auto& u : plan.unconsumed)
-      notes += fmt::format("{} {}: in the HF checkpoint only\n", hf_is_a ? "MISSING" : "EXTRA  ", u);
-    const auto packed = json::to_msgpack(plan_to_json(plan));
-    return std::string(packed.begin(), packed.end());
-  });
-  if (!ok) return;
-  if (mpi.is_root())
-    for (size_t p = 0, q; p < notes.size(); p = q + 1) {
-      q = notes.find('\n', p);
-      findings.push_back(notes.substr(p, q - p));
-    }
+// HF with Megatron: the plan of what every shard must hold, derived from the
+// HF checkpoint by rank 0; `notes` gets what does not match before any tensor is read.
+std::string plan_hf_megatron(const fs::path& hf, const MegatronCheckpoint& ck, bool hf_is_a, int world,
+                             std::string& notes) {
+  const ModelConfig model = load_model_config(hf / "config.json");
+  if (model.raw != ck.manifest.at("model").at("hf_config"))
+    notes += fmt::format("CONFIG  {}/config.json differs from the config the checkpoint was "
+                         "converted from\n", hf.string());
+  const ImportPlan plan =
+      build_import_plan(model, read_hf_catalog(hf), {ck.layout, ck.cast, /*strict=*/false, world});
+  for (const auto& u : plan.unconsumed)
+    notes += fmt::format("{} {}: in the HF checkpoint only\n", hf_is_a ? "MISSING" : "EXTRA  ", u);
+  const auto packed = json::to_msgpack(plan_to_json(plan));
+  return std::string(packed.begin(), packed.end());
+}
+
+void compare_hf_megatron(const VerifyOptions& opt, const fs::path& meg, bool hf_is_a,
+                         const MegatronCheckpoint* ck, const std::string& blob, MpiContext& mpi,
+                         std::vector<std::string>& findings, uint64_t& compared) {
   const ImportPlan plan = plan_from_json(json::from_msgpack(blob));
   SafetensorsSource source(plan.catalog);
   const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
@@ -269,49 +232,68 @@ void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs:
   }
 }
 
-}  // namespace
+// Compares two checkpoints as a Step for the driver (step_driver.hpp): the
+// plan is both catalogues (HF/HF) or what every shard must hold (HF/Megatron);
+// every rank compares its share; rank 0 prints the findings. Nothing is written.
+class VerifyStep : public Step {
+ public:
+  explicit VerifyStep(const VerifyOptions& opt) : opt_(opt) {}
 
-int run_verify(const VerifyOptions& opt, MpiContext& mpi) {
-  const bool am = is_megatron(opt.a), bm = is_megatron(opt.b);
-  for (const auto& p : {opt.a, opt.b})
-    if (!fs::is_directory(p)) {
-      if (mpi.is_root()) log::error("{} is not a directory", p.string());
-      return 2;
-    }
-  if (am && bm) {
-    if (mpi.is_root())
-      log::error("both {} and {} are Megatron checkpoints; verify compares HF with HF or HF with "
-                 "Megatron (export one of them first)",
-                 opt.a.string(), opt.b.string());
-    return 2;
+  void open(MpiContext&) override {
+    for (const auto& p : {opt_.a, opt_.b})
+      MB_CHECK(fs::is_directory(p), "{} is not a directory", p.string());
+    const bool am = is_megatron(opt_.a), bm = is_megatron(opt_.b);
+    MB_CHECK(!(am && bm),
+             "both {} and {} are Megatron checkpoints; verify compares HF with HF or HF with "
+             "Megatron (export one of them first)",
+             opt_.a.string(), opt_.b.string());
+    if (!am && !bm) return;
+    hf_is_a_ = bm;
+    hf_ = bm ? opt_.a : opt_.b;
+    meg_ = bm ? opt_.b : opt_.a;
+    ForeignCheckpointOptions foreign;
+    foreign.hf_config = opt_.hf_config.empty() ? hf_ / "config.json" : opt_.hf_config;
+    foreign.experts = detect_expert_layouts(read_hf_catalog(hf_));
+    ck_ = open_megatron_checkpoint(meg_, &foreign);
   }
-  std::vector<std::string> findings;
-  uint64_t compared = 0;
-  bool ok = true;
-  if (!am && !bm)
-    compare_hf_hf(opt, mpi, findings, compared, ok);
-  else if (bm)
-    compare_hf_megatron(opt, opt.a, opt.b, true, mpi, findings, compared, ok);
-  else
-    compare_hf_megatron(opt, opt.b, opt.a, false, mpi, findings, compared, ok);
-  if (!ok) return 2;
 
-  json mine = {{"findings", findings}, {"compared", compared}};
-  const auto all = mpi.gather(mine.dump());
-  int code = 0;
-  if (mpi.is_root()) {
+  std::string plan(MpiContext& mpi) override {
+    return ck_ ? plan_hf_megatron(hf_, *ck_, hf_is_a_, mpi.size(), notes_) : plan_hf_hf(opt_);
+  }
+
+  void receive(std::string blob, MpiContext&) override { blob_ = std::move(blob); }
+
+  void execute(MpiContext& mpi) override {
+    // Rank 0's notes from planning come first.
+    for (size_t p = 0, q; p < notes_.size(); p = q + 1) {
+      q = notes_.find('\n', p);
+      findings_.push_back(notes_.substr(p, q - p));
+    }
+    if (ck_)
+      compare_hf_megatron(opt_, meg_, hf_is_a_, &*ck_, blob_, mpi, findings_, compared_);
+    else
+      compare_hf_hf(opt_, blob_, mpi, findings_, compared_);
+  }
+
+  std::string settle(MpiContext& mpi) override {
+    const json mine = {{"findings", findings_}, {"compared", compared_}};
+    gathered_ = mpi.gather(mine.dump());
+    return {};
+  }
+
+  void commit(MpiContext&) override {
     std::vector<std::string> every;
     uint64_t total = 0;
-    for (const auto& g : all) {
+    for (const auto& g : gathered_) {
       const json j = json::parse(g);
       for (const auto& f : j.at("findings")) every.push_back(f.get<std::string>());
       total += j.at("compared").get<uint64_t>();
     }
     std::sort(every.begin(), every.end());
-    std::string out = fmt::format("verify A={} B={} ({})\n", opt.a.string(), opt.b.string(),
-                                  opt.atol == 0 && opt.rtol == 0
+    std::string out = fmt::format("verify A={} B={} ({})\n", opt_.a.string(), opt_.b.string(),
+                                  opt_.atol == 0 && opt_.rtol == 0
                                       ? std::string("bit-exact")
-                                      : fmt::format("atol {:g}, rtol {:g}", opt.atol, opt.rtol));
+                                      : fmt::format("atol {:g}, rtol {:g}", opt_.atol, opt_.rtol));
     for (const auto& f : every) out += f + "\n";
     if (every.empty())
       out += fmt::format("OK: {} tensors compared, all identical\n", total);
@@ -319,11 +301,46 @@ int run_verify(const VerifyOptions& opt, MpiContext& mpi) {
       out += fmt::format("FAILED: {} problem(s); {} tensors compared\n", every.size(), total);
     std::fputs(out.c_str(), stdout);
     std::fflush(stdout);
-    code = every.empty() ? 0 : 1;
+    code_ = every.empty() ? 0 : 1;
   }
-  std::string c = std::to_string(code);
-  mpi.broadcast(c);
-  return std::stoi(c);
+
+  // 0 identical, 1 differences found.
+  int exit_code() const override { return code_; }
+
+  std::string summary(const std::string& blob, int) const override {
+    if (!ck_) {
+      const json j = json::parse(blob);
+      return fmt::format("verify {} ({} tensors) with {} ({} tensors), tensor by tensor\n",
+                         opt_.a.string(), j.at("a").at("tensors").size(), opt_.b.string(),
+                         j.at("b").at("tensors").size());
+    }
+    const ImportPlan p = plan_from_json(json::from_msgpack(blob));
+    uint64_t tensors = 0;
+    for (const auto& s : p.shards) tensors += s.tensors.size();
+    return fmt::format("verify {} with {} ({}, {}): {} stored tensors through the mapping\n",
+                       hf_.string(), meg_.string(), ck_->format, ck_->layout.describe(), tensors);
+  }
+
+ private:
+  const VerifyOptions& opt_;
+  fs::path hf_, meg_;
+  bool hf_is_a_ = false;
+  std::optional<MegatronCheckpoint> ck_;
+  std::string notes_, blob_;
+  std::vector<std::string> findings_, gathered_;
+  uint64_t compared_ = 0;
+  int code_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Step> make_verify_step(const VerifyOptions& opt) {
+  return std::make_unique<VerifyStep>(opt);
+}
+
+int run_verify(const VerifyOptions& opt, MpiContext& mpi) {
+  VerifyStep step(opt);
+  return run_step(step, mpi);
 }
 
 }  // namespace mb

@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 namespace mb {
 
 class MpiContext;
+class Step;
 
 struct VerifyOptions {
   std::filesystem::path a, b;
@@ -23,5 +25,8 @@ struct VerifyOptions {
 // Returns 0 when the checkpoints match, 1 when differences were found, 2 on
 // errors that prevented the comparison.
 int run_verify(const VerifyOptions& opt, MpiContext& mpi);
+
+// The comparison as a driver step (step_driver.hpp); `opt` must outlive it.
+std::unique_ptr<Step> make_verify_step(const VerifyOptions& opt);
 
 }  // namespace mb

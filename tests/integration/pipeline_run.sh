@@ -77,12 +77,15 @@ cat >"$work/dry2.yaml" <<YAML
 steps:
   - reshard: {megatron_path: $work/meg, out: $work/dry2-tp1, pp: 2}
   - export: {megatron_path: $work/meg, hf_path: $work/dry2-hf, max_shard_size: 100KB}
+  - verify: {a: $fixture, b: $work/meg}
 YAML
 "${mpi[@]}" "$bin" run --dry-run "$work/dry2.yaml" >"$work/dry2.out" 2>&1 || { cat "$work/dry2.out"; fail "dry run 2"; }
 grep -q "reshard $work/meg (TP2" "$work/dry2.out" || { cat "$work/dry2.out"; fail "no reshard plan"; }
 grep -q "export $work/meg -> $work/dry2-hf: .* tensors in .* files" "$work/dry2.out" || { cat "$work/dry2.out"; fail "no export plan"; }
 [ "$(grep -c "rank .* writes .* GiB" "$work/dry2.out")" -eq 6 ] || fail "reshard and export plans: not 3 ranks each"
 grep -q "balance: busiest rank" "$work/dry2.out" || fail "export plan: no balance"
+grep -q "verify $fixture with $work/meg (hdf5, TP2·PP2·EP2·ETP1): 860 stored tensors through the mapping" "$work/dry2.out" ||
+  { cat "$work/dry2.out"; fail "no verify plan"; }
 for d in dry2-tp1 dry2-tp1.partial dry2-hf dry2-hf.partial; do
   [ ! -e "$work/$d" ] || fail "dry run 2 created $d"
 done
