@@ -225,6 +225,8 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
   add_io_option(reshard_cmd, reshard_io);
   reshard_cmd->add_flag("--no-verify-checksums", reshard_no_checksums, "skip the shard checksum check");
   reshard_cmd->add_flag("--overwrite", reshard_opt.overwrite, "replace an existing output directory");
+  reshard_cmd->add_flag("--resume", reshard_opt.resume,
+                        "continue an interrupted run, keeping the shards it committed (checked by checksum)");
   mb::BenchOptions bench_opt;
   std::optional<uint64_t> bench_buffer_mb;
   CLI::App* bench_cmd = app.add_subcommand(

@@ -17,6 +17,7 @@
 #include "model/megatron_config.hpp"
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/rank_shards.hpp"
 #include "pipelines/read_once.hpp"
 #include "dist/forwarder.hpp"
 #include "pipelines/safetensors_source.hpp"
@@ -31,20 +32,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-// A shard an interrupted run already committed, if its bytes still match the
-// checksum recorded when it was written.
-std::optional<ShardResult> resume_shard(const StagedOutput& out, const std::string& file) {
-  const std::string rec = out.done_record(file);
-  const auto path = out.staging() / file;
-  if (rec.empty() || !std::filesystem::exists(path)) return std::nullopt;
-  ShardResult r = shard_result_from_json(json::parse(rec));
-  if (std::filesystem::file_size(path) != r.bytes || hash_hex(hash_file(path)) != r.xxh3) {
-    log::warn("resume: {} does not match its recorded checksum; writing it again", file);
-    return std::nullopt;
-  }
-  return r;
-}
 
 void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
   const fs::path dst = staging / "hf";
@@ -215,22 +202,8 @@ class ImportStep : public Step {
   }
 
   void write_shards(MpiContext& mpi, CopyEngine& engine, SafetensorsSource& source) {
-    for (size_t i : plan_.shards_of_rank(mpi.rank())) {
-      const ShardPlan& s = plan_.shards[i];
-      if (opt_.resume) {
-        if (auto r = resume_shard(out_, s.coord.file_name())) {
-          log::info("resume: keeping {}", s.coord.file_name());
-          progress_->add_bytes(s.bytes_written());
-          results_.push_back(std::move(*r));
-          continue;
-        }
-      }
-      log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
-                 human_bytes(static_cast<double>(s.bytes_written())));
-      results_.push_back(write_hdf5_shard(plan_.layout, plan_.model.architecture, s, out_.staging(),
-                                          engine, source, [&] { after_tensor(mpi); }));
-      out_.mark_done(results_.back().file, shard_result_to_json(results_.back()).dump());
-    }
+    results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, engine, source,
+                                 {[&](uint64_t b) { progress_->add_bytes(b); }, [&] { after_tensor(mpi); }});
   }
 
   Listing list_distcp() const {

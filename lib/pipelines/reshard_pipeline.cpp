@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "core/file.hpp"
+#include "core/hash.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
@@ -13,6 +14,7 @@
 #include "model/megatron_config.hpp"
 #include "pipelines/manifest.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
+#include "pipelines/rank_shards.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
@@ -70,7 +72,15 @@ class ReshardStep : public Step {
   void open(MpiContext&) override { ck_ = open_megatron_checkpoint(opt_.src); }
 
   std::string plan(MpiContext& mpi) override {
-    const auto packed = json::to_msgpack(plan_to_json(build_reshard_plan(*ck_, opt_.layout, mpi.size())));
+    const json plan = plan_to_json(build_reshard_plan(*ck_, opt_.layout, mpi.size()));
+    // What must match for a partial output to be resumed: the target plan's
+    // inputs and the source's files (their checksums, from its manifest).
+    json fp = plan;
+    fp.erase("shards");
+    fp["source_files"] = ck_->manifest.value("files", json());
+    const std::string fps = fp.dump();
+    fingerprint_ = hash_hex(hash_bytes(fps.data(), fps.size()));
+    const auto packed = json::to_msgpack(plan);
     return std::string(packed.begin(), packed.end());
   }
 
@@ -78,7 +88,10 @@ class ReshardStep : public Step {
     return validate_shard_files(*ck_, opt_.verify_checksums, mpi);
   }
 
-  void prepare(MpiContext&) override { out_.prepare(opt_.overwrite); }
+  void prepare(MpiContext&) override {
+    if (out_.prepare(opt_.overwrite, opt_.resume, fingerprint_))
+      log::info("resuming the partial output in {}", out_.staging().string());
+  }
 
   void receive(std::string blob, MpiContext& mpi) override {
     plan_ = plan_from_json(json::from_msgpack(blob));
@@ -99,12 +112,11 @@ class ReshardStep : public Step {
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes));
-    for (size_t i : plan_.shards_of_rank(mpi.rank()))
-      results_.push_back(write_hdf5_shard(plan_.layout, plan_.model.architecture, plan_.shards[i],
-                                          out_.staging(), *engine, *source, [&] {
-                                            progress_->add_tensor();
-                                            test_hook_after_tensor(mpi.rank());
-                                          }));
+    results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, *engine, *source,
+                                 {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
+                                    progress_->add_tensor();
+                                    test_hook_after_tensor(mpi.rank());
+                                  }});
   }
 
   std::string settle(MpiContext& mpi) override {
@@ -149,6 +161,7 @@ class ReshardStep : public Step {
   const StagedOutput out_;
   const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
   std::optional<MegatronCheckpoint> ck_;
+  std::string fingerprint_;
   ImportPlan plan_;
   std::optional<Progress> progress_;
   std::vector<ShardResult> results_;

@@ -25,6 +25,9 @@ struct ReshardOptions {
   IoMode io = IoMode::Auto;  // O_DIRECT for large transfers where the filesystem takes it (direct_io.hpp)
   bool verify_checksums = true;
   bool overwrite = false;
+  // Continue an interrupted run: shards already committed in the staging
+  // directory and matching their recorded checksum are kept (as for import).
+  bool resume = false;
 };
 
 int run_reshard(const ReshardOptions& opt, MpiContext& mpi);

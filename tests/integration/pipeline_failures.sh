@@ -5,7 +5,7 @@
 #   2. a rank failing while a middle step converts (MEGABRIDGE_TEST_FAIL=<rank>:<n>@<step>):
 #      the job aborts promptly with the rank's error naming the step; nothing
 #      of that step or later is committed;
-#   3. SIGKILL of a rank in the middle step, then --resume: the finished step is
+#   3./4. SIGKILL of a rank in the middle step (an import; a reshard), then --resume: the finished step is
 #      skipped (one line), the killed import resumes keeping its committed
 #      shards, the last step runs; the result is byte-identical to an
 #      uninterrupted import and passes the independent reference check.
@@ -104,3 +104,34 @@ code=$?
 set -e
 [ "$code" -eq 2 ] && grep -q "\[2/3 import\] .*already holds files" <<<"$log" || { echo "$log"; fail "a changed step was skipped (exit $code)"; }
 echo "ok: --resume skips only steps whose committed output matches them"
+
+# --- 4. SIGKILL in a middle reshard, then --resume ---------------------------------
+"${mpi[@]}" "$bin" import --quiet --hf-path "$fixture" --out "$work/direct-pp4" --pp 4
+cat >"$work/k.yaml" <<YAML
+steps:
+  - import: {hf_path: $fixture, out: $work/k1, tp: 2}
+  - reshard: {megatron_path: $work/k1, out: $work/k2, pp: 4}
+  - export: {megatron_path: $work/k2, hf_path: $work/k3}
+YAML
+MEGABRIDGE_TEST_DELAY_MS=40 "${mpi[@]}" "$bin" run "$work/k.yaml" >"$work/k.log" 2>&1 &
+job=$!
+for _ in $(seq 1 1200); do
+  ls "$work"/k2.partial/*.done >/dev/null 2>&1 && break
+  sleep 0.05
+done
+ls "$work"/k2.partial/*.done >/dev/null 2>&1 || { cat "$work/k.log"; fail "the reshard committed no shard"; }
+victim="$(pgrep -f "megabridge run $work/k.yaml" | grep -v "^$job\$" | tail -1)"
+kill -9 "$victim"
+set +e
+wait "$job"
+code=$?
+set -e
+[ "$code" -ne 0 ] || fail "the killed job exited 0"
+[ ! -e "$work/k2" ] && [ ! -e "$work/k3" ] || fail "output committed after SIGKILL"
+log="$("${mpi[@]}" "$bin" run --resume "$work/k.yaml" 2>&1)" || { echo "$log"; fail "--resume failed"; }
+grep -q "\[1/3 import\] skipped: $work/k1 is committed" <<<"$log" || { echo "$log"; fail "step 1 not skipped"; }
+grep -q "\[2/3 reshard\] megabridge reshard .* --resume" <<<"$log" || { echo "$log"; fail "the reshard was not resumed"; }
+grep -q "\[2/3 reshard\] resume: keeping" <<<"$log" || { echo "$log"; fail "the reshard kept no shard"; }
+for f in "$work"/direct-pp4/*.h5; do cmp "$f" "$work/k2/$(basename "$f")"; done
+"$python" "$here/compare_hf.py" "$fixture" "$work/k3"
+echo "ok: after SIGKILL in the reshard step, --resume kept $(grep -c 'resume: keeping' <<<"$log") shard(s); shards identical to a direct import, export identical to the fixture"
