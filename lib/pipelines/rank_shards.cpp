@@ -27,9 +27,9 @@ std::optional<ShardResult> kept_shard(const StagedOutput& out, const std::string
 
 }  // namespace
 
-std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank, const StagedOutput& out,
-                                           bool resume, CopyEngine& engine, RowSource& source,
-                                           const RankShardCallbacks& on) {
+std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
+                                           const StagedOutput& out, bool resume, CopyEngine& engine,
+                                           RowSource& source, const RankShardCallbacks& on) {
   std::vector<ShardResult> results;
   for (size_t i : plan.shards_of_rank(rank)) {
     const ShardPlan& s = plan.shards[i];
@@ -43,8 +43,8 @@ std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank, con
     }
     log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
                human_bytes(static_cast<double>(s.bytes_written())));
-    results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(), engine,
-                                       source, on.after_tensor));
+    results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(),
+                                       engine, source, on.after_tensor));
     out.mark_done(results.back().file, shard_result_to_json(results.back()).dump());
   }
   return results;

@@ -20,8 +20,8 @@ struct RankShardCallbacks {
   std::function<void()> after_tensor;        // after every tensor written (progress, test hooks)
 };
 
-std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank, const StagedOutput& out,
-                                           bool resume, CopyEngine& engine, RowSource& source,
-                                           const RankShardCallbacks& on);
+std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
+                                           const StagedOutput& out, bool resume, CopyEngine& engine,
+                                           RowSource& source, const RankShardCallbacks& on);
 
 }  // namespace mb
