@@ -223,10 +223,14 @@ int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
       continue;
     }
     std::vector<std::string> args = step_args(s);
-    // The first unfinished step continues with its own resume, if it has one.
-    if (resume && first_unfinished && spec_of(s.command).find("resume") && !s.value("resume"))
+    // The first unfinished step that writes an output continues with its own
+    // resume, if it has one (verify writes nothing and is never finished;
+    // read-once imports write all shards together and cannot resume).
+    const bool read_once = s.value("read_once") && *s.value("read_once") == "true";
+    if (resume && first_unfinished && spec_of(s.command).find("resume") && !s.value("resume") &&
+        !read_once)
       args.push_back("--resume");
-    first_unfinished = false;
+    if (output_key(s.command)) first_unfinished = false;
     if (mpi.is_root()) {
       std::string line = "megabridge";
       for (const auto& a : args) line += " " + a;

@@ -105,11 +105,12 @@ set -e
 [ "$code" -eq 2 ] && grep -q "\[2/3 import\] .*already holds files" <<<"$log" || { echo "$log"; fail "a changed step was skipped (exit $code)"; }
 echo "ok: --resume skips only steps whose committed output matches them"
 
-# --- 4. SIGKILL in a middle reshard, then --resume ---------------------------------
+# --- 4. SIGKILL in a reshard after a verify, then --resume --------------------------
 "${mpi[@]}" "$bin" import --quiet --hf-path "$fixture" --out "$work/direct-pp4" --pp 4
 cat >"$work/k.yaml" <<YAML
 steps:
   - import: {hf_path: $fixture, out: $work/k1, tp: 2}
+  - verify: {a: $fixture, b: $work/k1}
   - reshard: {megatron_path: $work/k1, out: $work/k2, pp: 4}
   - export: {megatron_path: $work/k2, hf_path: $work/k3}
 YAML
@@ -129,9 +130,11 @@ set -e
 [ "$code" -ne 0 ] || fail "the killed job exited 0"
 [ ! -e "$work/k2" ] && [ ! -e "$work/k3" ] || fail "output committed after SIGKILL"
 log="$("${mpi[@]}" "$bin" run --resume "$work/k.yaml" 2>&1)" || { echo "$log"; fail "--resume failed"; }
-grep -q "\[1/3 import\] skipped: $work/k1 is committed" <<<"$log" || { echo "$log"; fail "step 1 not skipped"; }
-grep -q "\[2/3 reshard\] megabridge reshard .* --resume" <<<"$log" || { echo "$log"; fail "the reshard was not resumed"; }
-grep -q "\[2/3 reshard\] resume: keeping" <<<"$log" || { echo "$log"; fail "the reshard kept no shard"; }
+grep -q "\[1/4 import\] skipped: $work/k1 is committed" <<<"$log" || { echo "$log"; fail "step 1 not skipped"; }
+# The verify in between always runs; the reshard is the first unfinished output.
+grep -q "\[2/4 verify\] megabridge verify $fixture $work/k1\$" <<<"$log" || { echo "$log"; fail "the verify step did not run"; }
+grep -q "\[3/4 reshard\] megabridge reshard .* --resume" <<<"$log" || { echo "$log"; fail "the reshard was not resumed"; }
+grep -q "\[3/4 reshard\] resume: keeping" <<<"$log" || { echo "$log"; fail "the reshard kept no shard"; }
 for f in "$work"/direct-pp4/*.h5; do cmp "$f" "$work/k2/$(basename "$f")"; done
 "$python" "$here/compare_hf.py" "$fixture" "$work/k3"
 echo "ok: after SIGKILL in the reshard step, --resume kept $(grep -c 'resume: keeping' <<<"$log") shard(s); shards identical to a direct import, export identical to the fixture"
