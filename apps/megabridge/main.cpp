@@ -286,6 +286,7 @@ int main(int argc, char** argv) {
       o.max_shard_bytes = synth_shard_mb << 20;
       o.seed = synth_seed;
       o.out = synth_out;
+      o.config_path = synth_config;
       const mb::SynthResult r = mb::synthesize_checkpoint(o);
       mb::log::info("synth: {} tensors, {:.3f} GB in {} files under {}", r.tensors,
                     static_cast<double>(r.bytes) / 1e9, r.files, synth_out);

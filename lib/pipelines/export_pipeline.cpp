@@ -250,17 +250,20 @@ class FileRegionSink : public RowSink {
 
 int run_export(const ExportOptions& opt, MpiContext& mpi) {
   const auto t0 = std::chrono::steady_clock::now();
-  const StagedOutput out(opt.hf_path);
+  const StagedOutput out(opt.hf_path, "export");
   // Every rank opens the checkpoint (it is small: the manifest); rank 0 plans.
   std::string status = "ok", blob;
   std::optional<MegatronCheckpoint> ck;
   try {
+    if (mpi.is_root())
+      out.check_apart_from({{opt.megatron_path, "--megatron-path"}, {opt.hf_config, "--hf-config"}});
     ForeignCheckpointOptions foreign;
     foreign.hf_config = opt.hf_config;
     if (opt.experts) foreign.experts.main = *opt.experts;
     if (opt.mtp_experts) foreign.experts.mtp = *opt.mtp_experts;
     ck = open_megatron_checkpoint(opt.megatron_path, &foreign);
     if (mpi.is_root()) {
+      out.check_apart_from(checkpoint_files(*ck));
       const auto packed = json::to_msgpack(to_json(build_export_plan(*ck, opt, mpi.size())));
       blob.assign(packed.begin(), packed.end());
     }
@@ -397,10 +400,15 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
                         ck->manifest.at("model").at("hf_config").dump(2) + "\n");
       for (const auto& f : ck->source.extra_files) {
         const fs::path from = resolve_inside(ck->dir / "hf", f, "extra file");
-        if (fs::exists(from))
-          fs::copy_file(from, out.staging() / f, fs::copy_options::overwrite_existing);
-        else
+        std::string why;
+        if (!is_hf_side_file(f))
+          log::warn("{}: {} is not a known HF side file; not carried into the export", from.string(), f);
+        else if (!fs::exists(fs::symlink_status(from)))
           log::warn("{} is missing; {} is not carried into the export", from.string(), f);
+        else if (!side_file_is_safe(ck->dir / "hf", f, why))
+          log::warn("{}: {}; not carried into the export", from.string(), why);
+        else
+          copy_regular_file(from, out.staging() / f);
       }
       out.commit();
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

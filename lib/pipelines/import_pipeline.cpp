@@ -8,6 +8,7 @@
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "core/path_safety.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
@@ -47,15 +48,31 @@ void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
   fs::create_directories(dst);
   write_file_atomic(dst / "config.json", plan.config_json.dump(2) + "\n");
   for (const auto& f : plan.catalog.extra_files)
-    fs::copy_file(resolve_inside(plan.catalog.dir, f, "extra file"), dst / f,
-                  fs::copy_options::overwrite_existing);
+    copy_regular_file(resolve_inside(plan.catalog.dir, f, "extra file"), dst / f);
+}
+
+// Every file the import reads, by name inside the HF directory.
+std::vector<std::string> source_file_names(const HfCatalog& c) {
+  std::vector<std::string> names = {"config.json"};
+  if (c.has_index) names.push_back("model.safetensors.index.json");
+  names.insert(names.end(), c.files.begin(), c.files.end());
+  names.insert(names.end(), c.extra_files.begin(), c.extra_files.end());
+  return names;
+}
+
+// What identifies each source file's contents without reading them (size,
+// mtime, ctime, inode): a resume after any of them changed is refused.
+json source_identities(const HfCatalog& c) {
+  json ids = json::object();
+  for (const auto& name : source_file_names(c)) ids[name] = file_identity(c.dir / name);
+  return ids;
 }
 
 }  // namespace
 
 int run_import(const ImportOptions& opt, MpiContext& mpi) {
   const auto t0 = std::chrono::steady_clock::now();
-  const StagedOutput out(opt.out);
+  const StagedOutput out(opt.out, "import");
   MB_CHECK(opt.format == "hdf5" || opt.format == "torch_dist",
            "unknown output format '{}' (supported: hdf5, torch_dist)", opt.format);
   const bool dist = opt.format == "torch_dist";
@@ -68,8 +85,10 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
   // broadcasts the plan; a planning error is reported by rank 0 only and every
   // rank exits with the same code.
   std::string status, blob;
+  json source_ids;  // rank 0: the identity of every source file when the job started
   if (mpi.is_root()) {
     try {
+      out.check_apart_from({{opt.hf_path, "--hf-path"}});
       const ModelConfig model = load_model_config(opt.hf_path / "config.json");
       validate_layout(opt.layout, model);  // before any tensor I/O
       HfCatalog catalog = read_hf_catalog(opt.hf_path);
@@ -84,8 +103,15 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       fp["format"] = opt.format;
       fp["ranks"] = dist ? mpi.size() : 0;
       const std::string fps = fp.dump();
-      const bool resumed =
-          out.prepare(opt.overwrite, opt.resume, hash_hex(hash_bytes(fps.data(), fps.size())));
+      // A source file reached through a symlink may live anywhere: the
+      // output must not hold it either.
+      std::vector<NamedPath> files;
+      for (const auto& name : source_file_names(plan.catalog))
+        files.push_back({plan.catalog.dir / name, "source file"});
+      out.check_apart_from(files);
+      source_ids = source_identities(plan.catalog);
+      const bool resumed = out.prepare(opt.overwrite, opt.resume,
+                                       hash_hex(hash_bytes(fps.data(), fps.size())), source_ids);
       if (resumed) log::info("resuming the partial output in {}", out.staging().string());
       if (dist) std::filesystem::create_directories(out.staging() / kTorchDistIterDir);
       const auto packed = json::to_msgpack(plan_to_json(plan));
@@ -235,6 +261,14 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       }
       if (opt.read_once) read = read_once_total;
       std::sort(listing.begin(), listing.end());
+      // A source rewritten while it was read gives an output that is
+      // neither the old checkpoint nor the new one.
+      const json ids_now = source_identities(plan.catalog);
+      for (const auto& [name, id] : source_ids.items())
+        MB_CHECK(ids_now.at(name) == id,
+                 "source file {} changed while it was being converted; nothing was committed: run "
+                 "the import again",
+                 (plan.catalog.dir / name).string());
       copy_hf_side_files(plan, out.staging());
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));

@@ -60,12 +60,14 @@ ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout
 
 int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
   const auto t0 = std::chrono::steady_clock::now();
-  const StagedOutput out(opt.out);
+  const StagedOutput out(opt.out, "reshard");
   std::string status = "ok", blob;
   std::optional<MegatronCheckpoint> ck;
   try {
+    if (mpi.is_root()) out.check_apart_from({{opt.src, "--megatron-path"}});
     ck = open_megatron_checkpoint(opt.src);
     if (mpi.is_root()) {
+      out.check_apart_from(checkpoint_files(*ck));
       const auto packed = json::to_msgpack(plan_to_json(build_reshard_plan(*ck, opt.layout, mpi.size())));
       blob.assign(packed.begin(), packed.end());
     }
@@ -133,8 +135,18 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
     try {
       // The HF side (config, tokenizer files, source description) carries over.
       fs::create_directories(out.staging() / "hf");
-      for (const auto& e : fs::directory_iterator(ck->dir / "hf"))
-        fs::copy_file(e.path(), out.staging() / "hf" / e.path().filename());
+      // Only config.json and the known side files, each a regular file.
+      for (const auto& e : fs::directory_iterator(ck->dir / "hf")) {
+        const std::string name = e.path().filename().string();
+        std::string why;
+        if (name != "config.json" && !is_hf_side_file(name)) {
+          log::warn("{}: not a known HF side file; not carried into the output", e.path().string());
+        } else if (!side_file_is_safe(ck->dir / "hf", name, why)) {
+          log::warn("{}: {}; not carried into the output", e.path().string(), why);
+        } else {
+          copy_regular_file(e.path(), out.staging() / "hf" / name);
+        }
+      }
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));
       const json manifest =
