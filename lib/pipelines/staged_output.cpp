@@ -139,7 +139,6 @@ bool StagedOutput::prepare(bool overwrite, bool resume, const std::string& finge
 
   bool created = false;
   lock_ = std::make_unique<OutputLock>(staging_, target_, created);
-  test_hook_after_lock();
   const fs::path job = staging_ / kJobFile;
   if (!created) {
     if (resume && fs::exists(job)) {
@@ -154,6 +153,7 @@ bool StagedOutput::prepare(bool overwrite, bool resume, const std::string& finge
                "without --resume to start over",
                staging_.string());
       check_same_inputs(staging_, had.value("inputs", json::object()), inputs);
+      test_hook_after_lock();
       return true;
     }
     // A dead job's unfinished output (ours: the lock proved nobody writes it).
@@ -169,6 +169,7 @@ bool StagedOutput::prepare(bool overwrite, bool resume, const std::string& finge
                 resume ? "" : " (import --resume continues one instead)");
   }
   write_file_atomic(job, job_record(fingerprint, inputs).dump());
+  test_hook_after_lock();
   return false;
 }
 

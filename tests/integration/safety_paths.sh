@@ -28,7 +28,8 @@ snapshot() {
 }
 
 # refused NAME CODE PATTERN DIR -- command...: the command exits with CODE,
-# its first error line matches PATTERN (grep -E), and DIR is unchanged.
+# its first error line (verify: its first FILE problem) matches PATTERN
+# (grep -E), and DIR is unchanged.
 refused() {
   local name="$1" want="$2" pattern="$3" dir="$4"
   shift 5
@@ -39,7 +40,7 @@ refused() {
   code=$?
   set -e
   after="$(snapshot "$dir")"
-  first="$(grep -m1 'error:' <<<"$out" || true)"
+  first="$(grep -m1 -E 'error:|^FILE ' <<<"$out" || true)"
   if [ "$code" -ne "$want" ]; then
     fail "$name: exit $code, wanted $want"; echo "$out" | head -15; return
   fi
@@ -141,8 +142,7 @@ else
     { fail "2: import after a killed job failed"; echo "$out"; }
   grep -q "removed the unfinished output a stopped job left in $work/c2/meg2.partial" <<<"$out" ||
     fail "2: the dead job's staging was not reported as removed"
-  cmp -s "$work/c2/meg2/mp_rank_00_000.h5" "$work/ref/mp_rank_00_000.h5" 2>/dev/null ||
-    cmp -s "$work/c2/meg2/mp_rank_00_000_000.h5" "$work/ref/mp_rank_00_000_000.h5" ||
+  cmp -s "$work/c2/meg2/mp_rank_01_000_000.h5" "$work/ref/mp_rank_01_000_000.h5" ||
     fail "2: the import after a killed job differs from the reference"
   echo "ok: 2: a killed job's lock is released; the next job cleans its staging and succeeds"
 fi
@@ -150,9 +150,10 @@ fi
 # --- 3. --resume after the source changed ----------------------------------
 mkdir -p "$work/c3"
 cp -r "$fixture" "$work/c3/hf"
-MEGABRIDGE_TEST_FAIL=1:6 "${mpi[@]}" "$bin" import --quiet --hf-path "$work/c3/hf" --out "$work/c3/meg" \
+MEGABRIDGE_TEST_FAIL=1:80 "${mpi[@]}" "$bin" import --quiet --hf-path "$work/c3/hf" --out "$work/c3/meg" \
   --tp 2 --pp 2 >/dev/null 2>&1 && fail "3: the injected failure did not stop the import"
 ls "$work"/c3/meg.partial/*.done >/dev/null 2>&1 || fail "3: the interrupted import committed no shard"
+# (rank 1 fails in its second shard, after its first, 72 tensors, was committed)
 # Rewrite the weights in place: same names, shapes, headers and sizes.
 shard="model.safetensors-00002-of-00003.safetensors"
 python3 - "$work/c3/hf/$shard" <<'PY'
@@ -182,7 +183,7 @@ before="$(cd "$work/c4" && snapshot meg.old)"
   fail "4: --overwrite of our own output failed"
 [ "$before" = "$(cd "$work/c4" && snapshot meg.old)" ] || fail "4: the user's meg.old changed"
 [ "$(ls "$work/c4" | LC_ALL=C sort | tr '\n' ' ')" = "meg meg.old " ] || fail "4: left beside the output: $(ls "$work/c4")"
-[ -e "$work/c4/meg/mp_rank_00_000.h5" ] || [ -e "$work/c4/meg/mp_rank_00_000_000.h5" ] || fail "4: not replaced"
+[ -e "$work/c4/meg/mp_rank_00_000_000.h5" ] && [ ! -e "$work/c4/meg/mp_rank_01_000_000.h5" ] || fail "4: not replaced"
 echo "ok: 4: --overwrite replaced our output and left meg.old alone"
 mkdir -p "$work/c4/user"
 echo "weights" >"$work/c4/user/model.bin"
@@ -208,7 +209,7 @@ out="$(timeout 120 "${mpi[@]}" "$bin" import --hf-path "$work/c5/hf" --out "$wor
 got="$(ls -A "$work/c5/meg/hf" | LC_ALL=C sort | tr '\n' ' ')"
 want="chat_template.jinja config.json generation_config.json preprocessor_config.json tokenizer_config.json "
 [ "$got" = "$want" ] || fail "5: hf/ holds [$got], wanted [$want]"
-grep -q "not copying tokenizer.json: a symlink to $work/c5/secret.txt, outside the checkpoint" <<<"$out" ||
+grep -q "not copying tokenizer.json: a symlink to $(realpath "$work")/c5/secret.txt, outside the checkpoint" <<<"$out" ||
   fail "5: no warning for the symlink out of the checkpoint"
 grep -q "not copying vocab.json: not a regular file" <<<"$out" || fail "5: no warning for the FIFO"
 "${mpi[@]}" "$bin" export --quiet --megatron-path "$work/c5/meg" --hf-path "$work/c5/back"
@@ -227,7 +228,7 @@ ln -s big/meg "$work/c7/meg"
   fail "7: staging or aside left: $(ls -A "$work/c7" "$work/c7/big")"
 "${mpi[@]}" "$bin" import --quiet --hf-path "$fixture" --out "$work/c7/meg" --tp 1 --overwrite
 [ -L "$work/c7/meg" ] && [ "$(readlink "$work/c7/meg")" = "big/meg" ] || fail "7: --overwrite replaced the symlink"
-[ -f "$work/c7/big/meg/manifest.json" ] && grep -q '"tp": 1' "$work/c7/big/meg/manifest.json" ||
+python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["layout"]["tp"] != 1)' "$work/c7/big/meg/manifest.json" ||
   fail "7: --overwrite did not write through the link"
 "${mpi[@]}" "$bin" verify --quiet "$fixture" "$work/c7/meg" >/dev/null || fail "7: the output through the link does not verify"
 echo "ok: 7: --out through a symlink writes into its target, twice, and the link stays"
@@ -250,7 +251,7 @@ rm "$work/c8/meg/$victim"
 mkfifo "$work/c8/meg/$victim"
 refused "8: a FIFO as an HDF5 shard (export)" 2 "shard file .*/c8/meg/$victim is a FIFO" "$work/c8" -- \
   "${mpi[@]}" "$bin" export --megatron-path "$work/c8/meg" --hf-path "$work/c8/out"
-refused "8: a FIFO as an HDF5 shard (verify)" 2 "$victim is a FIFO" "$work/c8" -- \
+refused "8: a FIFO as an HDF5 shard (verify)" 1 "shard file .*/c8/meg/$victim is a FIFO" "$work/c8" -- \
   "${mpi[@]}" "$bin" verify "$fixture" "$work/c8/meg"
 not_committed "$work/c8/out"
 
