@@ -7,7 +7,6 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -17,7 +16,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string errno_text(int e) { return std::strerror(e); }
+std::string errno_text(int e) {
+  return std::strerror(e);
+}
 
 // A write lock on the whole file, without waiting. Returns 0, or the errno.
 int try_lock(int fd) {
@@ -69,7 +70,8 @@ OutputLock::OutputLock(const fs::path& staging, const fs::path& target, bool& cr
     created = ::mkdir(staging.c_str(), 0755) == 0;
     if (!created) {
       if (errno != EEXIST)
-        throw Error("cannot create the staging directory {}: {}", staging.string(), errno_text(errno));
+        throw Error("cannot create the staging directory {}: {}", staging.string(),
+                    errno_text(errno));
       struct stat st {};
       if (::lstat(staging.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
         throw Error("{} exists and is not a directory; megabridge stages {} there: move it away",
@@ -77,10 +79,12 @@ OutputLock::OutputLock(const fs::path& staging, const fs::path& target, bool& cr
       // Ours if it holds our lock or job file (an earlier job's, or one just
       // made by a job that is about to lock it), or nothing at all.
       std::error_code ec;
-      if (!fs::exists(lock_path, ec) && !fs::exists(staging / ".megabridge-job", ec) && !empty_dir(staging))
-        throw Error("{} exists and was not made by megabridge (it has no {}); megabridge stages {} "
-                    "there: move it away",
-                    staging.string(), kLockFileName, target.string());
+      if (!fs::exists(lock_path, ec) && !fs::exists(staging / ".megabridge-job", ec) &&
+          !empty_dir(staging))
+        throw Error(
+            "{} exists and was not made by megabridge (it has no {}); megabridge stages {} "
+            "there: move it away",
+            staging.string(), kLockFileName, target.string());
     }
     const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) {
@@ -91,20 +95,23 @@ OutputLock::OutputLock(const fs::path& staging, const fs::path& target, bool& cr
     if (err == EAGAIN || err == EACCES) {
       const std::string who = holder_of(fd);
       ::close(fd);
-      throw Error("{} is being written by {}; wait for that job or stop it (its staging directory "
-                  "is {})",
-                  target.string(), who, staging.string());
+      throw Error(
+          "{} is being written by {}; wait for that job or stop it (its staging directory "
+          "is {})",
+          target.string(), who, staging.string());
     }
     if (err != 0) {
       ::close(fd);
-      throw Error("cannot lock {}: {}. megabridge needs working file locks on the output's "
-                  "filesystem (NFS: NFSv4, or NFSv3 with rpc.statd/lockd; Lustre: mount with -o flock)",
-                  lock_path.string(), errno_text(err));
+      throw Error(
+          "cannot lock {}: {}. megabridge needs working file locks on the output's "
+          "filesystem (NFS: NFSv4, or NFSv3 with rpc.statd/lockd; Lustre: mount with -o flock)",
+          lock_path.string(), errno_text(err));
     }
     // The file locked must still be the one at that name: a job that
     // committed (renamed the directory) or removed it meanwhile leaves us an
     // orphan inode, and we start over.
-    struct stat held {}, named {};
+    struct stat held {
+    }, named{};
     if (::fstat(fd, &held) != 0 || ::stat(lock_path.c_str(), &named) != 0 ||
         held.st_ino != named.st_ino || held.st_dev != named.st_dev) {
       ::close(fd);
@@ -112,9 +119,12 @@ OutputLock::OutputLock(const fs::path& staging, const fs::path& target, bool& cr
     }
     char host[256] = "unknown";
     ::gethostname(host, sizeof host - 1);
-    const std::string who =
-        nlohmann::json{{"pid", static_cast<long>(::getpid())}, {"host", host}, {"since", now_utc()}}.dump();
-    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, who.data(), who.size(), 0) != static_cast<ssize_t>(who.size())) {
+    const std::string who = nlohmann::json{
+        {"pid", static_cast<long>(::getpid())},
+        {"host", host},
+        {"since", now_utc()}}.dump();
+    if (::ftruncate(fd, 0) != 0 ||
+        ::pwrite(fd, who.data(), who.size(), 0) != static_cast<ssize_t>(who.size())) {
       const int e = errno;
       ::close(fd);
       throw Error("cannot write the lock file {}: {}", lock_path.string(), errno_text(e));

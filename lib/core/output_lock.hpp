@@ -25,7 +25,8 @@ class OutputLock {
   // the output in the message when another job holds the lock. `created`
   // says whether this call made the directory (false: it was left by an
   // earlier job, now dead, or made by the user; see StagedOutput).
-  OutputLock(const std::filesystem::path& staging, const std::filesystem::path& target, bool& created);
+  OutputLock(const std::filesystem::path& staging, const std::filesystem::path& target,
+             bool& created);
   ~OutputLock();
   OutputLock(const OutputLock&) = delete;
   OutputLock& operator=(const OutputLock&) = delete;

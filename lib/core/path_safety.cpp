@@ -20,7 +20,8 @@ fs::path strip_trailing_slash(fs::path p) {
 // "given" as the user wrote it, and where it really is when that differs.
 std::string describe(const NamedPath& n, const fs::path& real) {
   const fs::path given = strip_trailing_slash(n.path);
-  if (fs::absolute(given).lexically_normal() == real) return fmt::format("{} {}", n.what, given.string());
+  if (fs::absolute(given).lexically_normal() == real)
+    return fmt::format("{} {}", n.what, given.string());
   return fmt::format("{} {} (really {})", n.what, given.string(), real.string());
 }
 
@@ -65,9 +66,10 @@ void check_output_apart(const NamedPath& out, const std::vector<NamedPath>& inpu
     const char* how = r == PathRelation::Same     ? "is the same path as"
                       : r == PathRelation::Inside ? "lies inside"
                                                   : "contains";
-    throw Error("refusing to write: {} {} {}; an output must be outside every input, so nothing "
-                "was created or removed",
-                describe(out, o), how, describe(in, i));
+    throw Error(
+        "refusing to write: {} {} {}; an output must be outside every input, so nothing "
+        "was created or removed",
+        describe(out, o), how, describe(in, i));
   }
 }
 
@@ -87,8 +89,8 @@ void require_regular_file(const fs::path& p, std::string_view what) {
     throw Error("cannot open {}{}{}: {}", what, what.empty() ? "" : " ", p.string(),
                 std::strerror(errno));
   if (!S_ISREG(st.st_mode))
-    throw Error("{}{}{} is {}, not a regular file; refusing to read it", what, what.empty() ? "" : " ",
-                p.string(), file_type_name(st.st_mode));
+    throw Error("{}{}{} is {}, not a regular file; refusing to read it", what,
+                what.empty() ? "" : " ", p.string(), file_type_name(st.st_mode));
 }
 
 }  // namespace mb

@@ -28,10 +28,14 @@ bool non_empty_dir(const fs::path& p) {
 
 const char* entry_type(const fs::file_status& s) {
   switch (s.type()) {
-    case fs::file_type::regular: return "file";
-    case fs::file_type::directory: return "dir";
-    case fs::file_type::symlink: return "symlink";
-    default: return "other";
+    case fs::file_type::regular:
+      return "file";
+    case fs::file_type::directory:
+      return "dir";
+    case fs::file_type::symlink:
+      return "symlink";
+    default:
+      return "other";
   }
 }
 
@@ -44,7 +48,8 @@ bool bookkeeping(const fs::path& rel) {
 // not followed).
 std::map<std::string, std::string> inventory(const fs::path& dir) {
   std::map<std::string, std::string> out;
-  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator();
+       ++it) {
     const fs::path rel = it->path().lexically_relative(dir);
     if (bookkeeping(rel)) continue;
     out[rel.generic_string()] = entry_type(it->symlink_status());
@@ -66,9 +71,10 @@ json job_record(const std::string& fingerprint, const json& inputs) {
 
 void check_same_inputs(const fs::path& staging, const json& had, const json& now) {
   const auto why = [&](const std::string& name, const std::string& what) {
-    return Error("cannot resume {}: source file {} {} since the interrupted run, so its finished "
-                 "shards could mix two checkpoints; run without --resume to start over",
-                 staging.string(), name, what);
+    return Error(
+        "cannot resume {}: source file {} {} since the interrupted run, so its finished "
+        "shards could mix two checkpoints; run without --resume to start over",
+        staging.string(), name, what);
   };
   for (const auto& [name, id] : had.items()) {
     if (!now.contains(name)) throw why(name, "is no longer read");
@@ -85,12 +91,14 @@ void check_same_inputs(const fs::path& staging, const json& had, const json& now
 void check_output_is_ours(const fs::path& dir) {
   const fs::path marker = dir / kOutputMarker;
   const auto not_ours = [&](const std::string& why) {
-    return Error("{} was not written by megabridge ({}); --overwrite replaces only an output "
-                 "megabridge committed: remove it yourself or choose another output directory",
-                 dir.string(), why);
+    return Error(
+        "{} was not written by megabridge ({}); --overwrite replaces only an output "
+        "megabridge committed: remove it yourself or choose another output directory",
+        dir.string(), why);
   };
   std::error_code ec;
-  if (!fs::is_regular_file(fs::symlink_status(marker, ec))) throw not_ours(fmt::format("it has no {}", kOutputMarker));
+  if (!fs::is_regular_file(fs::symlink_status(marker, ec)))
+    throw not_ours(fmt::format("it has no {}", kOutputMarker));
   json m;
   try {
     m = json::parse(read_text_file(marker));
@@ -104,14 +112,17 @@ void check_output_is_ours(const fs::path& dir) {
   for (const auto& [rel, type] : inventory(dir)) {
     const auto it = listed.find(rel);
     if (it == listed.end() || !it->is_string() || it->get<std::string>() != type)
-      throw Error("{} holds {}, which megabridge did not write; --overwrite replaces only what "
-                  "megabridge wrote: move {} out of it, or remove {} yourself",
-                  dir.string(), rel, rel, dir.string());
+      throw Error(
+          "{} holds {}, which megabridge did not write; --overwrite replaces only what "
+          "megabridge wrote: move {} out of it, or remove {} yourself",
+          dir.string(), rel, rel, dir.string());
   }
 }
 
 StagedOutput::StagedOutput(fs::path target, std::string command)
-    : given_(std::move(target)), target_(resolve_output_path(given_)), command_(std::move(command)) {
+    : given_(std::move(target)),
+      target_(resolve_output_path(given_)),
+      command_(std::move(command)) {
   staging_ = target_.parent_path() / (target_.filename().string() + ".partial");
 }
 
@@ -148,10 +159,11 @@ bool StagedOutput::prepare(bool overwrite, bool resume, const std::string& finge
       } catch (const std::exception&) {
         had = json::object();  // an older megabridge's record: not resumable
       }
-      MB_CHECK(had.is_object() && had.value("job", std::string()) == fingerprint,
-               "{} was left by a different job (other source, layout or options); remove it, or run "
-               "without --resume to start over",
-               staging_.string());
+      MB_CHECK(
+          had.is_object() && had.value("job", std::string()) == fingerprint,
+          "{} was left by a different job (other source, layout or options); remove it, or run "
+          "without --resume to start over",
+          staging_.string());
       check_same_inputs(staging_, had.value("inputs", json::object()), inputs);
       test_hook_after_lock();
       return true;
@@ -193,14 +205,13 @@ void StagedOutput::commit() const {
   for (const auto& p : done) fs::remove(p, ec);
   json entries = json::object();
   for (const auto& [rel, type] : inventory(staging_)) entries[rel] = type;
-  write_file_atomic(staging_ / kOutputMarker,
-                    json{{"tool", "megabridge"},
-                         {"version", MEGABRIDGE_VERSION},
-                         {"command", command_},
-                         {"committed", now_utc()},
-                         {"entries", std::move(entries)}}
-                            .dump(1) +
-                        "\n");
+  write_file_atomic(staging_ / kOutputMarker, json{{"tool", "megabridge"},
+                                                   {"version", MEGABRIDGE_VERSION},
+                                                   {"command", command_},
+                                                   {"committed", now_utc()},
+                                                   {"entries", std::move(entries)}}
+                                                      .dump(1) +
+                                                  "\n");
   fsync_directory(staging_);
   const auto rename_or_throw = [](const fs::path& from, const fs::path& to) {
     std::error_code e;
@@ -212,7 +223,8 @@ void StagedOutput::commit() const {
       // An empty directory holds nothing to lose (it may be a mount point's
       // subdirectory made for us); rmdir refuses if a file appeared since.
       fs::remove(target_, ec);
-      if (ec) throw Error("cannot replace the empty directory {}: {}", target_.string(), ec.message());
+      if (ec)
+        throw Error("cannot replace the empty directory {}: {}", target_.string(), ec.message());
       rename_or_throw(staging_, target_);
     } else {
       MB_CHECK(overwrite_, "{} was filled by someone else while this job ran; the output is in {}",
@@ -221,7 +233,9 @@ void StagedOutput::commit() const {
       // The old output goes aside into a directory made for this job
       // (mkdtemp: a fresh, unique name no user owns), so that the target is
       // never half old, half new and nothing of the user's is touched.
-      std::string tmpl = (target_.parent_path() / (target_.filename().string() + ".megabridge-old-XXXXXX")).string();
+      std::string tmpl =
+          (target_.parent_path() / (target_.filename().string() + ".megabridge-old-XXXXXX"))
+              .string();
       if (::mkdtemp(tmpl.data()) == nullptr)
         throw Error("cannot create a directory next to {} to move the old output aside: {}",
                     target_.string(), std::strerror(errno));

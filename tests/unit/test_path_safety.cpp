@@ -51,7 +51,8 @@ TEST(PathSafety, OutputThroughASymlinkResolvesToItsTarget) {
   // ".." after a symlink is the parent of the link's target, as for the kernel.
   fs::create_directories(t.path / "x" / "y" / "z");
   fs::create_directory_symlink(t.path / "x" / "y" / "z", t.path / "deep");
-  EXPECT_EQ(resolve_output_path(t.path / "deep" / ".." / "out"), fs::canonical(t.path) / "x" / "y" / "out");
+  EXPECT_EQ(resolve_output_path(t.path / "deep" / ".." / "out"),
+            fs::canonical(t.path) / "x" / "y" / "out");
   EXPECT_EQ(resolve_output_path(t.path / "a" / ".." / "b"), fs::canonical(t.path) / "b");
 }
 
@@ -61,16 +62,23 @@ TEST(PathSafety, OutputOverlappingAnInputIsRefusedNamingBoth) {
   fs::create_directories(hf);
   fs::create_directory_symlink(hf, t.path / "hf-link");
   // Equal, directly, through "..", with a trailing slash, or through a symlink.
-  for (const fs::path& out : {hf, data / "hf" / ".." / "hf", fs::path(hf.string() + "/"), t.path / "hf-link"}) {
-    const std::string e = error_of([&] { check_output_apart({out, "--out"}, {{hf, "--hf-path"}}); });
+  for (const fs::path& out :
+       {hf, data / "hf" / ".." / "hf", fs::path(hf.string() + "/"), t.path / "hf-link"}) {
+    const std::string e = error_of([&] {
+      check_output_apart({out, "--out"}, {{hf, "--hf-path"}});
+    });
     EXPECT_NE(e.find("is the same path as --hf-path"), std::string::npos) << out << ": " << e;
     EXPECT_NE(e.find(hf.string()), std::string::npos) << e;
   }
   // The output contains the input (the `--out data` typo).
   std::string e = error_of([&] { check_output_apart({data, "--out"}, {{hf, "--hf-path"}}); });
-  EXPECT_NE(e.find("--out " + data.string() + " contains --hf-path " + hf.string()), std::string::npos) << e;
+  EXPECT_NE(e.find("--out " + data.string() + " contains --hf-path " + hf.string()),
+            std::string::npos)
+      << e;
   // The output lies inside the input, also when the input is given through a link.
-  e = error_of([&] { check_output_apart({hf / "meg", "--out"}, {{t.path / "hf-link", "--hf-path"}}); });
+  e = error_of([&] {
+    check_output_apart({hf / "meg", "--out"}, {{t.path / "hf-link", "--hf-path"}});
+  });
   EXPECT_NE(e.find("lies inside --hf-path"), std::string::npos) << e;
   // Siblings, and names that only share a prefix, are fine.
   EXPECT_NO_THROW(check_output_apart({data / "meg", "--out"}, {{hf, "--hf-path"}}));
@@ -84,12 +92,18 @@ TEST(PathSafety, FifoAndDevicesAreRefusedWithoutBlocking) {
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0644), 0);
   // On a blocking open this would wait forever for a writer.
   auto f = std::async(std::launch::async, [&] { return error_of([&] { read_text_file(fifo); }); });
-  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready) << "open of a FIFO blocked";
-  EXPECT_NE(f.get().find(fifo.string() + " is a FIFO (named pipe), not a regular file"), std::string::npos);
-  EXPECT_NE(error_of([&] { require_regular_file(fifo, "shard file"); }).find("shard file " + fifo.string() + " is a FIFO"),
+  ASSERT_EQ(f.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+      << "open of a FIFO blocked";
+  EXPECT_NE(f.get().find(fifo.string() + " is a FIFO (named pipe), not a regular file"),
             std::string::npos);
-  EXPECT_NE(error_of([] { File("/dev/null", File::Mode::Read); }).find("a character device"), std::string::npos);
-  EXPECT_NE(error_of([&] { File(t.path, File::Mode::Read); }).find("a directory"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              require_regular_file(fifo, "shard file");
+            }).find("shard file " + fifo.string() + " is a FIFO"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { File("/dev/null", File::Mode::Read); }).find("a character device"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { File(t.path, File::Mode::Read); }).find("a directory"),
+            std::string::npos);
 }
 
 TEST(PathSafety, FileIdentityChangesWhenRewrittenInPlace) {
@@ -111,8 +125,10 @@ TEST(OutputLock, ASecondHolderFailsAtOnceNamingTheFirst) {
   OutputLock first(t.path / "meg.partial", t.path / "meg", created);
   EXPECT_TRUE(created);
   bool again = true;
-  const std::string e = error_of([&] { OutputLock second(t.path / "meg.partial", t.path / "meg", again); });
-  EXPECT_NE(e.find((t.path / "meg").string() + " is being written by pid " + std::to_string(::getpid()) + " on host "),
+  const std::string e =
+      error_of([&] { OutputLock second(t.path / "meg.partial", t.path / "meg", again); });
+  EXPECT_NE(e.find((t.path / "meg").string() + " is being written by pid " +
+                   std::to_string(::getpid()) + " on host "),
             std::string::npos)
       << e;
   EXPECT_NE(e.find(" since 20"), std::string::npos) << e;
@@ -124,7 +140,8 @@ TEST(OutputLock, AStagingDirectoryThatIsNotOursIsLeftAlone) {
   fs::create_directories(t.path / "meg.partial");
   write_bytes(t.path / "meg.partial" / "notes.txt", "mine");
   bool created = false;
-  const std::string e = error_of([&] { OutputLock l(t.path / "meg.partial", t.path / "meg", created); });
+  const std::string e =
+      error_of([&] { OutputLock l(t.path / "meg.partial", t.path / "meg", created); });
   EXPECT_NE(e.find("was not made by megabridge"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(t.path / "meg.partial" / kLockFileName));
   EXPECT_EQ(read_text_file(t.path / "meg.partial" / "notes.txt"), "mine");
@@ -163,21 +180,25 @@ TEST(StagedOutput, OverwriteReplacesOnlyOurOwnOutput) {
   // Nothing is left beside it: no staging, no aside directory, and a
   // user's "<out>.old" is not a name megabridge uses.
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(t.path)) names.push_back(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(t.path))
+    names.push_back(e.path().filename().string());
   EXPECT_EQ(names, std::vector<std::string>{"out"});
   // A directory megabridge did not write is never replaced.
   fs::create_directories(t.path / "user");
   write_bytes(t.path / "user" / "model.safetensors", "weights");
   StagedOutput s(t.path / "user", "test");
   const std::string e = error_of([&] { s.prepare(true); });
-  EXPECT_NE(e.find("was not written by megabridge (it has no .megabridge-output.json)"), std::string::npos) << e;
+  EXPECT_NE(e.find("was not written by megabridge (it has no .megabridge-output.json)"),
+            std::string::npos)
+      << e;
   EXPECT_FALSE(fs::exists(t.path / "user.partial"));
 }
 
 TEST(StagedOutput, ASymlinkedOutputIsFilledThroughTheLink) {
   TempDir t;
   fs::create_directories(t.path / "big");
-  fs::create_directory_symlink(t.path / "big" / "meg", t.path / "meg");  // dangling until the commit
+  fs::create_directory_symlink(t.path / "big" / "meg",
+                               t.path / "meg");  // dangling until the commit
   StagedOutput s(t.path / "meg", "test");
   EXPECT_EQ(s.staging(), fs::canonical(t.path) / "big" / "meg.partial");
   s.prepare(false);
