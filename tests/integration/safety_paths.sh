@@ -204,8 +204,10 @@ echo "# readme" >"$work/c5/hf/README.md"
 echo "secret" >"$work/c5/secret.txt"
 ln -s ../secret.txt "$work/c5/hf/tokenizer.json"
 mkfifo "$work/c5/hf/vocab.json"
+before="$(snapshot "$work/c5")"
 out="$(timeout 120 "${mpi[@]}" "$bin" import --hf-path "$work/c5/hf" --out "$work/c5/meg" --tp 2 2>&1)" ||
   { fail "5: import failed"; echo "$out"; }
+[ "$before" = "$(snapshot "$work/c5" | grep -v '^\./meg\b\|  \./meg/')" ] || fail "5: something outside the output changed"
 got="$(ls -A "$work/c5/meg/hf" | LC_ALL=C sort | tr '\n' ' ')"
 want="chat_template.jinja config.json generation_config.json preprocessor_config.json tokenizer_config.json "
 [ "$got" = "$want" ] || fail "5: hf/ holds [$got], wanted [$want]"
@@ -221,12 +223,15 @@ echo "ok: 5: only the known side files were carried (not pytorch_model.bin, READ
 # --- 7. A symlinked --out ----------------------------------------------------
 mkdir -p "$work/c7/big"
 ln -s big/meg "$work/c7/meg"
-"${mpi[@]}" "$bin" import --quiet --hf-path "$fixture" --out "$work/c7/meg" --tp 2
+cp -r "$fixture" "$work/c7/hf"
+before="$(snapshot "$work/c7/hf")"
+"${mpi[@]}" "$bin" import --quiet --hf-path "$work/c7/hf" --out "$work/c7/meg" --tp 2
 [ -L "$work/c7/meg" ] || fail "7: the symlink was replaced"
 [ -f "$work/c7/big/meg/manifest.json" ] || fail "7: the output is not in the link's target"
-[ "$(ls -A "$work/c7" | tr '\n' ' ')" = "big meg " ] && [ "$(ls -A "$work/c7/big" | tr '\n' ' ')" = "meg " ] ||
+[ "$(ls -A "$work/c7" | tr '\n' ' ')" = "big hf meg " ] && [ "$(ls -A "$work/c7/big" | tr '\n' ' ')" = "meg " ] ||
   fail "7: staging or aside left: $(ls -A "$work/c7" "$work/c7/big")"
-"${mpi[@]}" "$bin" import --quiet --hf-path "$fixture" --out "$work/c7/meg" --tp 1 --overwrite
+"${mpi[@]}" "$bin" import --quiet --hf-path "$work/c7/hf" --out "$work/c7/meg" --tp 1 --overwrite
+[ "$before" = "$(snapshot "$work/c7/hf")" ] || fail "7: the HF input changed"
 [ -L "$work/c7/meg" ] && [ "$(readlink "$work/c7/meg")" = "big/meg" ] || fail "7: --overwrite replaced the symlink"
 python3 -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["layout"]["tp"] != 1)' "$work/c7/big/meg/manifest.json" ||
   fail "7: --overwrite did not write through the link"
