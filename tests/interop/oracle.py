@@ -3,7 +3,8 @@
 
   torchrun --nproc-per-node 2 oracle.py HF_DIR WORK LAYOUT...
 
-LAYOUT is NAME:tp,pp,ep,etp. For each one, megabridge's checkpoint must already be at
+LAYOUT is NAME:tp,pp,ep,etp[:model] (`:model`: imported with `--dtype model`, so even A_log and
+the GDN norm must have the model's dtype). For each one, megabridge's checkpoint must already be at
 WORK/NAME.mb (`megabridge import --format torch_dist` at that layout). The model is the one
 `AutoBridge.import_ckpt` builds: AutoBridge.from_hf_pretrained(HF_DIR).to_megatron_provider(),
 with the parallel sizes of the layout, provided on CPU (gloo). Per layout:
@@ -262,8 +263,7 @@ def check_layout(bridge, work, name, tp, pp, ep, etp, model_dtype):
 
 def main():
     hf, work = sys.argv[1], sys.argv[2]
-    layouts = [a for a in sys.argv[3:] if not a.startswith("--")]
-    model_dtype = "--dtype-model" in sys.argv
+    layouts = sys.argv[3:]
     cpu_shims()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29512")
@@ -274,9 +274,10 @@ def main():
     from megatron.bridge import AutoBridge
     bridge = AutoBridge.from_hf_pretrained(hf)
     for spec in layouts:
-        name, sizes = spec.split(":")
+        name, sizes, *dtype = spec.split(":")
         tp, pp, ep, etp = (int(x) for x in sizes.split(","))
-        check_layout(bridge, work, name, tp, pp, ep, etp, model_dtype)
+        # ":model": megabridge imported with `--dtype model`, so every dtype must be the model's
+        check_layout(bridge, work, name, tp, pp, ep, etp, dtype == ["model"])
     dist.destroy_process_group()
 
 
