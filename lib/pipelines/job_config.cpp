@@ -52,7 +52,8 @@ IoMode get_io_mode(const YAML::Node& root, const std::string& file) {
 std::optional<DType> parse_dtype_option(const std::string& s) {
   if (s.empty() || s == "keep" || s == "auto" || s == "source") return std::nullopt;
   auto t = dtype_from_user(s);
-  MB_CHECK(t && dtype_is_castable(*t), "unknown dtype '{}' (expected keep, bf16, fp16 or fp32; import also takes model)", s);
+  MB_CHECK(t && dtype_is_castable(*t),
+           "unknown dtype '{}' (expected keep, bf16, fp16 or fp32; import also takes model)", s);
   return t;
 }
 

@@ -76,10 +76,9 @@ TEST(DistKeys, SpecKeysAndShapes) {
   EXPECT_EQ(shape(L0 + "mlp.experts.experts.linear_fc2.weight"), (Shape{16, 2048, 512}));
   // TEGroupedMLP's own `experts.` under the MoE layer's `experts.` (megatron-core 0.19.2).
   EXPECT_EQ(mf.shapes.count(L0 + "mlp.experts.linear_fc1.weight"), 0u);
-  EXPECT_EQ(shape("language_model.mtp.layers.0.transformer_layer.mlp.experts.experts.linear_fc2.weight"),
-            (Shape{16, 2048, 512}));
-  EXPECT_TRUE(mf.objects.count(
-      "language_model.mtp.layers.0.transformer_layer.mlp.experts.experts.linear_fc2._extra_state/shard_15_16"));
+  const std::string M = "language_model.mtp.layers.0.transformer_layer.";
+  EXPECT_EQ(shape(M + "mlp.experts.experts.linear_fc2.weight"), (Shape{16, 2048, 512}));
+  EXPECT_TRUE(mf.objects.count(M + "mlp.experts.experts.linear_fc2._extra_state/shard_15_16"));
   EXPECT_EQ(shape(L0 + "mlp.shared_experts.linear_fc1.weight"), (Shape{1024, 2048}));
   EXPECT_EQ(shape("language_model.mtp.layers.0.transformer_layer.self_attention.linear_qkv.weight"),
             (Shape{9216, 2048}));
