@@ -15,6 +15,7 @@
 #include "layout/import_plan.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/copy_engine.hpp"
+#include "pipelines/job_config.hpp"
 #include "pipelines/manifest.hpp"
 #include "pipelines/read_once.hpp"
 #include "dist/forwarder.hpp"
@@ -70,6 +71,15 @@ json source_identities(const HfCatalog& c) {
 
 }  // namespace
 
+std::optional<DType> import_cast(const ImportOptions& opt, const ModelConfig& model) {
+  return opt.dtype_model ? std::optional<DType>(model.dtype) : opt.dtype;
+}
+
+void set_import_dtype(ImportOptions& opt, const std::string& value) {
+  opt.dtype_model = value == "model";
+  opt.dtype = opt.dtype_model ? std::nullopt : parse_dtype_option(value);
+}
+
 int run_import(const ImportOptions& opt, MpiContext& mpi) {
   const auto t0 = std::chrono::steady_clock::now();
   const StagedOutput out(opt.out, "import");
@@ -92,7 +102,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       const ModelConfig model = load_model_config(opt.hf_path / "config.json");
       validate_layout(opt.layout, model);  // before any tensor I/O
       HfCatalog catalog = read_hf_catalog(opt.hf_path);
-      PlanRequest req{opt.layout, opt.dtype, opt.strict, mpi.size()};
+      PlanRequest req{opt.layout, import_cast(opt, model), opt.strict, mpi.size()};
       ImportPlan plan = build_import_plan(model, std::move(catalog), req);
       // torch_dist stores each element once: balance by the canonical bytes.
       if (dist) assign_shards_to_ranks(plan.shards, mpi.size(), /*canonical_only=*/true);
