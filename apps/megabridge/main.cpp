@@ -60,7 +60,9 @@ struct ImportFlags {
     c->add_option("--first-stage-layers", first, "decoder layers on the first pipeline stage");
     c->add_option("--last-stage-layers", last, "decoder layers on the last pipeline stage");
     if (with_output) c->add_option("--format", format, "output format: hdf5 or torch_dist");
-    c->add_option("--dtype", dtype, "keep (default), bf16, fp16 or fp32");
+    c->add_option("--dtype", dtype,
+                  "keep (default), bf16, fp16, fp32, or model: the params dtype of config.json, as "
+                  "Megatron-Bridge stores every tensor");
     c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
     c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
     if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
@@ -84,7 +86,7 @@ struct ImportFlags {
     if (etp) o.layout.etp = *etp;
     if (first) o.layout.first_stage_layers = *first;
     if (last) o.layout.last_stage_layers = *last;
-    if (!dtype.empty()) o.dtype = mb::parse_dtype_option(dtype);
+    if (!dtype.empty()) mb::set_import_dtype(o, dtype);
     if (buffer_mb) o.buffer_bytes = *buffer_mb << 20;
     if (not_strict) o.strict = false;
     if (overwrite) o.overwrite = true;
@@ -145,7 +147,8 @@ int run_plan(const mb::ImportOptions& o, int ranks, bool per_shard, mb::MpiConte
   if (!mpi.is_root()) return 0;
   const mb::ModelConfig model = mb::load_model_config(o.hf_path / "config.json");
   mb::validate_layout(o.layout, model);
-  mb::PlanRequest req{o.layout, o.dtype, o.strict, ranks > 0 ? ranks : mpi.size()};
+  mb::PlanRequest req{o.layout, mb::import_cast(o, model), o.strict,
+                      ranks > 0 ? ranks : mpi.size()};
   const mb::ImportPlan plan = mb::build_import_plan(model, mb::read_hf_catalog(o.hf_path), req);
   std::fputs(mb::plan_report(plan, per_shard).c_str(), stdout);
   return 0;
@@ -326,6 +329,7 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
       o.max_shard_bytes = synth_shard_mb << 20;
       o.seed = synth_seed;
       o.out = synth_out;
+      o.config_path = synth_config;
       const mb::SynthResult r = mb::synthesize_checkpoint(o);
       mb::log::info("synth: {} tensors, {:.3f} GB in {} files under {}", r.tensors,
                     static_cast<double>(r.bytes) / 1e9, r.files, synth_out);

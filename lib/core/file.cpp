@@ -18,6 +18,17 @@ namespace {
 std::string errno_text(int e) { return std::strerror(e); }
 }  // namespace
 
+const char* file_type_name(unsigned mode) {
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  if (S_ISREG(mode)) return "a regular file";
+  return "not a regular file";
+}
+
 File::File(const fs::path& path, Mode mode) : path_(path) {
   int flags = O_CLOEXEC;
   switch (mode) {
@@ -25,11 +36,33 @@ File::File(const fs::path& path, Mode mode) : path_(path) {
     case Mode::Write: flags |= O_RDWR | O_CREAT | O_TRUNC; break;
     case Mode::ReadWrite: flags |= O_RDWR; break;
   }
+  // An existing file is opened without blocking and must be a regular file:
+  // opening a FIFO for reading would wait forever for a writer, and a device
+  // or socket is never a checkpoint.
+  if (mode != Mode::Write) flags |= O_NONBLOCK;
   fd_ = ::open(path.c_str(), flags, 0644);
   if (fd_ < 0) {
     int e = errno;
     throw Error("cannot open {} for {}: {}", path.string(), mode == Mode::Read ? "reading" : "writing",
                 errno_text(e));
+  }
+  if (mode != Mode::Write) {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      const int e = errno;
+      ::close(fd_);
+      fd_ = -1;
+      throw Error("cannot stat {}: {}", path.string(), errno_text(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd_);
+      fd_ = -1;
+      throw Error("{} is {}, not a regular file; refusing to read it", path.string(),
+                  file_type_name(st.st_mode));
+    }
+    // Regular files never block; the flag is cleared so that nothing later
+    // depends on it.
+    ::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
   }
 }
 
@@ -150,6 +183,21 @@ void write_file_atomic(const fs::path& path, std::string_view data) {
   std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) throw Error("cannot rename {} to {}: {}", tmp.string(), path.string(), ec.message());
+}
+
+void copy_regular_file(const fs::path& from, const fs::path& to) {
+  const File in(from, File::Mode::Read);
+  File out(to, File::Mode::Write);
+  std::vector<char> buf(1 << 20);
+  const uint64_t size = in.size();
+  for (uint64_t at = 0; at < size;) {
+    const uint64_t n = std::min<uint64_t>(buf.size(), size - at);
+    in.pread_exact(buf.data(), n, at);
+    out.pwrite_exact(buf.data(), n, at);
+    at += n;
+  }
+  out.fsync();
+  out.close();
 }
 
 void fsync_directory(const fs::path& dir) {

@@ -23,6 +23,8 @@ class ByteOutput {
 
 class File : public ByteOutput {
  public:
+  // Read and ReadWrite open existing files, which must be regular files: a
+  // FIFO, device or socket is refused by name, without blocking.
   enum class Mode { Read, Write /* create or truncate */, ReadWrite /* existing */ };
 
   File() = default;
@@ -54,12 +56,18 @@ class File : public ByteOutput {
   std::filesystem::path path_;
 };
 
+// "a FIFO (named pipe)", "a directory", ...: what a stat mode says a path is.
+const char* file_type_name(unsigned mode);
+
 // Reads a whole (small) file, e.g. config.json or an index.
 std::string read_text_file(const std::filesystem::path& path);
 // Writes `data` to `path` through a temporary name, fsyncs it, then renames:
 // readers see either the old file or the complete new one.
 void write_file_atomic(const std::filesystem::path& path, std::string_view data);
 void fsync_directory(const std::filesystem::path& dir);
+// Copies the regular file `from` (a FIFO, device or socket is refused without
+// blocking) to a new or truncated `to`, and fsyncs it.
+void copy_regular_file(const std::filesystem::path& from, const std::filesystem::path& to);
 
 // Resolves `relative` inside `dir` and refuses names that escape it (absolute
 // paths, "..", symlink tricks in the name itself).

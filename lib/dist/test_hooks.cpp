@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "core/error.hpp"
@@ -44,6 +46,14 @@ void test_hook_after_tensor(int rank) {
 void test_hook_begin_step(int step) {
   hooks().step = step;
   hooks().count = 0;
+}
+
+void test_hook_after_lock() {
+  const char* dir = std::getenv("MEGABRIDGE_TEST_HOLD_LOCK");
+  if (dir == nullptr || *dir == '\0') return;
+  const std::filesystem::path d(dir);
+  std::ofstream(d / "locked") << getpid() << "\n";
+  for (int i = 0; i < 120 * 20 && !std::filesystem::exists(d / "release"); ++i) usleep(50 * 1000);
 }
 
 }  // namespace mb

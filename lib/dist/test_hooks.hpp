@@ -3,11 +3,16 @@
 //   MEGABRIDGE_TEST_FAIL=<rank>:<n>[@<step>]  rank <rank> throws after writing n tensors
 //                                       (of pipeline step <step> only, when given)
 //   MEGABRIDGE_TEST_DELAY_MS=<ms>       every rank sleeps this long after each tensor
+//   MEGABRIDGE_TEST_HOLD_LOCK=<dir>     once it holds the output's lock, the job creates
+//                                       <dir>/locked and waits (at most 120 s) until
+//                                       <dir>/release exists: a deterministic second job
 #pragma once
 
 namespace mb {
 
 void test_hook_after_tensor(int rank);
+// Called by the process that has just taken an output's lock.
+void test_hook_after_lock();
 
 // `megabridge run` says which step (1-based) runs; the tensor count restarts.
 void test_hook_begin_step(int step);

@@ -24,7 +24,15 @@ struct KeyInfo {
   Prepended axis;
 };
 
-const std::regex kExpert(R"(^(.*\.mlp\.experts\.linear_fc[12]\.weight)(\d+)$)");
+// Routed experts: the parameter `…mlp.experts.linear_fc1.weight{e}` of
+// TEGroupedMLP is checkpointed as `…mlp.experts.experts.linear_fc1.weight`
+// with a leading expert axis. "experts" twice: the MoE layer hands the
+// prefix `mlp.experts.` to TEGroupedMLP.sharded_state_dict, which adds
+// `experts.linear_fc1.` on its own (megatron/core/transformer/moe/experts.py,
+// megatron-core 0.19.2: replace_prefix_for_sharding(sub_sd, f'{name}.',
+// f'{prefix}experts.{name}.'); SequentialMLP maps local_experts.{i}. to the
+// same `{prefix}experts.`).
+const std::regex kExpert(R"(^(.*\.mlp\.experts\.)(linear_fc[12]\.weight)(\d+)$)");
 const std::regex kVisionLayer(R"(^vision_model\.decoder\.layers\.(\d+)\.(.*)$)");
 
 KeyInfo key_info(const LocalTensor& t, const ModelConfig& m) {
@@ -32,8 +40,8 @@ KeyInfo key_info(const LocalTensor& t, const ModelConfig& m) {
   std::string name = dist_key_base(t.global_name);
   std::smatch g;
   if (std::regex_match(name, g, kExpert)) {
-    k.base = g[1];
-    k.axis = {true, std::stoull(g[2]), m.text.experts};
+    k.base = g[1].str() + "experts." + g[2].str();
+    k.axis = {true, std::stoull(g[3]), m.text.experts};
   } else if (std::regex_match(name, g, kVisionLayer)) {
     k.base = "vision_model.decoder.layers." + g[2].str();
     k.axis = {true, std::stoull(g[1]), m.vision.depth};
@@ -63,7 +71,7 @@ const std::vector<std::string_view> kTeModules = {
     "self_attention.linear_qkv", "self_attention.linear_proj",  "self_attention.q_layernorm",
     "self_attention.k_layernorm", "mlp.linear_fc1",             "mlp.linear_fc2",
     "pre_mlp_layernorm",         "mlp.shared_experts.linear_fc1", "mlp.shared_experts.linear_fc2",
-    "mlp.experts.linear_fc1",    "mlp.experts.linear_fc2",      "final_layernorm",
+    "mlp.experts.experts.linear_fc1", "mlp.experts.experts.linear_fc2", "final_layernorm",
     "eh_proj",                   "enorm",                       "hnorm",
     "merger.linear_fc1",         "merger.linear_fc2",           "merger.patch_norm",
 };

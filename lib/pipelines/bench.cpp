@@ -16,6 +16,7 @@
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "core/path_safety.hpp"
 #include "core/proc_stats.hpp"
 #include "dist/mpi_context.hpp"
 #include "pipelines/export_pipeline.hpp"
@@ -29,6 +30,7 @@ using nlohmann::json;
 
 namespace {
 using Clock = std::chrono::steady_clock;
+constexpr const char* kBenchMarker = ".megabridge-bench";
 
 uint64_t dir_bytes(const fs::path& d) {
   uint64_t n = 0;
@@ -81,9 +83,20 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   std::string status = "ok";
   if (mpi.is_root()) {
     try {
+      // bench removes and rewrites what is under --dir, so --dir must be its
+      // own: new, empty, or made by an earlier bench (it holds kBenchMarker).
+      check_output_apart({opt.dir, "--dir"}, {{opt.hf_config, "--hf-config"}});
+      std::error_code ec;
+      if (fs::exists(opt.dir) && !fs::is_empty(opt.dir, ec) && !fs::exists(opt.dir / kBenchMarker))
+        throw Error("bench: --dir {} already holds files that bench did not write (it has no {}); "
+                    "bench removes and rewrites its work directory: give a new or empty one",
+                    opt.dir.string(), kBenchMarker);
       fs::create_directories(opt.dir);
+      write_file_atomic(opt.dir / kBenchMarker, "megabridge bench work directory\n");
       if (!fs::exists(hf / "model.safetensors.index.json")) {
+        fs::remove_all(hf);  // an unfinished synthetic checkpoint of an earlier bench
         SynthOptions s;
+        s.config_path = opt.hf_config;
         s.hf_config = json::parse(read_text_file(opt.hf_config));
         s.num_layers = opt.layers;
         s.vision_depth = opt.vision_depth;

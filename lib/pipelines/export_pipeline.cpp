@@ -257,10 +257,14 @@ namespace {
 // rank 0 creates at full size.
 class ExportStep : public Step {
  public:
-  explicit ExportStep(const ExportOptions& opt) : opt_(opt), out_(opt.hf_path) {}
+  explicit ExportStep(const ExportOptions& opt) : opt_(opt), out_(opt.hf_path, "export") {}
 
   // Every rank opens the checkpoint (it is small: the manifest).
-  void open(MpiContext&) override {
+  // Rank 0 first makes sure the output is apart from every input.
+  void open(MpiContext& mpi) override {
+    if (mpi.is_root())
+      out_.check_apart_from(
+          {{opt_.megatron_path, "--megatron-path"}, {opt_.hf_config, "--hf-config"}});
     ForeignCheckpointOptions foreign;
     foreign.hf_config = opt_.hf_config;
     if (opt_.experts) foreign.experts.main = *opt_.experts;
@@ -270,6 +274,7 @@ class ExportStep : public Step {
 
   // Rank 0 keeps its plan for prepare().
   std::string plan(MpiContext& mpi) override {
+    out_.check_apart_from(checkpoint_files(*ck_));
     root_plan_ = build_export_plan(*ck_, opt_, mpi.size());
     const auto packed = json::to_msgpack(to_json(*root_plan_));
     return std::string(packed.begin(), packed.end());
@@ -409,10 +414,15 @@ void ExportStep::commit(MpiContext&) {
                     ck_->manifest.at("model").at("hf_config").dump(2) + "\n");
   for (const auto& f : ck_->source.extra_files) {
     const fs::path from = resolve_inside(ck_->dir / "hf", f, "extra file");
-    if (fs::exists(from))
-      fs::copy_file(from, out_.staging() / f, fs::copy_options::overwrite_existing);
-    else
+    std::string why;
+    if (!is_hf_side_file(f))
+      log::warn("{}: {} is not a known HF side file; not carried into the export", from.string(), f);
+    else if (!fs::exists(fs::symlink_status(from)))
       log::warn("{} is missing; {} is not carried into the export", from.string(), f);
+    else if (!side_file_is_safe(ck_->dir / "hf", f, why))
+      log::warn("{}: {}; not carried into the export", from.string(), why);
+    else
+      copy_regular_file(from, out_.staging() / f);
   }
   out_.commit();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();

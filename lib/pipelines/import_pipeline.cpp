@@ -10,12 +10,14 @@
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "core/path_safety.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "layout/import_plan.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/copy_engine.hpp"
+#include "pipelines/job_config.hpp"
 #include "pipelines/manifest.hpp"
 #include "pipelines/rank_shards.hpp"
 #include "pipelines/read_once.hpp"
@@ -38,11 +40,36 @@ void copy_hf_side_files(const ImportPlan& plan, const fs::path& staging) {
   fs::create_directories(dst);
   write_file_atomic(dst / "config.json", plan.config_json.dump(2) + "\n");
   for (const auto& f : plan.catalog.extra_files)
-    fs::copy_file(resolve_inside(plan.catalog.dir, f, "extra file"), dst / f,
-                  fs::copy_options::overwrite_existing);
+    copy_regular_file(resolve_inside(plan.catalog.dir, f, "extra file"), dst / f);
+}
+
+// Every file the import reads, by name inside the HF directory.
+std::vector<std::string> source_file_names(const HfCatalog& c) {
+  std::vector<std::string> names = {"config.json"};
+  if (c.has_index) names.push_back("model.safetensors.index.json");
+  names.insert(names.end(), c.files.begin(), c.files.end());
+  names.insert(names.end(), c.extra_files.begin(), c.extra_files.end());
+  return names;
+}
+
+// What identifies each source file's contents without reading them (size,
+// mtime, ctime, inode): a resume after any of them changed is refused.
+json source_identities(const HfCatalog& c) {
+  json ids = json::object();
+  for (const auto& name : source_file_names(c)) ids[name] = file_identity(c.dir / name);
+  return ids;
 }
 
 }  // namespace
+
+std::optional<DType> import_cast(const ImportOptions& opt, const ModelConfig& model) {
+  return opt.dtype_model ? std::optional<DType>(model.dtype) : opt.dtype;
+}
+
+void set_import_dtype(ImportOptions& opt, const std::string& value) {
+  opt.dtype_model = value == "model";
+  opt.dtype = opt.dtype_model ? std::nullopt : parse_dtype_option(value);
+}
 
 namespace {
 
@@ -52,7 +79,8 @@ namespace {
 // read-once forwarding.
 class ImportStep : public Step {
  public:
-  ImportStep(const ImportOptions& opt) : opt_(opt), out_(opt.out), dist_(opt.format == "torch_dist") {}
+  ImportStep(const ImportOptions& opt)
+      : opt_(opt), out_(opt.out, "import"), dist_(opt.format == "torch_dist") {}
 
   void open(MpiContext& mpi) override {
     MB_CHECK(opt_.format == "hdf5" || opt_.format == "torch_dist",
@@ -65,10 +93,11 @@ class ImportStep : public Step {
 
   // Rank 0 reads config.json, the index and every header once, and plans.
   std::string plan(MpiContext& mpi) override {
+    out_.check_apart_from({{opt_.hf_path, "--hf-path"}});
     const ModelConfig model = load_model_config(opt_.hf_path / "config.json");
     validate_layout(opt_.layout, model);  // before any tensor I/O
     HfCatalog catalog = read_hf_catalog(opt_.hf_path);
-    PlanRequest req{opt_.layout, opt_.dtype, opt_.strict, mpi.size()};
+    PlanRequest req{opt_.layout, import_cast(opt_, model), opt_.strict, mpi.size()};
     ImportPlan plan = build_import_plan(model, std::move(catalog), req);
     // torch_dist stores each element once: balance by the canonical bytes.
     if (dist_) assign_shards_to_ranks(plan.shards, mpi.size(), /*canonical_only=*/true);
@@ -80,12 +109,19 @@ class ImportStep : public Step {
     fp["ranks"] = dist_ ? mpi.size() : 0;
     const std::string fps = fp.dump();
     fingerprint_ = hash_hex(hash_bytes(fps.data(), fps.size()));
+    // A source file reached through a symlink may live anywhere: the
+    // output must not hold it either.
+    std::vector<NamedPath> files;
+    for (const auto& name : source_file_names(plan.catalog))
+      files.push_back({plan.catalog.dir / name, "source file"});
+    out_.check_apart_from(files);
+    source_ids_ = source_identities(plan.catalog);
     const auto packed = json::to_msgpack(plan_to_json(plan));
     return std::string(packed.begin(), packed.end());
   }
 
   void prepare(MpiContext&) override {
-    if (out_.prepare(opt_.overwrite, opt_.resume, fingerprint_))
+    if (out_.prepare(opt_.overwrite, opt_.resume, fingerprint_, source_ids_))
       log::info("resuming the partial output in {}", out_.staging().string());
     if (dist_) fs::create_directories(out_.staging() / kTorchDistIterDir);
   }
@@ -129,6 +165,14 @@ class ImportStep : public Step {
 
   void commit(MpiContext&) override {
     const Listing l = dist_ ? list_distcp() : list_shards();
+    // A source rewritten while it was read gives an output that is
+    // neither the old checkpoint nor the new one.
+    const json ids_now = source_identities(plan_.catalog);
+    for (const auto& [name, id] : source_ids_.items())
+      MB_CHECK(ids_now.at(name) == id,
+               "source file {} changed while it was being converted; nothing was committed: run "
+               "the import again",
+               (plan_.catalog.dir / name).string());
     copy_hf_side_files(plan_, out_.staging());
     write_file_atomic(out_.staging() / "megatron_config.yaml",
                       megatron_config_yaml(plan_.model, plan_.layout));
@@ -266,6 +310,7 @@ class ImportStep : public Step {
   const bool dist_;
   const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
   std::string fingerprint_;
+  json source_ids_;  // rank 0: the identity of every source file when the job planned
   ImportPlan plan_;
   std::optional<Progress> progress_;
   std::vector<ShardResult> results_;

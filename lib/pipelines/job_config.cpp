@@ -52,7 +52,8 @@ IoMode get_io_mode(const YAML::Node& root, const std::string& file) {
 std::optional<DType> parse_dtype_option(const std::string& s) {
   if (s.empty() || s == "keep" || s == "auto" || s == "source") return std::nullopt;
   auto t = dtype_from_user(s);
-  MB_CHECK(t && dtype_is_castable(*t), "unknown dtype '{}' (expected keep, bf16, fp16 or fp32)", s);
+  MB_CHECK(t && dtype_is_castable(*t),
+           "unknown dtype '{}' (expected keep, bf16, fp16 or fp32; import also takes model)", s);
   return t;
 }
 
@@ -86,7 +87,7 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
     if (p["last_stage_layers"])
       o.layout.last_stage_layers = get<uint64_t>(p, "last_stage_layers", file);
   }
-  if (root["dtype"]) o.dtype = parse_dtype_option(get<std::string>(root, "dtype", file));
+  if (root["dtype"]) set_import_dtype(o, get<std::string>(root, "dtype", file));
   if (root["buffer_mb"]) o.buffer_bytes = get<uint64_t>(root, "buffer_mb", file) << 20;
   if (root["strict"]) o.strict = get<bool>(root, "strict", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);

@@ -86,6 +86,13 @@ void adopt_stored_dtypes(MegatronCheckpoint& ck) {
 }
 }  // namespace
 
+std::vector<NamedPath> checkpoint_files(const MegatronCheckpoint& ck) {
+  std::vector<NamedPath> out = {{ck.dir, "--megatron-path"}, {ck.dir / "hf", "HF side directory"}};
+  for (const auto& f : ck.manifest.at("files"))
+    out.push_back({ck.dir / f.at("path").get<std::string>(), "shard file"});
+  return out;
+}
+
 bool is_torch_dist_dir(const fs::path& dir) {
   if (fs::exists(dir / kManifestName)) {
     try {
@@ -206,6 +213,12 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
       problems.push_back(fmt::format("{} is missing", path.string()));
       continue;
     }
+    try {
+      require_regular_file(path, "shard file");
+    } catch (const std::exception& e) {
+      problems.push_back(e.what());
+      continue;
+    }
     if (fs::file_size(path) != f.at("bytes").get<uint64_t>())
       problems.push_back(fmt::format("{} has {} bytes but the manifest recorded {}: truncated or replaced",
                                      path.string(), fs::file_size(path), f.at("bytes").get<uint64_t>()));
@@ -272,6 +285,7 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
     if (f.at("path").get<std::string>() == name) entry = &f;
   try {
     MB_CHECK(fs::exists(path), "shard file {} is missing", path.string());
+    require_regular_file(path, "shard file");
     MB_CHECK(entry != nullptr, "{} is not listed in the manifest", path.string());
     MB_CHECK(fs::file_size(path) == entry->at("bytes").get<uint64_t>(),
              "{} has {} bytes but the manifest recorded {}: truncated or replaced", path.string(),

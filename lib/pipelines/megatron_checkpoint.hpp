@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/path_safety.hpp"
+
 #include "core/direct_io.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
@@ -49,6 +51,10 @@ struct ForeignCheckpointOptions {
 // manifest is malformed or inconsistent with the model it describes.
 MegatronCheckpoint open_megatron_checkpoint(const std::filesystem::path& dir,
                                             const ForeignCheckpointOptions* foreign = nullptr);
+
+// The paths a command reading `ck` depends on (its directory, its manifest's
+// data files, its HF side directory), for check_output_apart.
+std::vector<NamedPath> checkpoint_files(const MegatronCheckpoint& ck);
 
 // True for a directory holding a torch_dist checkpoint (a megabridge one, or
 // any with latest_checkpointed_iteration.txt / iter_*/.metadata / .metadata).

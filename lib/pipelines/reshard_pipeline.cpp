@@ -67,11 +67,16 @@ ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout
 // source's export index; the source the old shards; the sink HDF5 shards.
 class ReshardStep : public Step {
  public:
-  explicit ReshardStep(const ReshardOptions& opt) : opt_(opt), out_(opt.out) {}
+  explicit ReshardStep(const ReshardOptions& opt) : opt_(opt), out_(opt.out, "reshard") {}
 
-  void open(MpiContext&) override { ck_ = open_megatron_checkpoint(opt_.src); }
+  // Rank 0 first makes sure the output is apart from the source.
+  void open(MpiContext& mpi) override {
+    if (mpi.is_root()) out_.check_apart_from({{opt_.src, "--megatron-path"}});
+    ck_ = open_megatron_checkpoint(opt_.src);
+  }
 
   std::string plan(MpiContext& mpi) override {
+    out_.check_apart_from(checkpoint_files(*ck_));
     const json plan = plan_to_json(build_reshard_plan(*ck_, opt_.layout, mpi.size()));
     // What must match for a partial output to be resumed: the target plan's
     // inputs and the source's files (their checksums, from its manifest).
@@ -80,6 +85,14 @@ class ReshardStep : public Step {
     fp["source_files"] = ck_->manifest.value("files", json());
     const std::string fps = fp.dump();
     fingerprint_ = hash_hex(hash_bytes(fps.data(), fps.size()));
+    // --resume also needs the source files unchanged on disk (size, mtime,
+    // ctime, inode), as import does: a rewritten shard may keep its name.
+    source_ids_ = json::object();
+    source_ids_[kManifestName] = file_identity(ck_->dir / kManifestName);
+    for (const auto& f : ck_->manifest.at("files")) {
+      const std::string name = f.at("path").get<std::string>();
+      source_ids_[name] = file_identity(ck_->dir / name);
+    }
     const auto packed = json::to_msgpack(plan);
     return std::string(packed.begin(), packed.end());
   }
@@ -89,7 +102,7 @@ class ReshardStep : public Step {
   }
 
   void prepare(MpiContext&) override {
-    if (out_.prepare(opt_.overwrite, opt_.resume, fingerprint_))
+    if (out_.prepare(opt_.overwrite, opt_.resume, fingerprint_, source_ids_))
       log::info("resuming the partial output in {}", out_.staging().string());
   }
 
@@ -128,8 +141,18 @@ class ReshardStep : public Step {
   void commit(MpiContext&) override {
     // The HF side (config, tokenizer files, source description) carries over.
     fs::create_directories(out_.staging() / "hf");
-    for (const auto& e : fs::directory_iterator(ck_->dir / "hf"))
-      fs::copy_file(e.path(), out_.staging() / "hf" / e.path().filename());
+    // Only config.json and the known side files, each a regular file.
+    for (const auto& e : fs::directory_iterator(ck_->dir / "hf")) {
+      const std::string name = e.path().filename().string();
+      std::string why;
+      if (name != "config.json" && !is_hf_side_file(name)) {
+        log::warn("{}: not a known HF side file; not carried into the output", e.path().string());
+      } else if (!side_file_is_safe(ck_->dir / "hf", name, why)) {
+        log::warn("{}: {}; not carried into the output", e.path().string(), why);
+      } else {
+        copy_regular_file(e.path(), out_.staging() / "hf" / name);
+      }
+    }
     write_file_atomic(out_.staging() / "megatron_config.yaml",
                       megatron_config_yaml(plan_.model, plan_.layout));
     const json manifest =
@@ -162,6 +185,7 @@ class ReshardStep : public Step {
   const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
   std::optional<MegatronCheckpoint> ck_;
   std::string fingerprint_;
+  json source_ids_;  // rank 0: each source file's identity when the job planned
   ImportPlan plan_;
   std::optional<Progress> progress_;
   std::vector<ShardResult> results_;

@@ -9,6 +9,7 @@
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "formats/safetensors/safetensors_writer.hpp"
+#include "pipelines/staged_output.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -92,7 +93,12 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
     files.back().push_back(i);
     fill += b;
   }
-  fs::create_directories(o.out);
+  // Staged and locked like the other commands' outputs; never written into a
+  // directory that already holds files (there is no --overwrite here).
+  const StagedOutput out(o.out, "synth");
+  out.check_apart_from({{o.config_path, "--hf-config"}});
+  out.prepare(/*overwrite=*/false);
+  const fs::path dir = out.staging();
   const size_t nf = files.size();
   json weight_map = json::object();
   SynthResult result;
@@ -101,7 +107,7 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
     const std::string name = fmt::format("model.safetensors-{:05d}-of-{:05d}.safetensors", f + 1, nf);
     std::vector<SafetensorsEntry> entries;
     for (size_t i : files[f]) entries.push_back({schema[i].name, schema[i].dtype, schema[i].shape, 0, 0});
-    SafetensorsWriter w(o.out / (name + ".tmp"), entries);
+    SafetensorsWriter w(dir / (name + ".tmp"), entries);
     for (size_t k = 0; k < w.entries().size(); ++k) {
       const SafetensorsEntry& e = w.entries()[k];
       const bool near_one = e.name.find("linear_attn.norm.weight") != std::string::npos;
@@ -118,15 +124,16 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
       ++result.tensors;
     }
     w.finish();
-    fs::rename(o.out / (name + ".tmp"), o.out / name);
+    fs::rename(dir / (name + ".tmp"), dir / name);
     log::info("synth: wrote {} ({} tensors)", name, w.entries().size());
   }
   result.files = nf;
   const json index = {{"metadata", {{"total_size", result.bytes}}}, {"weight_map", weight_map}};
-  write_file_atomic(o.out / "model.safetensors.index.json", index.dump(2) + "\n");
-  write_file_atomic(o.out / "config.json", cfg.dump(2) + "\n");
-  write_file_atomic(o.out / "generation_config.json",
+  write_file_atomic(dir / "model.safetensors.index.json", index.dump(2) + "\n");
+  write_file_atomic(dir / "config.json", cfg.dump(2) + "\n");
+  write_file_atomic(dir / "generation_config.json",
                     json{{"_from_model_config", true}, {"do_sample", true}}.dump(2) + "\n");
+  out.commit();
   return result;
 }
 

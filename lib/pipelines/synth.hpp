@@ -22,7 +22,8 @@ struct SynthOptions {
   uint64_t max_shard_bytes = 5ull << 30;   // the official checkpoints use about 5 GB
   uint64_t seed = 1;
   uint64_t buffer_bytes = 64ull << 20;
-  std::filesystem::path out;
+  std::filesystem::path out;               // must be new or empty; written staged, like every output
+  std::filesystem::path config_path;       // where hf_config came from: the output must not hold it
 };
 
 struct SynthResult {

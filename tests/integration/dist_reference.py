@@ -4,7 +4,8 @@ Takes the TP1·PP1·EP1 tensors of qwen35_reference (full Megatron tensors, chec
 against the HF checkpoint) and applies, in Python, the key rules of Megatron-Core's
 sharded_state_dict for Qwen3.5 (spec megatron-checkpoint-format.md §4): GDN
 in_proj / conv1d split into components, experts stacked on a leading axis, the
-vision decoder stacked on a layer axis, the MTP layer under `transformer_layer`.
+vision decoder stacked on a layer axis, the MTP layer under `transformer_layer`,
+routed experts under `mlp.experts.experts.` (TEGroupedMLP's own prefix).
 """
 
 import re
@@ -26,9 +27,11 @@ def expected_keys(hf_dir):
     for name, v in local.items():
         key = v["global_name"].replace(".mtp_model_layer.", ".transformer_layer.")
         data = v["data"]
-        m = re.match(r"^(.*\.mlp\.experts\.linear_fc[12]\.weight)(\d+)$", key)
+        # TEGroupedMLP sits at `mlp.experts` and checkpoints its grouped linears
+        # as `experts.linear_fc{1,2}` under its own prefix: `experts` twice.
+        m = re.match(r"^(.*\.mlp\.experts\.)(linear_fc[12]\.weight)(\d+)$", key)
         if m:
-            experts.setdefault(m.group(1), {})[int(m.group(2))] = data
+            experts.setdefault(m.group(1) + "experts." + m.group(2), {})[int(m.group(3))] = data
             continue
         m = re.match(r"^vision_model\.decoder\.layers\.(\d+)\.(.*)$", key)
         if m:
@@ -52,8 +55,8 @@ def expected_keys(hf_dir):
 TE_MODULES = ["self_attention.in_proj", "self_attention.out_proj", "self_attention.out_norm",
               "self_attention.linear_qkv", "self_attention.linear_proj", "self_attention.q_layernorm",
               "self_attention.k_layernorm", "mlp.linear_fc1", "mlp.linear_fc2", "pre_mlp_layernorm",
-              "mlp.shared_experts.linear_fc1", "mlp.shared_experts.linear_fc2", "mlp.experts.linear_fc1",
-              "mlp.experts.linear_fc2", "final_layernorm",
+              "mlp.shared_experts.linear_fc1", "mlp.shared_experts.linear_fc2", "mlp.experts.experts.linear_fc1",
+              "mlp.experts.experts.linear_fc2", "final_layernorm",
               "eh_proj", "enorm", "hnorm", "merger.linear_fc1", "merger.linear_fc2", "merger.patch_norm"]
 
 
@@ -68,7 +71,7 @@ def expected_objects(keys, ref):
         module = re.sub(r"\.weight(\.\w+)?$", "", key)
         if not any(module.endswith("." + m) or module == m for m in TE_MODULES):
             continue
-        if ".mlp.experts.linear_fc" in module:
+        if ".mlp.experts.experts.linear_fc" in module:
             objs.update(f"{module}._extra_state/shard_{e}_{experts}" for e in range(experts))
         elif module.startswith("vision_model.decoder.layers."):
             objs.update(f"{module}._extra_state/shard_{j}_{depth}" for j in range(depth))

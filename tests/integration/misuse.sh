@@ -94,7 +94,7 @@ run export --quiet --no-verify-checksums --megatron-path "$work/flipped" --hf-pa
 
 # Refuses to replace an existing output unless --overwrite.
 expect 2 "already holds files; pass --overwrite" -- run import --hf-path "$fixture" --out "$work/meg" --tp 2
-expect 2 "already holds files; pass --overwrite" -- run export --megatron-path "$work/meg" --hf-path "$work/meg"
+expect 2 "output .*/meg is the same path as --megatron-path" -- run export --megatron-path "$work/meg" --hf-path "$work/meg"
 
 # Bad layouts are refused before any I/O, naming the values.
 expect 2 "num_attention_heads = 8 is not divisible by TP = 3" -- run import --hf-path "$fixture" --out "$work/x7" --tp 3

@@ -8,7 +8,9 @@
 #   3./4. SIGKILL of a rank in the middle step (an import; a reshard), then --resume: the finished step is
 #      skipped (one line), the killed import resumes keeping its committed
 #      shards, the last step runs; the result is byte-identical to an
-#      uninterrupted import and passes the independent reference check.
+#      uninterrupted import and passes the independent reference check;
+#   5. a reshard step's --resume after a source shard was rewritten is refused
+#      (resume identity, docs/operations.md "What is safe"), its partial output kept.
 #   pipeline_failures.sh BIN PYTHON DATA_DIR
 set -euo pipefail
 bin="$1" python="$2" data="$3"
@@ -138,3 +140,25 @@ grep -q "\[3/4 reshard\] resume: keeping" <<<"$log" || { echo "$log"; fail "the 
 for f in "$work"/direct-pp4/*.h5; do cmp "$f" "$work/k2/$(basename "$f")"; done
 "$python" "$here/compare_hf.py" "$fixture" "$work/k3"
 echo "ok: after SIGKILL in the reshard step, --resume kept $(grep -c 'resume: keeping' <<<"$log") shard(s); shards identical to a direct import, export identical to the fixture"
+
+# --- 5. --resume after a source shard changed ---------------------------------------
+cat >"$work/c.yaml" <<YAML
+steps:
+  - reshard: {megatron_path: $work/k1, out: $work/c1, pp: 2}
+YAML
+set +e
+MEGABRIDGE_TEST_FAIL=1:1 "${mpi[@]}" "$bin" run "$work/c.yaml" >"$work/c.log" 2>&1
+code=$?
+set -e
+[ "$code" -ne 0 ] && [ -d "$work/c1.partial" ] && [ ! -e "$work/c1" ] || { cat "$work/c.log"; fail "the injected failure left no partial output (exit $code)"; }
+shard="$(ls "$work"/k1/*.h5 | head -1)"
+touch -d '2020-01-01' "$shard"  # same bytes, new identity: as a rewrite in place
+set +e
+log="$("${mpi[@]}" "$bin" run --resume "$work/c.yaml" 2>&1)"
+code=$?
+set -e
+[ "$code" -eq 2 ] || { echo "$log"; fail "--resume after a source change: exit $code"; }
+grep -q "\[1/1 reshard\] .*cannot resume $work/c1.partial: source file $(basename "$shard") changed" <<<"$log" ||
+  { echo "$log"; fail "no resume-identity error naming the shard"; }
+[ -d "$work/c1.partial" ] && [ ! -e "$work/c1" ] || fail "the refused resume touched the partial output"
+echo "ok: a pipeline reshard step's --resume is refused after a source shard changed"

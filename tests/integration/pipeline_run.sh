@@ -4,7 +4,8 @@
 #      import and the reshard checked tensor by tensor against the independent
 #      numpy reference (check_import.py), the export byte for byte against the
 #      original (compare_hf.py); log lines name the step; every output carries
-#      its step stamp;
+#      its step stamp, listed in its ownership record (.megabridge-output.json);
+#      a step may overwrite its own output, and may not write inside its input;
 #   2. --dry-run: every step expanded, plan summaries, nothing created;
 #   3. schema errors: every problem with file:line, exit 2, nothing run;
 #   4. --config for verify and reshard (one-step files), flags overriding them;
@@ -56,6 +57,39 @@ assert len(j["fingerprint"]) == 16 and j["command"] in ("import", "reshard", "ex
   [ ! -e "$work/$d.partial" ] || fail "$d.partial left behind"
 done
 echo "ok: import -> verify -> reshard -> export -> verify in one launch, export byte-identical to the fixture"
+
+# --- 1b. a step's output is megabridge's like a command's -------------------------
+# Each committed output's ownership record lists the step stamp (else --overwrite
+# would refuse the pipeline's own output), a step may overwrite it, and a step
+# whose output lies inside its input is refused before anything is created.
+for d in meg meg-tp4 meg-hf; do
+  "$python" -c '
+import json, sys
+m = json.load(open(sys.argv[1] + "/.megabridge-output.json"))
+assert m["tool"] == "megabridge" and m["command"] in ("import", "reshard", "export"), m
+assert m["entries"].get(".megabridge-step.json") == "file", sorted(m["entries"])
+' "$work/$d" || fail "$d: its .megabridge-output.json does not list the step stamp"
+done
+cat >"$work/again.yaml" <<YAML
+steps:
+  - reshard: {megatron_path: "$work/meg", out: "$work/meg-tp4", tp: 4, ep: 8, etp: 4, overwrite: true}
+YAML
+"${mpi[@]}" "$bin" run "$work/again.yaml" >"$work/again.log" 2>&1 ||
+  { cat "$work/again.log"; fail "overwrite: true refused the pipeline's own output"; }
+"$python" "$here/check_import.py" "$fixture" "$work/meg-tp4" --tp 4 --ep 8 --etp 4
+cat >"$work/inside.yaml" <<YAML
+steps:
+  - reshard: {megatron_path: "$work/meg", out: "$work/meg/inside", tp: 4, ep: 8, etp: 4}
+YAML
+before="$(cd "$work/meg" && find . | sort)"
+set +e
+out="$("${mpi[@]}" "$bin" run "$work/inside.yaml" 2>&1)"
+code=$?
+set -e
+[ "$code" -eq 2 ] || { echo "$out"; fail "a step writing inside its input: exit $code"; }
+grep -q "refusing to write: output .* lies inside --megatron-path\|refusing to write" <<<"$out" || { echo "$out"; fail "no containment error"; }
+[ "$before" = "$(cd "$work/meg" && find . | sort)" ] || fail "the input changed"
+echo "ok: step outputs carry an ownership record listing their stamp; overwrite: true replaces them; containment holds in a step"
 
 # --- 2. --dry-run ---------------------------------------------------------------
 sed "s|$work/meg|$work/dry|g" "$work/p.yaml" >"$work/dry.yaml"

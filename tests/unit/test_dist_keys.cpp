@@ -72,15 +72,20 @@ TEST(DistKeys, SpecKeysAndShapes) {
   EXPECT_EQ(shape(L0 + "self_attention.conv1d.weight.key"), (Shape{2048, 1, 4}));
   EXPECT_EQ(shape(L0 + "self_attention.A_log"), (Shape{32}));
   EXPECT_EQ(shape(L3 + "self_attention.linear_qkv.weight"), (Shape{9216, 2048}));
-  EXPECT_EQ(shape(L0 + "mlp.experts.linear_fc1.weight"), (Shape{16, 1024, 2048}));
-  EXPECT_EQ(shape(L0 + "mlp.experts.linear_fc2.weight"), (Shape{16, 2048, 512}));
+  EXPECT_EQ(shape(L0 + "mlp.experts.experts.linear_fc1.weight"), (Shape{16, 1024, 2048}));
+  EXPECT_EQ(shape(L0 + "mlp.experts.experts.linear_fc2.weight"), (Shape{16, 2048, 512}));
+  // TEGroupedMLP's own `experts.` under the MoE layer's `experts.` (megatron-core 0.19.2).
+  EXPECT_EQ(mf.shapes.count(L0 + "mlp.experts.linear_fc1.weight"), 0u);
+  const std::string M = "language_model.mtp.layers.0.transformer_layer.";
+  EXPECT_EQ(shape(M + "mlp.experts.experts.linear_fc2.weight"), (Shape{16, 2048, 512}));
+  EXPECT_TRUE(mf.objects.count(M + "mlp.experts.experts.linear_fc2._extra_state/shard_15_16"));
   EXPECT_EQ(shape(L0 + "mlp.shared_experts.linear_fc1.weight"), (Shape{1024, 2048}));
   EXPECT_EQ(shape("language_model.mtp.layers.0.transformer_layer.self_attention.linear_qkv.weight"),
             (Shape{9216, 2048}));
   EXPECT_EQ(shape("language_model.mtp.layers.0.eh_proj.weight"), (Shape{2048, 4096}));
   EXPECT_EQ(shape("vision_model.decoder.layers.self_attention.linear_qkv.weight"), (Shape{2, 3456, 1152}));
   EXPECT_EQ(shape("language_model.embedding.word_embeddings.weight"), (Shape{248320, 2048}));
-  EXPECT_TRUE(mf.objects.count(L0 + "mlp.experts.linear_fc1._extra_state/shard_5_16"));
+  EXPECT_TRUE(mf.objects.count(L0 + "mlp.experts.experts.linear_fc1._extra_state/shard_5_16"));
   EXPECT_TRUE(mf.objects.count(L0 + "self_attention.in_proj._extra_state/shard_0_1"));
   EXPECT_TRUE(mf.objects.count("vision_model.decoder.layers.self_attention.linear_qkv._extra_state/shard_1_2"));
   EXPECT_TRUE(mf.objects.count("language_model.mtp.layers.0.transformer_layer.mlp.shared_experts.linear_fc1._extra_state/shard_0_1"));

@@ -92,3 +92,21 @@ TEST(JobConfig, SizesAndDtypes) {
   EXPECT_EQ(*parse_dtype_option("fp32"), DType::F32);
   EXPECT_THROW(parse_dtype_option("int8"), std::exception);
 }
+
+// `dtype: model` / --dtype model: every float tensor in config.json's dtype (Megatron-Bridge's
+// params dtype); a later --dtype replaces it.
+TEST(JobConfig, DtypeModel) {
+  TempDir d;
+  write_bytes(d.path / "m.yaml", "source: {hf_path: /in}\ndtype: model\n");
+  ImportOptions o = load_import_job(d.path / "m.yaml");
+  EXPECT_TRUE(o.dtype_model);
+  ModelConfig m;
+  m.dtype = DType::F16;
+  EXPECT_EQ(import_cast(o, m), std::optional<DType>(DType::F16));
+  set_import_dtype(o, "fp32");  // the command line overrides the job file
+  EXPECT_FALSE(o.dtype_model);
+  EXPECT_EQ(import_cast(o, m), std::optional<DType>(DType::F32));
+  set_import_dtype(o, "keep");
+  EXPECT_EQ(import_cast(o, m), std::nullopt);
+  EXPECT_THROW(set_import_dtype(o, "models"), std::exception);
+}

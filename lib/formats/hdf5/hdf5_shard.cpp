@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "core/hash.hpp"
 #include "core/nd_box.hpp"
+#include "core/path_safety.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -385,6 +386,8 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
   MB_HDF5_LOCK;
   silence_hdf5();
   MB_CHECK(fs::exists(path), "shard file {} does not exist", path.string());
+  // HDF5 opens with a blocking open(2): a FIFO would hang every rank.
+  require_regular_file(path, "shard file");
   file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   MB_CHECK(file_ >= 0, "{} is not a readable HDF5 file", path.string());
   const std::string where = path.string();

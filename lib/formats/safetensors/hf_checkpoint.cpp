@@ -4,6 +4,8 @@
 #include <cmath>
 #include <set>
 
+#include <fmt/ranges.h>
+
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/log.hpp"
@@ -20,6 +22,46 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 }  // namespace
+
+bool is_hf_side_file(const std::string& name) {
+  static const std::set<std::string> known = {
+      "tokenizer.json",          "tokenizer.model",       "tokenizer_config.json",
+      "vocab.json",              "vocab.txt",             "merges.txt",
+      "special_tokens_map.json", "added_tokens.json",     "generation_config.json",
+      "chat_template.json",      "chat_template.jinja",   "preprocessor_config.json",
+      "processor_config.json",   "video_preprocessor_config.json"};
+  return known.count(name) > 0;
+}
+
+bool side_file_is_safe(const fs::path& dir, const std::string& name, std::string& why) {
+  std::error_code ec;
+  const fs::path p = dir / name;
+  const fs::file_status own = fs::symlink_status(p, ec);
+  if (fs::is_regular_file(own)) return true;
+  if (!fs::is_symlink(own)) {
+    why = "not a regular file";
+    return false;
+  }
+  const fs::path real = fs::canonical(p, ec);
+  if (ec || !fs::is_regular_file(fs::status(real, ec))) {
+    why = "a symlink to something that is not a regular file";
+    return false;
+  }
+  const fs::path home = fs::canonical(dir, ec);
+  const auto inside = [&](const fs::path& d) {
+    auto ir = real.begin();
+    for (auto id = d.begin(); id != d.end(); ++id, ++ir)
+      if (ir == real.end() || *ir != *id) return false;
+    return true;
+  };
+  if (inside(home)) return true;
+  // The HF hub cache: <repo>/snapshots/<rev>/<name> -> ../../blobs/<hash>.
+  if (home.parent_path().filename() == "snapshots" && real.parent_path().filename() == "blobs" &&
+      real.parent_path().parent_path() == home.parent_path().parent_path())
+    return true;
+  why = fmt::format("a symlink to {}, outside the checkpoint", real.string());
+  return false;
+}
 
 const HfTensor* HfCatalog::find(const std::string& name) const {
   auto it = std::lower_bound(tensors.begin(), tensors.end(), name,
@@ -145,18 +187,30 @@ HfCatalog read_hf_catalog(const fs::path& dir) {
     log::warn("{}: metadata.total_size is {} but the tensors hold {} bytes", index_path.string(),
               *c.declared_total_size, c.total_bytes());
 
+  std::vector<std::string> left;  // files that are not carried into an output
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
-    if (!e.is_regular_file() || name.empty() || name[0] == '.') continue;
+    if (name.empty() || name[0] == '.') continue;
     if (ends_with(name, ".safetensors")) {
-      if (std::find(c.files.begin(), c.files.end(), name) == c.files.end())
+      if (e.is_regular_file() && std::find(c.files.begin(), c.files.end(), name) == c.files.end())
         log::warn("{}: {} is not referenced by {}; ignoring it", dir.string(), name, kIndexName);
       continue;
     }
     if (name == kIndexName || name == "config.json") continue;
-    c.extra_files.push_back(name);
+    if (!is_hf_side_file(name)) {
+      if (!e.is_directory()) left.push_back(name);
+      continue;
+    }
+    std::string why;
+    if (side_file_is_safe(dir, name, why))
+      c.extra_files.push_back(name);
+    else
+      log::warn("{}: not copying {}: {}", dir.string(), name, why);
   }
   std::sort(c.extra_files.begin(), c.extra_files.end());
+  std::sort(left.begin(), left.end());
+  if (!left.empty())
+    log::debug("{}: not HF side files, not copied: {}", dir.string(), fmt::join(left, ", "));
   return c;
 }
 

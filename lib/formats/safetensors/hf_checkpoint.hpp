@@ -37,14 +37,27 @@ struct HfCatalog {
   std::vector<HfTensor> tensors;   // sorted by name
   bool has_index = false;
   std::optional<uint64_t> declared_total_size;
-  // Non-weight files a HF model directory carries (tokenizer, generation
-  // config, chat template, ...), relative to dir.
+  // The known HF side files the directory carries (is_hf_side_file), each a
+  // regular file inside dir, relative to dir. Nothing else is copied.
   std::vector<std::string> extra_files;
 
   const HfTensor* find(const std::string& name) const;
   uint32_t id(const std::string& name) const;  // throws if absent
   uint64_t total_bytes() const;
 };
+
+// The known HF side files, by name: the tokenizer and its config
+// (tokenizer.json, tokenizer.model, tokenizer_config.json), vocab.json,
+// merges.txt, special_tokens_map.json, added_tokens.json,
+// generation_config.json, chat_template.json / .jinja, and the
+// preprocessor, processor and video preprocessor configs.
+bool is_hf_side_file(const std::string& name);
+
+// Whether `dir`/`name` may be copied as a side file: a regular file inside
+// `dir`, or a symlink to one, or (the HF hub cache layout,
+// snapshots/<rev>/name -> ../../blobs/<hash>) to a blob of the same repo.
+// Otherwise `why` says what it is.
+bool side_file_is_safe(const std::filesystem::path& dir, const std::string& name, std::string& why);
 
 // Reads the index (or the single model.safetensors) and every shard header.
 // Errors name the file and tensor: a weight_map entry pointing outside `dir`,

@@ -1,0 +1,45 @@
+#include "model/bridge_run_config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include "model/megatron_config.hpp"
+
+namespace mb {
+
+std::string bridge_run_config_yaml(const ModelConfig& m, const ParallelLayout& l) {
+  YAML::Emitter y;
+  y << YAML::Comment(
+           "Written by megabridge: the parts of Megatron-Bridge's run configuration that its\n"
+           "checkpoint loader reads (not a complete ConfigContainer); the model configuration\n"
+           "derived from config.json is under `megabridge`")
+    << YAML::Newline;
+  y << YAML::BeginMap;
+  y << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "provider" << YAML::Value
+    << (std::string("megatron.bridge.models.qwen_vl.qwen35_vl_provider.") +
+        (m.is_moe() ? "Qwen35VLMoEModelProvider" : "Qwen35VLModelProvider"));
+  y << YAML::Key << "tensor_model_parallel_size" << YAML::Value << l.tp;
+  y << YAML::Key << "pipeline_model_parallel_size" << YAML::Value << l.pp;
+  y << YAML::Key << "expert_model_parallel_size" << YAML::Value << l.ep;
+  y << YAML::Key << "expert_tensor_parallel_size" << YAML::Value << l.etp;
+  if (l.first_stage_layers)
+    y << YAML::Key << "num_layers_in_first_pipeline_stage" << YAML::Value << *l.first_stage_layers;
+  if (l.last_stage_layers)
+    y << YAML::Key << "num_layers_in_last_pipeline_stage" << YAML::Value << *l.last_stage_layers;
+  y << YAML::Key << "bf16" << YAML::Value << (m.dtype == DType::BF16);
+  y << YAML::Key << "fp16" << YAML::Value << (m.dtype == DType::F16);
+  y << YAML::EndMap;
+  // As Megatron-Bridge's save_megatron_model (import_ckpt) writes them: weights only.
+  y << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap;
+  y << YAML::Key << "ckpt_format" << YAML::Value << "torch_dist";
+  y << YAML::Key << "save_optim" << YAML::Value << false;
+  y << YAML::Key << "save_rng" << YAML::Value << false;
+  y << YAML::Key << "fully_parallel_save" << YAML::Value << true;
+  y << YAML::Key << "dist_ckpt_optim_fully_reshardable" << YAML::Value << true;
+  y << YAML::EndMap;
+  y << YAML::Key << "megabridge" << YAML::Value << YAML::Load(megatron_config_yaml(m, l));
+  y << YAML::EndMap;
+  return std::string(y.c_str()) + "\n";
+}
+
+}  // namespace mb
