@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -20,6 +21,9 @@
 #include "dist/mpi_context.hpp"
 #include "pipelines/export_pipeline.hpp"
 #include "pipelines/import_pipeline.hpp"
+#include "pipelines/plan_report.hpp"
+#include "pipelines/read_once.hpp"
+#include "pipelines/reshard_pipeline.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/synth.hpp"
 
@@ -73,11 +77,22 @@ json measure(MpiContext& mpi, const std::function<int()>& phase, double& wall, i
   return all;
 }
 
+// The reshard phase's target: what was asked, else a layout that moves
+// every tensor (TP2 from TP1·PP1·EP1, TP1·PP1·EP1 from anything else).
+ParallelLayout bench_reshard_layout(const BenchOptions& opt) {
+  if (opt.reshard_layout) return *opt.reshard_layout;
+  const ParallelLayout& l = opt.layout;
+  ParallelLayout t;
+  if (l.tp == 1 && l.pp == 1 && l.ep == 1 && l.etp == 1) t.tp = 2;
+  return t;
+}
+
 std::string gb(uint64_t b) { return fmt::format("{:.2f}", static_cast<double>(b) / 1e9); }
 }  // namespace
 
 int run_bench(const BenchOptions& opt, MpiContext& mpi) {
-  const fs::path hf = opt.dir / "hf", cp = opt.dir / "cp", meg = opt.dir / "meg", back = opt.dir / "back";
+  const fs::path hf = opt.dir / "hf", cp = opt.dir / "cp", meg = opt.dir / "meg", back = opt.dir / "back",
+                 resh = opt.dir / "resh";
   std::string status = "ok";
   if (mpi.is_root()) {
     try {
@@ -91,7 +106,7 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
         log::info("bench: writing the synthetic checkpoint to {}", hf.string());
         synthesize_checkpoint(s);
       }
-      for (const auto& p : {cp, meg, back}) fs::remove_all(p);
+      for (const auto& p : {cp, meg, back, resh}) fs::remove_all(p);
       if (opt.cold) {
         try {
           drop_page_cache();
@@ -114,10 +129,12 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   const auto level = log::level();
   log::set_level(log::Level::Warn);
 
-  double cp_wall = 0, imp_wall = 0, exp_wall = 0;
+  double cp_wall = 0, dio_wall = 0, imp_wall = 0, exp_wall = 0, rsh_wall = 0;
   int code = 0;
-  // The floor: the same bytes copied by cp on the same filesystem, flushed
-  // like our outputs are (we fsync every file we write).
+  // The storage floor, two ways: the same bytes copied on the same
+  // filesystem by `cp -r` (through the page cache, then sync, since we fsync
+  // what we write) and by a direct-I/O copy (direct_copy_tree: O_DIRECT both
+  // ways, 64 MiB requests, fsync). Phases are judged against the faster.
   const json cp_stats = measure(
       mpi,
       [&] {
@@ -131,6 +148,27 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
     fs::remove_all(cp);
     MB_CHECK(std::system("sync") == 0, "bench: sync failed");
   }
+  bool dio_direct = true;
+  std::string dio_error;
+  const json dio_stats = measure(
+      mpi,
+      [&] {
+        if (!mpi.is_root()) return 0;
+        try {
+          direct_copy_tree(hf, cp, 64ull << 20, &dio_direct);
+          return 0;
+        } catch (const std::exception& e) {
+          dio_error = e.what();
+          return 1;
+        }
+      },
+      dio_wall, code, opt.cold);
+  MB_CHECK(code == 0, "bench: direct copy failed: {}", dio_error);
+  if (mpi.is_root()) {
+    fs::remove_all(cp);
+    MB_CHECK(std::system("sync") == 0, "bench: sync failed");
+  }
+  const double floor_wall = std::min(cp_wall, dio_wall);
 
   ImportOptions io;
   io.hf_path = hf;
@@ -152,26 +190,50 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   eo.io = opt.io;
   const json exp_stats = measure(mpi, [&] { return run_export(eo, mpi); }, exp_wall, code, opt.cold);
   MB_CHECK(code == 0, "bench: export failed");
+  if (mpi.is_root()) {
+    if (!opt.keep) fs::remove_all(back);  // not needed any more: keeps the disk use lower
+    MB_CHECK(std::system("sync") == 0, "bench: sync failed");
+  }
+  ReshardOptions ro;
+  ro.src = meg;
+  ro.out = resh;
+  ro.layout = bench_reshard_layout(opt);
+  ro.buffer_bytes = opt.buffer_bytes;
+  ro.device = opt.device;
+  ro.io = opt.io;
+  const json rsh_stats = measure(mpi, [&] { return run_reshard(ro, mpi); }, rsh_wall, code, opt.cold);
+  MB_CHECK(code == 0, "bench: reshard failed");
   log::set_level(level);
 
   if (mpi.is_root()) {
     const uint64_t hf_bytes = dir_bytes(hf), meg_bytes = dir_bytes(meg);
+    uint64_t planned_reads = 0;
     std::string out = fmt::format(
         "bench: {} ({} layers), HF {} GB, Megatron {} GB; {} ranks, {}, {}{}, buffer {} MiB, device {}, "
-        "I/O {}, page cache {}\n",
+        "I/O {}, page cache {}; reshard to {}\n",
         opt.hf_config.filename().string(), opt.layers, gb(hf_bytes), gb(meg_bytes), mpi.size(),
         opt.layout.describe(), opt.format, opt.read_once ? " read-once" : "", opt.buffer_bytes >> 20,
-        opt.device, io_mode_name(opt.io), opt.cold ? "dropped before each phase" : "warm");
-    out += "phase      wall s    GB/s  x cp\n";
+        opt.device, io_mode_name(opt.io), opt.cold ? "dropped before each phase" : "warm",
+        ro.layout.describe());
+    out += fmt::format(
+        "storage floor: {:.2f} s, the faster of cp -r + sync ({:.2f} s) and a direct-I/O copy "
+        "({:.2f} s{})\n",
+        floor_wall, cp_wall, dio_wall, dio_direct ? "" : ", some files fell back to the page cache");
+    out += "phase         wall s    GB/s  x cp  x direct  x floor\n";
     auto row = [&](const char* name, double wall, uint64_t bytes) {
-      out += fmt::format("{:<8} {:>8.2f} {:>7.2f} {:>5.2f}\n", name, wall,
-                         static_cast<double>(bytes) / wall / 1e9, wall / cp_wall);
+      out += fmt::format("{:<12} {:>7.2f} {:>7.2f} {:>5.2f} {:>9.2f} {:>8.2f}\n", name, wall,
+                         static_cast<double>(bytes) / wall / 1e9, wall / cp_wall, wall / dio_wall,
+                         wall / floor_wall);
     };
     row("cp -r", cp_wall, hf_bytes);
+    row("direct copy", dio_wall, hf_bytes);
     row("import", imp_wall, hf_bytes);
     row("export", exp_wall, hf_bytes);
-    out += "phase  rank  seconds   GB/s  read GB (syscall / storage)  written GB (syscall / storage)  peak RSS MiB\n";
-    for (const auto& [name, stats] : {std::pair{"import", &imp_stats}, std::pair{"export", &exp_stats}}) {
+    row("reshard", rsh_wall, meg_bytes);
+    out += "phase   rank  seconds   GB/s  read GB (syscall / storage)  written GB (syscall / storage)  peak RSS MiB\n";
+    for (const auto& [name, stats, in_bytes] :
+         {std::tuple{"import", &imp_stats, hf_bytes}, std::tuple{"export", &exp_stats, hf_bytes},
+          std::tuple{"reshard", &rsh_stats, meg_bytes}}) {
       uint64_t total_read = 0, total_storage = 0, total_checksum = 0;
       for (size_t r = 0; r < stats->size(); ++r) {
         const json& s = (*stats)[r];
@@ -179,7 +241,7 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
         total_storage += s.at("read_bytes").get<uint64_t>();
         total_checksum += s.at("checksum_read_bytes").get<uint64_t>();
         const double sec = s.at("seconds").get<double>();
-        out += fmt::format("{:<6} {:>4} {:>8.2f} {:>6.2f}       {:>7} / {:<7}              {:>7} / {:<7}        {:>7.1f}{}\n",
+        out += fmt::format("{:<7} {:>4} {:>8.2f} {:>6.2f}       {:>7} / {:<7}              {:>7} / {:<7}        {:>7.1f}{}\n",
                            name, r, sec, static_cast<double>(s.at("wchar").get<uint64_t>()) / sec / 1e9,
                            gb(s.at("rchar").get<uint64_t>()),
                            gb(s.at("read_bytes").get<uint64_t>()), gb(s.at("wchar").get<uint64_t>()),
@@ -188,26 +250,53 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
                            s.at("peak_rss_reset").get<bool>() ? "" : " (process peak)");
       }
       // The checksum passes re-read files (the output after import, the
-      // shards before export); the rest of the storage reads is the input.
-      const auto x = [&](uint64_t b) { return static_cast<double>(b) / static_cast<double>(hf_bytes); };
+      // shards before export and reshard); the rest of the storage reads is
+      // the input. Ratios are against the phase's input (HF for import and
+      // export's output size, the Megatron checkpoint for reshard).
+      const auto x = [&](uint64_t b) { return static_cast<double>(b) / static_cast<double>(in_bytes); };
       out += fmt::format(
-          "{:<6}  all  syscall reads {:.3f}x the HF bytes, storage reads {:.3f}x "
+          "{:<7}  all  syscall reads {:.3f}x the input, storage reads {:.3f}x "
           "(checksum passes {:.3f}x, the rest {:.3f}x)\n",
           name, x(total_read), x(total_storage), x(total_checksum),
           x(total_storage - std::min(total_storage, total_checksum)));
     }
+    // What the import should read from storage, by the plan (plan_report.hpp):
+    // the measure for "no read amplification".
+    {
+      const ModelConfig model = load_model_config(hf / "config.json");
+      const ImportPlan plan = build_import_plan(
+          model, read_hf_catalog(hf), PlanRequest{opt.layout, std::nullopt, true, mpi.size()});
+      const StorageReads want = import_storage_reads(plan, opt.io);
+      planned_reads = opt.read_once ? read_once_read_bytes(plan) : want.one_node();
+      uint64_t got = 0, checksum = 0;
+      for (const auto& s : imp_stats) {
+        got += s.at("read_bytes").get<uint64_t>();
+        checksum += s.at("checksum_read_bytes").get<uint64_t>();
+      }
+      got -= std::min(got, checksum);
+      out += fmt::format(
+          "import reads from storage {} GB (checksum passes apart); the plan needs {} GB "
+          "({}, ranks on one node): {:.3f}x\n",
+          gb(got), gb(planned_reads), opt.read_once ? "read-once" : fmt::format("--io {}", io_mode_name(opt.io)),
+          static_cast<double>(got) / static_cast<double>(std::max<uint64_t>(planned_reads, 1)));
+    }
     std::fputs(out.c_str(), stdout);
     const json record = {{"config", opt.hf_config.filename().string()}, {"layers", opt.layers},
                          {"ranks", mpi.size()}, {"layout", opt.layout.describe()},
+                         {"reshard_layout", ro.layout.describe()},
                          {"buffer_mb", opt.buffer_bytes >> 20}, {"device", opt.device}, {"io", io_mode_name(opt.io)},
                          {"format", opt.format}, {"read_once", opt.read_once}, {"cold", opt.cold}, {"hf_bytes", hf_bytes},
-                         {"cp_seconds", cp_wall}, {"import_seconds", imp_wall},
-                         {"export_seconds", exp_wall}, {"import", imp_stats}, {"export", exp_stats}};
+                         {"megatron_bytes", meg_bytes}, {"import_planned_read_bytes", planned_reads},
+                         {"cp_seconds", cp_wall}, {"direct_copy_seconds", dio_wall},
+                         {"direct_copy_all_direct", dio_direct}, {"floor_seconds", floor_wall},
+                         {"import_seconds", imp_wall}, {"export_seconds", exp_wall},
+                         {"reshard_seconds", rsh_wall}, {"cp", cp_stats}, {"direct_copy", dio_stats},
+                         {"import", imp_stats}, {"export", exp_stats}, {"reshard", rsh_stats}};
     std::printf("bench-json: %s\n", record.dump().c_str());
     std::fflush(stdout);
     if (!opt.keep) {
       fs::remove_all(meg);
-      fs::remove_all(back);
+      fs::remove_all(resh);
     }
   }
   mpi.barrier();
