@@ -227,7 +227,7 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--ep", bench_opt.layout.ep, "expert-parallel size");
   bench_cmd->add_option("--etp", bench_opt.layout.etp, "expert tensor-parallel size");
   std::optional<uint64_t> bench_rtp, bench_rpp, bench_rep, bench_retp;
-  bench_cmd->add_option("--reshard-tp", bench_rtp, "reshard phase: target TP (default: see docs/performance.md)");
+  bench_cmd->add_option("--reshard-tp", bench_rtp, "reshard phase: target TP (default: TP2 from TP1, else TP and EP (MoE) or PP swapped)");
   bench_cmd->add_option("--reshard-pp", bench_rpp, "reshard phase: target PP");
   bench_cmd->add_option("--reshard-ep", bench_rep, "reshard phase: target EP");
   bench_cmd->add_option("--reshard-etp", bench_retp, "reshard phase: target ETP");

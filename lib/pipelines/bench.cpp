@@ -77,13 +77,27 @@ json measure(MpiContext& mpi, const std::function<int()>& phase, double& wall, i
   return all;
 }
 
-// The reshard phase's target: what was asked, else a layout that moves
-// every tensor (TP2 from TP1·PP1·EP1, TP1·PP1·EP1 from anything else).
-ParallelLayout bench_reshard_layout(const BenchOptions& opt) {
+// The reshard phase's target: what was asked, else a layout with as many
+// shards that moves every tensor: TP2 from TP1·PP1·EP1; for a MoE model TP
+// and EP swapped (TP2·ETP2 <-> EP2); for a dense one TP and PP swapped.
+// Falls back to TP1·PP1·EP1 where that layout is not valid for the model.
+ParallelLayout bench_reshard_layout(const BenchOptions& opt, const ModelConfig& model) {
   if (opt.reshard_layout) return *opt.reshard_layout;
   const ParallelLayout& l = opt.layout;
   ParallelLayout t;
-  if (l.tp == 1 && l.pp == 1 && l.ep == 1 && l.etp == 1) t.tp = 2;
+  if (l.tp == 1 && l.pp == 1 && l.ep == 1) {
+    t.tp = 2;
+  } else if (model.is_moe()) {
+    t.tp = l.ep, t.ep = l.tp, t.pp = l.pp, t.etp = t.tp;
+  } else {
+    t.tp = l.pp, t.pp = l.tp;
+  }
+  try {
+    validate_layout(t, model);
+  } catch (const std::exception&) {
+    t = ParallelLayout{};
+  }
+  if (t.tp == l.tp && t.pp == l.pp && t.ep == l.ep && t.etp == l.etp) t = ParallelLayout{};
   return t;
 }
 
@@ -197,7 +211,7 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   ReshardOptions ro;
   ro.src = meg;
   ro.out = resh;
-  ro.layout = bench_reshard_layout(opt);
+  ro.layout = bench_reshard_layout(opt, load_model_config(hf / "config.json"));
   ro.buffer_bytes = opt.buffer_bytes;
   ro.device = opt.device;
   ro.io = opt.io;

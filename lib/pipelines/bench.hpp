@@ -32,8 +32,8 @@ struct BenchOptions {
   // before each phase, so that every phase reads from storage and the
   // storage counters show what was really read.
   bool cold = false;
-  // Target of the reshard phase (from the import's output). Default: TP2 when
-  // the import is TP1·PP1·EP1, else TP1·PP1·EP1.
+  // Target of the reshard phase (from the import's output). Default: TP2 from
+  // TP1·PP1·EP1; else TP and EP swapped (MoE) or TP and PP swapped (dense).
   std::optional<ParallelLayout> reshard_layout;
 };
 
