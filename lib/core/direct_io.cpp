@@ -496,7 +496,8 @@ DirectCopyResult direct_copy_file(const fs::path& src, const fs::path& dst, uint
       }
       if (r < 0) {
         if (errno == EINTR) continue;
-        throw Error("read error in {} at byte {}: {}", src.string(), at + got, std::strerror(errno));
+        throw Error("read error in {} at byte {}: {}", src.string(), at + got,
+                    std::strerror(errno));
       }
       if (r == 0) break;
       got += static_cast<uint64_t>(r);

@@ -239,7 +239,8 @@ struct DirectCopyResult {
   uint64_t bytes = 0;
   bool direct_read = false, direct_write = false;
 };
-DirectCopyResult direct_copy_file(const std::filesystem::path& src, const std::filesystem::path& dst,
+DirectCopyResult direct_copy_file(const std::filesystem::path& src,
+                                  const std::filesystem::path& dst,
                                   uint64_t block_bytes = 64ull << 20);
 // Copies every regular file under `src` to the same relative path under
 // `dst` (created; directories fsynced) with direct_copy_file. Returns the

@@ -131,10 +131,8 @@ struct CudaCopyEngine::Impl {
       s.d_rects = nullptr;
       s.rects_cap = 0;
       const uint64_t cap = std::max<uint64_t>(n_rects, 256);
-      s.h_rects =
-          static_cast<GatherRect*>(cuda::pinned_alloc(cap * sizeof(GatherRect)));
-      s.d_rects =
-          static_cast<GatherRect*>(cuda::device_alloc(cap * sizeof(GatherRect)));
+      s.h_rects = static_cast<GatherRect*>(cuda::pinned_alloc(cap * sizeof(GatherRect)));
+      s.d_rects = static_cast<GatherRect*>(cuda::device_alloc(cap * sizeof(GatherRect)));
       s.rects_cap = cap;
     }
     peak_device = std::max(peak_device, slots[0].dev_cap + slots[1].dev_cap);

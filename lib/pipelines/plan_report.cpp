@@ -1,17 +1,19 @@
 #include "pipelines/plan_report.hpp"
 
-#include "pipelines/read_once.hpp"
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <map>
 #include <set>
 #include <vector>
 
-#include <fmt/format.h>
+#include "pipelines/read_once.hpp"
 
 namespace mb {
 namespace {
-std::string gib(uint64_t b) { return fmt::format("{:.3f} GiB", static_cast<double>(b) / (1ull << 30)); }
+std::string gib(uint64_t b) {
+  return fmt::format("{:.3f} GiB", static_cast<double>(b) / (1ull << 30));
+}
 uint64_t cover(uint64_t begin, uint64_t end, uint64_t a) {  // aligned cover of [begin, end)
   return begin == end ? 0 : (end + a - 1) / a * a - begin / a * a;
 }
@@ -57,7 +59,8 @@ StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t 
           per_rank[{s.rank, g.src}].push_back({g.src_row, g.src_row + g.rows});
         }
       }
-  for (auto& [id, v] : node) out.page_cache_one_node += union_rows(v) * plan.catalog.tensors.at(id).row_bytes();
+  for (auto& [id, v] : node)
+    out.page_cache_one_node += union_rows(v) * plan.catalog.tensors.at(id).row_bytes();
   for (auto& [key, v] : per_rank)
     out.page_cache_node_per_rank += union_rows(v) * plan.catalog.tensors.at(key.second).row_bytes();
   return out;
@@ -66,9 +69,9 @@ StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t 
 std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, bool read_once) {
   std::string out;
   const ModelConfig& m = plan.model;
-  out += fmt::format("model      {} ({} layers, hidden {}, {})\n", m.architecture,
-                     m.text.num_layers, m.text.hidden,
-                     m.is_moe() ? fmt::format("{} experts", m.text.experts) : "dense");
+  out +=
+      fmt::format("model      {} ({} layers, hidden {}, {})\n", m.architecture, m.text.num_layers,
+                  m.text.hidden, m.is_moe() ? fmt::format("{} experts", m.text.experts) : "dense");
   out += fmt::format("source     {} ({} tensors in {} files, {})\n", plan.catalog.dir.string(),
                      plan.catalog.tensors.size(), plan.catalog.files.size(),
                      gib(plan.catalog.total_bytes()));

@@ -1,6 +1,5 @@
-#include <gtest/gtest.h>
-
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 
 #include <cstring>
@@ -265,12 +264,22 @@ TEST(DirectIo, DirectCopyIsByteIdenticalForEverySize) {
   TempDir tmp;
   const bool direct = direct_supported(tmp.path);
   const uint64_t block = 64 << 10;
-  const std::vector<uint64_t> sizes = {0,         1,         511,       4095,          4096,
-                                       4097,      block - 1, block,     block + 1,     2 * block,
-                                       3 * block + 123,      5 * block + 4096 + 7};
+  const std::vector<uint64_t> sizes = {0,
+                                       1,
+                                       511,
+                                       4095,
+                                       4096,
+                                       4097,
+                                       block - 1,
+                                       block,
+                                       block + 1,
+                                       2 * block,
+                                       3 * block + 123,
+                                       5 * block + 4096 + 7};
   for (size_t i = 0; i < sizes.size(); ++i) {
     const std::string data = pattern(sizes[i], i + 3);
-    const fs::path src = tmp.path / fmt::format("src{}", i), dst = tmp.path / fmt::format("dst{}", i);
+    const fs::path src = tmp.path / fmt::format("src{}", i),
+                   dst = tmp.path / fmt::format("dst{}", i);
     write_bytes(src, data);
     write_bytes(dst, std::string(3 * block, 'z'));  // an existing longer file is replaced
     const DirectCopyResult r = direct_copy_file(src, dst, block);
@@ -297,7 +306,8 @@ TEST(DirectIo, DirectCopyTreeCopiesEveryFile) {
   bool all_direct = false;
   EXPECT_EQ(direct_copy_tree(src, dst, 16 << 10, &all_direct), total);
   for (size_t i = 0; i < files.size(); ++i)
-    EXPECT_TRUE(read_all(dst / files[i].first) == pattern(files[i].second, 40 + i)) << files[i].first;
+    EXPECT_TRUE(read_all(dst / files[i].first) == pattern(files[i].second, 40 + i))
+        << files[i].first;
   EXPECT_EQ(all_direct, direct_supported(tmp.path));
 }
 
@@ -348,13 +358,13 @@ TEST(DirectIo, RowReadsGiveTheFileBytesOnEveryPath) {
     uint64_t offset, row_bytes, piece, rows, dst_stride;
   };
   const std::vector<Case> cases = {
-      {100, 1000, 1000, 500, 1000},                         // contiguous, packed
-      {4096, 1000, 1000, 700, 1003},                        // contiguous rows, strided memory
+      {100, 1000, 1000, 500, 1000},                          // contiguous, packed
+      {4096, 1000, 1000, 700, 1003},                         // contiguous rows, strided memory
       {77, 3 * (1 << 20), (1 << 20) + 5, 2, (1 << 20) + 9},  // wide pieces: direct
-      {13, 1024, 512, 2000, 512},                           // expert-fc2-like: narrow
-      {5000, 8192, 4096, 300, 4100},                        // o_proj-like: narrow
-      {1, 1 << 20, 1000, 8, 1000},                          // narrow piece, wide rows
-      {0, 7, 3, 1, 3},                                      // one tiny row
+      {13, 1024, 512, 2000, 512},                            // expert-fc2-like: narrow
+      {5000, 8192, 4096, 300, 4100},                         // o_proj-like: narrow
+      {1, 1 << 20, 1000, 8, 1000},                           // narrow piece, wide rows
+      {0, 7, 3, 1, 3},                                       // one tiny row
       {3, 600000, 300000, 5, 300000},  // narrow, but a row span larger than a small window
   };
   for (IoMode mode : {IoMode::Buffered, IoMode::Direct})
@@ -365,10 +375,11 @@ TEST(DirectIo, RowReadsGiveTheFileBytesOnEveryPath) {
         ASSERT_LE(c.offset + (c.rows - 1) * c.row_bytes + c.piece, size);
         std::string got(c.rows * c.dst_stride, '\0'), want = got;
         for (uint64_t r = 0; r < c.rows; ++r)
-          want.replace(r * c.dst_stride, c.piece, bytes.substr(c.offset + r * c.row_bytes, c.piece));
+          want.replace(r * c.dst_stride, c.piece,
+                       bytes.substr(c.offset + r * c.row_bytes, c.piece));
         in.pread_rows(got.data(), c.dst_stride, c.rows, c.piece, c.offset, c.row_bytes, w, "t");
-        ASSERT_TRUE(got == want) << io_mode_name(mode) << " window " << window << " rows "
-                                 << c.rows << " piece " << c.piece << " of " << c.row_bytes;
+        ASSERT_TRUE(got == want) << io_mode_name(mode) << " window " << window << " rows " << c.rows
+                                 << " piece " << c.piece << " of " << c.row_bytes;
       }
     }
   if (!direct) GTEST_SKIP() << tmp.path << " refuses O_DIRECT: only the buffered path was checked";

@@ -104,8 +104,8 @@ TEST(GatherRects, RandomTilingsAtEveryBlockSize) {
       for (int s = 0; s < 3; ++s) {
         src_rows.push_back(dst_rows + rng() % 50);
         src.cols.push_back(dst_cols + rng() % 9);
-        src.data.push_back(random_bytes(src_rows.back() * src.cols.back() * elem,
-                                        static_cast<uint32_t>(rng())));
+        src.data.push_back(
+            random_bytes(src_rows.back() * src.cols.back() * elem, static_cast<uint32_t>(rng())));
       }
       std::vector<Segment> segs;
       for (uint64_t r = 0; r < dst_rows;) {
@@ -113,8 +113,8 @@ TEST(GatherRects, RandomTilingsAtEveryBlockSize) {
         for (uint64_t c = 0; c < dst_cols;) {
           const uint64_t cols = std::min<uint64_t>(dst_cols - c, 1 + rng() % 40);
           const uint32_t s = static_cast<uint32_t>(rng() % 3);
-          segs.push_back({s, rng() % (src_rows[s] - rows + 1), rng() % (src.cols[s] - cols + 1),
-                          r, c, rows, cols});
+          segs.push_back({s, rng() % (src_rows[s] - rows + 1), rng() % (src.cols[s] - cols + 1), r,
+                          c, rows, cols});
           c += cols;
         }
         r += rows;
@@ -154,13 +154,14 @@ TEST(GatherRects, QwenRelayoutsWithColumnWindows) {
   };
   const std::vector<Job> jobs = {
       {"qkvg rank 1/4", row_map_segments(chunk_rows(full, 4, 1), 0, H), total_rows(full) / 4, H},
-      {"window rank 3/4", row_map_segments(chunk_rows(full, 4, 3), 24, 48), total_rows(full) / 4, 48},
+      {"window rank 3/4", row_map_segments(chunk_rows(full, 4, 3), 24, 48), total_rows(full) / 4,
+       48},
       {"odd window", row_map_segments(chunk_rows(full, 2, 0), 5, 33), total_rows(full) / 2, 33},
       {"glu rank 1/2", row_map_segments(glu_local({0, 0, 64}, {3, 0, 64}, 2, 1), 0, H), 64, H},
       {"gdn in_proj rank 0/2",
-       row_map_segments(gdn_in_proj_local({0, 0, 2 * 8 + 16}, {1, 0, 16}, {2, 0, 8}, {3, 0, 8}, 8,
-                                          16, 2, 0),
-                        0, H),
+       row_map_segments(
+           gdn_in_proj_local({0, 0, 2 * 8 + 16}, {1, 0, 16}, {2, 0, 8}, {3, 0, 8}, 8, 16, 2, 0), 0,
+           H),
        (2 * 8 + 2 * 16 + 2 * 8) / 2, H},
   };
   for (const Job& j : jobs) {
