@@ -122,8 +122,10 @@ std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, boo
         "with a node per rank; {} direct, {} through the page cache (once per node)\n",
         io_mode_name(mode), gib(r.one_node()), x(r.one_node()), gib(r.node_per_rank()),
         x(r.node_per_rank()), gib(r.direct), gib(r.page_cache_one_node));
-    out += fmt::format("           (--read-once would read {}, {:.3f}x)\n",
-                       gib(read_once_read_bytes(plan)), x(read_once_read_bytes(plan)));
+    out += fmt::format(
+        "           (HDF5 output; --read-once, and torch_dist output, which stores every "
+        "element once, read {}, {:.3f}x)\n",
+        gib(read_once_read_bytes(plan)), x(read_once_read_bytes(plan)));
   }
   out += fmt::format("balance    busiest rank writes {:.2f}x the mean\n",
                      mean > 0 ? static_cast<double>(max_w) / mean : 1.0);
