@@ -217,8 +217,6 @@ void InputFile::pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& 
     }
     const uint64_t start = round_down(pos, align_);
     uint64_t len = std::min(cap, round_up(end, align_) - start);
-    // A small read that continues the last load forward (a gap of at most
-    // max(last load, 1 MiB)) loads ahead: twice the last load.
     // A small read that continues the last small one forward (within 1 MiB
     // of its end) loads ahead: twice what that one loaded. A small read after
     // a large one loads what it needs only: a large read says nothing about

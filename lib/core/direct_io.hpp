@@ -72,9 +72,10 @@ class AlignedBuffer {
 
 // The memory direct reads go through, shared by all files of one source:
 // an aligned buffer that also keeps the last bytes loaded, so that small
-// reads going forward (norms next to each other, the rows of a column
-// window) are served from it. What the page cache's readahead did, in user
-// space, for one source's reads only.
+// reads going forward (norms next to each other, rows contiguous in the
+// file) are served from it. What the page cache's readahead did, in user
+// space, for one source's reads only. Narrow column windows use it as
+// scratch space for their page-cache reads (InputFile::pread_rows).
 class ReadWindow {
  public:
   ReadWindow() = default;
@@ -109,8 +110,8 @@ inline bool column_window_direct(uint64_t piece, uint64_t row_bytes) {
 // A file read by byte ranges. With direct I/O every read goes through the
 // caller's ReadWindow: a large read loads exactly the aligned superset of
 // what it needs, in window-sized requests; a small read that continues the
-// previous one forward loads twice the last load (up to the window), so
-// that sequential small reads cost few requests. Without direct I/O (or
+// previous small one forward loads twice what that one loaded (up to the
+// window), so that sequential small reads cost few requests. Without direct I/O (or
 // without a window) reads go through file(), the ordinary buffered handle.
 class InputFile {
  public:
