@@ -59,7 +59,7 @@ struct ImportFlags {
     c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
     if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
     if (with_output) add_device_option(c, device);
-    if (with_output) add_io_option(c, io);
+    add_io_option(c, io);  // plan: the storage reads it reports depend on it
     c->add_flag("--read-once", read_once,
                 "read every HF byte from storage once and forward it over MPI (HDF5 output)");
     if (with_output)
@@ -142,7 +142,7 @@ int run_plan(const mb::ImportOptions& o, int ranks, bool per_shard, mb::MpiConte
   mb::PlanRequest req{o.layout, mb::import_cast(o, model), o.strict,
                       ranks > 0 ? ranks : mpi.size()};
   const mb::ImportPlan plan = mb::build_import_plan(model, mb::read_hf_catalog(o.hf_path), req);
-  std::fputs(mb::plan_report(plan, per_shard).c_str(), stdout);
+  std::fputs(mb::plan_report(plan, per_shard, o.io, o.read_once).c_str(), stdout);
   return 0;
 }
 
@@ -220,7 +220,7 @@ int main(int argc, char** argv) {
   mb::BenchOptions bench_opt;
   std::optional<uint64_t> bench_buffer_mb;
   CLI::App* bench_cmd = app.add_subcommand(
-      "bench", "import and export a synthetic checkpoint, timed against cp -r of it");
+      "bench", "import, export and reshard a synthetic checkpoint, timed against the storage floor");
   bench_cmd->add_option("--hf-config", bench_opt.hf_config, "configs/hf/<size>.json")->required();
   bench_cmd->add_option("--layers", bench_opt.layers, "decoder layers to keep (default 4)");
   bench_cmd->add_option("--vision-depth", bench_opt.vision_depth, "vision blocks to keep");
@@ -229,6 +229,11 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--pp", bench_opt.layout.pp, "pipeline-parallel size");
   bench_cmd->add_option("--ep", bench_opt.layout.ep, "expert-parallel size");
   bench_cmd->add_option("--etp", bench_opt.layout.etp, "expert tensor-parallel size");
+  std::optional<uint64_t> bench_rtp, bench_rpp, bench_rep, bench_retp;
+  bench_cmd->add_option("--reshard-tp", bench_rtp, "reshard phase: target TP (default: TP2 from TP1, else TP and EP (MoE) or PP swapped)");
+  bench_cmd->add_option("--reshard-pp", bench_rpp, "reshard phase: target PP");
+  bench_cmd->add_option("--reshard-ep", bench_rep, "reshard phase: target EP");
+  bench_cmd->add_option("--reshard-etp", bench_retp, "reshard phase: target ETP");
   bench_cmd->add_option("--buffer-mb", bench_buffer_mb, "staging memory per rank in MiB (default 256)");
   add_device_option(bench_cmd, bench_opt.device);
   add_io_option(bench_cmd, bench_io);
@@ -262,6 +267,12 @@ int main(int argc, char** argv) {
     if (*bench_cmd) {
       if (bench_buffer_mb) bench_opt.buffer_bytes = *bench_buffer_mb << 20;
       if (!bench_io.empty()) bench_opt.io = mb::parse_io_mode(bench_io);
+      if (bench_rtp || bench_rpp || bench_rep || bench_retp) {
+        mb::ParallelLayout t;
+        t.tp = bench_rtp.value_or(1), t.pp = bench_rpp.value_or(1);
+        t.ep = bench_rep.value_or(1), t.etp = bench_retp.value_or(1);
+        bench_opt.reshard_layout = t;
+      }
       return mb::run_bench(bench_opt, mpi);
     }
     if (*reshard_cmd) {
