@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "transforms/cast_overflow.hpp"
 #include "transforms/cuda/relayout_kernels.hpp"
 
 namespace mb {
@@ -69,6 +70,7 @@ struct Slot {
   unsigned long long* d_count = nullptr;
   // The block in flight.
   bool busy = false;
+  uint64_t src_infinite = 0;  // ±Inf among its source elements (overflow check)
   uint64_t b0 = 0, b1 = 0;
   unsigned char* h_out = nullptr;
 };
@@ -210,11 +212,21 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
 
   Hasher hash;
   CopyResult result;
+  // Overflow to Inf, found on the host: a cast maps ±Inf to ±Inf and a
+  // finite value to a finite one or ±Inf, so the new infinities of a block
+  // are those of its output less those of its input.
+  const bool check_overflow = !allow_overflow_ && cast_can_overflow(job.src_dtype, job.dst_dtype);
+  uint64_t overflow = 0;
   auto finish = [&](Slot& s) {
     cuda::event_sync(s.event);
     s.busy = false;
     if (count) result.not_invertible += *s.h_count;
     const uint64_t n = (s.b1 - s.b0) * job.cols;
+    if (check_overflow) {
+      const uint64_t out_inf = count_infinite(job.dst_dtype, s.h_out, n);
+      if (out_inf > s.src_infinite) overflow += out_inf - s.src_infinite;
+    }
+    if (overflow > 0) return;  // counted only: nothing more is written
     hash.update(s.h_out, n * ds);
     report_block(n * ds);
     sink.write(s.b0, s.b1 - s.b0, s.h_out);
@@ -227,12 +239,14 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
     Slot& s = m.slots[k % 2];  // free: its previous block was finished below
     // Read every source rectangle of the block, packed one after the other.
     m.rects.clear();
+    s.src_infinite = 0;
     uint64_t off = 0;
     for (const auto& g : segs) {
       const uint64_t r0 = std::max(b0, g.dst_row), r1 = std::min(b1, g.dst_row + g.rows);
       if (r0 >= r1) continue;
       src.read(g.src, g.src_row + (r0 - g.dst_row), r1 - r0, g.src_col, g.cols, s.host + off,
                g.cols * ss);
+      if (check_overflow) s.src_infinite += count_infinite(job.src_dtype, s.host + off, (r1 - r0) * g.cols);
       m.rects.push_back({off / ss, g.cols, r0 - b0, g.dst_col, r1 - r0, g.cols});
       off = align_up(off + (r1 - r0) * g.cols * ss);
     }
@@ -268,6 +282,8 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
     in_flight = &s;
   }
   if (in_flight) finish(*in_flight);
+  if (overflow > 0)
+    throw Error("{}", cast_overflow_message({}, job.src_dtype, job.dst_dtype, overflow, 0, 0, false));
   result.xxh3 = hash.digest();
   return result;
 }

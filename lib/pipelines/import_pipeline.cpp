@@ -15,6 +15,7 @@
 #include "model/megatron_config.hpp"
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/manifest_check.hpp"
 #include "pipelines/read_once.hpp"
 #include "dist/forwarder.hpp"
 #include "pipelines/safetensors_source.hpp"
@@ -124,6 +125,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
     const auto engine_ptr =
         make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, !direct ? 0 : dist ? 2 : 1));
     CopyEngine& engine = *engine_ptr;
+    engine.allow_overflow(opt.allow_overflow);
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     SafetensorsSource source(plan.catalog, io);
     const std::string dist_name = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, mpi.rank());
@@ -164,7 +166,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       ReadOnceStats stats;
       results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(),
                                    engine_buffer_bytes(opt.buffer_bytes, direct ? 1 : 0), io, progress,
-                                   stats);
+                                   stats, opt.allow_overflow);
       log::debug("read-once: read {} from storage, sent {}, received {}",
                  human_bytes(static_cast<double>(stats.storage_bytes)),
                  human_bytes(static_cast<double>(stats.sent_bytes)),
@@ -192,8 +194,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       }
     }
   } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
+    mpi.fail(e.what(), out.staging());
   }
   progress.finish();
   const uint64_t read_once_total = mpi.all_reduce_sum(read_once_storage);
@@ -238,6 +239,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       copy_hf_side_files(plan, out.staging());
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));
+      check_files_complete(out.staging(), files);
       const json manifest = build_manifest(plan, opt.format, files, source_description(plan));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
       out.commit();
@@ -258,8 +260,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
                 static_cast<double>(read) / secs / 1e9,
                 human_bytes(static_cast<double>(gathered.max_rss)));
     } catch (const std::exception& e) {
-      log::error("{}", e.what());
-      mpi.abort(1);
+      mpi.fail(e.what(), out.staging());
     }
   }
   mpi.barrier();

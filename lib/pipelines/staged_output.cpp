@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "core/file.hpp"
+#include "dist/mpi_context.hpp"
 
 #include <vector>
 
@@ -67,6 +68,7 @@ void StagedOutput::commit() const {
   std::error_code ec;
   // The resume bookkeeping does not belong in the finished output.
   fs::remove(staging_ / kJobFile, ec);
+  fs::remove_all(staging_ / kErrorLogDir, ec);  // a resumed run's earlier errors
   std::vector<fs::path> done;
   for (const auto& e : fs::recursive_directory_iterator(staging_))
     if (e.path().extension() == ".done") done.push_back(e.path());
