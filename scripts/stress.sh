@@ -61,7 +61,8 @@ start_load() {
   esac
 }
 stop_load() {
-  for p in "${load_pids[@]}"; do kill -- "$p" 2>/dev/null; done
+  # The loops first, then the cp each may be running (by parent pid).
+  for p in "${load_pids[@]}"; do kill -- "$p" 2>/dev/null; pkill -P "$p" 2>/dev/null; done
   for p in "${load_pids[@]}"; do wait "$p" 2>/dev/null; done
   rm -rf "$work/load"
 }

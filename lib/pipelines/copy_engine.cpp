@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <future>
+#include <system_error>
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
@@ -105,10 +106,17 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
       // Blocks reach the sink in order: the previous write finishes first.
       wait_writing();
       report_block(n * ds);
-      if (n * ds >= kAsyncWriteBytes && b1 < job.rows)
-        writing = std::async(std::launch::async, [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
-      else
-        sink.write(b0, b1 - b0, out);
+      bool async = n * ds >= kAsyncWriteBytes && b1 < job.rows;
+      if (async) {
+        try {
+          writing = std::async(std::launch::async, [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
+        } catch (const std::system_error&) {
+          // No thread to be had (EAGAIN under load: thread or pid limits):
+          // the overlap is an optimisation, so write this block inline.
+          async = false;
+        }
+      }
+      if (!async) sink.write(b0, b1 - b0, out);
     }
     wait_writing();
     if (overflow > 0)

@@ -7,6 +7,7 @@
 #include <map>
 #include <numeric>
 #include <set>
+#include <system_error>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -324,8 +325,14 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
   for (const auto& t : plan.tensors) total_bytes += t.nbytes();
   Progress progress(mpi, "export", total_bytes, plan.tensors.size());
   std::future<std::vector<std::string>> checksums;
-  if (opt.verify_checksums)
-    checksums = std::async(std::launch::async, [&ck, &mpi] { return checksum_problems(*ck, mpi.rank(), mpi.size()); });
+  if (opt.verify_checksums) {
+    auto check = [&ck, &mpi] { return checksum_problems(*ck, mpi.rank(), mpi.size()); };
+    try {
+      checksums = std::async(std::launch::async, check);
+    } catch (const std::system_error&) {
+      checksums = std::async(std::launch::deferred, check);  // no thread under load: after the conversion
+    }
+  }
   try {
     const IoMode src_io = source_io_mode(opt.io, opt.verify_checksums);
     // The direct I/O buffers (a torch_dist source's read window, the output's
