@@ -124,7 +124,13 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
     if (t["hf_path"]) o.hf_path = get<std::string>(t, "hf_path", file);
     if (t["experts"]) o.experts = expert_layout_from_name(get<std::string>(t, "experts", file));
     if (t["mtp_experts"]) o.mtp_experts = expert_layout_from_name(get<std::string>(t, "mtp_experts", file));
-    if (t["max_shard_size"]) o.max_shard_bytes = parse_size(get<std::string>(t, "max_shard_size", file));
+    if (t["max_shard_size"]) {
+      try {
+        o.max_shard_bytes = parse_size(get<std::string>(t, "max_shard_size", file));
+      } catch (const Error& e) {
+        throw Error("{}: target.max_shard_size: {}", file, e.what());
+      }
+    }
   }
   if (root["dtype"]) o.dtype = parse_dtype_option(get<std::string>(root, "dtype", file));
   if (root["buffer_mb"])

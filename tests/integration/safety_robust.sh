@@ -158,6 +158,10 @@ printf 'source: {hf_path: %s}\ntarget: {path: %s}\nbuffer_mb: 17592186044416\n' 
 refused "job file buffer_mb 2^44" meg-out 2 "job.yaml: buffer_mb 17592186044416 is out of range" -- \
   mb import --config "$W/job.yaml"
 
+printf 'source: {megatron_path: %s}\ntarget: {hf_path: %s, max_shard_size: 1e99GB}\n' "$W/meg" "$W/hf-out" >"$W/export.yaml"
+refused "job file max_shard_size 1e99GB" hf-out 2 "export.yaml: target.max_shard_size: size '1e99GB' is out of range" -- \
+  mb export --config "$W/export.yaml"
+
 # --- 11. messages that name the real problem ----------------------------------
 cp -r "$W/hf" "$W/hf-dup"
 edit dup "$W/hf-dup/$shard1"
