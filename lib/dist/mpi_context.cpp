@@ -1,8 +1,9 @@
 #include "dist/mpi_context.hpp"
 
-#include <mpi.h>
-
 #include <fcntl.h>
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <mpi.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,9 +14,6 @@
 #include <cstdlib>
 #include <ctime>
 #include <thread>
-
-#include <fmt/chrono.h>
-#include <fmt/format.h>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -164,9 +162,10 @@ void MpiContext::fail(std::string_view message, const std::filesystem::path& sta
     const std::filesystem::path file = dir / fmt::format("rank-{}.log", rank_);
     char host[256] = {};
     ::gethostname(host, sizeof host - 1);
-    const std::string text = fmt::format("time {:%Y-%m-%d %H:%M:%S} UTC host {} pid {} rank {} of {}\nerror: {}\n",
-                                         fmt::gmtime(std::time(nullptr)), host,
-                                         static_cast<long>(::getpid()), rank_, size_, message);
+    const std::string text =
+        fmt::format("time {:%Y-%m-%d %H:%M:%S} UTC host {} pid {} rank {} of {}\nerror: {}\n",
+                    fmt::gmtime(std::time(nullptr)), host, static_cast<long>(::getpid()), rank_,
+                    size_, message);
     if (append_synced(file, text)) kept = file.string();
   }
   if (!kept.empty())

@@ -30,7 +30,8 @@ std::string mpi_error_text(int rc) {
 // broken, and other ranks may wait on this one forever: fail the job.
 void Progress::check(int rc, const char* what) const {
   if (rc != MPI_SUCCESS)
-    mpi_.fail(fmt::format("MPI {} failed while reporting {} progress: {}", what, label_, mpi_error_text(rc)));
+    mpi_.fail(fmt::format("MPI {} failed while reporting {} progress: {}", what, label_,
+                          mpi_error_text(rc)));
 }
 
 Progress::Progress(MpiContext& mpi, std::string label, uint64_t total_bytes, uint64_t total_tensors)
@@ -103,7 +104,8 @@ void Progress::poll() {
     check(MPI_Iprobe(MPI_ANY_SOURCE, kTag, MPI_COMM_WORLD, &flag, &st), "iprobe");
     if (!flag) break;
     uint64_t m[3];
-    check(MPI_Recv(m, 3, MPI_UINT64_T, st.MPI_SOURCE, kTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE), "recv");
+    check(MPI_Recv(m, 3, MPI_UINT64_T, st.MPI_SOURCE, kTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+          "recv");
     const auto src = static_cast<size_t>(st.MPI_SOURCE);
     if (src >= rank_done_.size()) continue;  // not one of ours: MPI gave a bad rank
     rank_bytes_[src] = m[0];

@@ -109,7 +109,8 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
       bool async = n * ds >= kAsyncWriteBytes && b1 < job.rows;
       if (async) {
         try {
-          writing = std::async(std::launch::async, [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
+          writing = std::async(std::launch::async,
+                               [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
         } catch (const std::system_error&) {
           // No thread to be had (EAGAIN under load: thread or pid limits):
           // the overlap is an optimisation, so write this block inline.

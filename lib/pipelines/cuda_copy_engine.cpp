@@ -246,7 +246,8 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
       if (r0 >= r1) continue;
       src.read(g.src, g.src_row + (r0 - g.dst_row), r1 - r0, g.src_col, g.cols, s.host + off,
                g.cols * ss);
-      if (check_overflow) s.src_infinite += count_infinite(job.src_dtype, s.host + off, (r1 - r0) * g.cols);
+      if (check_overflow)
+        s.src_infinite += count_infinite(job.src_dtype, s.host + off, (r1 - r0) * g.cols);
       m.rects.push_back({off / ss, g.cols, r0 - b0, g.dst_col, r1 - r0, g.cols});
       off = align_up(off + (r1 - r0) * g.cols * ss);
     }
@@ -283,7 +284,8 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
   }
   if (in_flight) finish(*in_flight);
   if (overflow > 0)
-    throw Error("{}", cast_overflow_message({}, job.src_dtype, job.dst_dtype, overflow, 0, 0, false));
+    throw Error("{}",
+                cast_overflow_message({}, job.src_dtype, job.dst_dtype, overflow, 0, 0, false));
   result.xxh3 = hash.digest();
   return result;
 }

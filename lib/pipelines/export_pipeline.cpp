@@ -330,7 +330,8 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
     try {
       checksums = std::async(std::launch::async, check);
     } catch (const std::system_error&) {
-      checksums = std::async(std::launch::deferred, check);  // no thread under load: after the conversion
+      checksums =
+          std::async(std::launch::deferred, check);  // no thread under load: after the conversion
     }
   }
   try {
@@ -411,7 +412,8 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       MB_CHECK(total_tensors == plan.tensors.size(), "internal: {} of {} tensors written",
                total_tensors, plan.tensors.size());
       // Every byte of every file written, and each file of its final size.
-      std::vector<uint64_t> done(plan.files.size(), 0), want(plan.files.size(), 0), end(plan.files.size(), 0);
+      std::vector<uint64_t> done(plan.files.size(), 0), want(plan.files.size(), 0),
+          end(plan.files.size(), 0);
       for (const auto& g : file_written_all) {
         const auto v = json::parse(g).get<std::vector<uint64_t>>();
         for (size_t f = 0; f < v.size() && f < done.size(); ++f) done[f] += v[f];
@@ -423,10 +425,12 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       for (size_t f = 0; f < plan.files.size(); ++f) {
         end[f] = std::max<uint64_t>(end[f], plan.headers[f].size());
         const fs::path path = out.staging() / plan.files[f];
-        MB_CHECK(done[f] == want[f], "internal: {}: {} of its {} tensor bytes were written; not committed",
+        MB_CHECK(done[f] == want[f],
+                 "internal: {}: {} of its {} tensor bytes were written; not committed",
                  path.string(), done[f], want[f]);
-        MB_CHECK(fs::file_size(path) == end[f], "internal: {} has {} bytes, expected {}; not committed",
-                 path.string(), fs::file_size(path), end[f]);
+        MB_CHECK(fs::file_size(path) == end[f],
+                 "internal: {} has {} bytes, expected {}; not committed", path.string(),
+                 fs::file_size(path), end[f]);
       }
       const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
       write_file_atomic(out.staging() / "model.safetensors.index.json", index.dump(2) + "\n");

@@ -1,13 +1,14 @@
 #include "pipelines/import_pipeline.hpp"
 
 #include <chrono>
-#include <optional>
 #include <filesystem>
+#include <optional>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "dist/forwarder.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
@@ -17,7 +18,6 @@
 #include "pipelines/manifest.hpp"
 #include "pipelines/manifest_check.hpp"
 #include "pipelines/read_once.hpp"
-#include "dist/forwarder.hpp"
 #include "pipelines/safetensors_source.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
@@ -165,8 +165,8 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       log::debug("read-once: forwarding with {}", forwarder->name());
       ReadOnceStats stats;
       results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(),
-                                   engine_buffer_bytes(opt.buffer_bytes, direct ? 1 : 0), io, progress,
-                                   stats, opt.allow_overflow);
+                                   engine_buffer_bytes(opt.buffer_bytes, direct ? 1 : 0), io,
+                                   progress, stats, opt.allow_overflow);
       log::debug("read-once: read {} from storage, sent {}, received {}",
                  human_bytes(static_cast<double>(stats.storage_bytes)),
                  human_bytes(static_cast<double>(stats.sent_bytes)),

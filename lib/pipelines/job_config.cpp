@@ -57,8 +57,8 @@ std::optional<DType> parse_dtype_option(const std::string& s) {
 }
 
 uint64_t buffer_mb_to_bytes(uint64_t mb, const std::string& option) {
-  MB_CHECK(mb >= 1 && mb <= kMaxBufferMb, "{} {} is out of range: expected 1 to {} (MiB)", option, mb,
-           kMaxBufferMb);
+  MB_CHECK(mb >= 1 && mb <= kMaxBufferMb, "{} {} is out of range: expected 1 to {} (MiB)", option,
+           mb, kMaxBufferMb);
   return mb << 20;
 }
 
@@ -94,7 +94,8 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   }
   if (root["dtype"]) o.dtype = parse_dtype_option(get<std::string>(root, "dtype", file));
   if (root["buffer_mb"])
-    o.buffer_bytes = buffer_mb_to_bytes(get<uint64_t>(root, "buffer_mb", file), file + ": buffer_mb");
+    o.buffer_bytes =
+        buffer_mb_to_bytes(get<uint64_t>(root, "buffer_mb", file), file + ": buffer_mb");
   if (root["allow_overflow"]) o.allow_overflow = get<bool>(root, "allow_overflow", file);
   if (root["strict"]) o.strict = get<bool>(root, "strict", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
@@ -110,8 +111,8 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
   const YAML::Node root = load_yaml(file);
   ExportOptions o;
   check_keys(root,
-             {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite", "device", "io",
-              "allow_overflow"},
+             {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite", "device",
+              "io", "allow_overflow"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"megatron_path"}, "source", file);
@@ -134,7 +135,8 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
   }
   if (root["dtype"]) o.dtype = parse_dtype_option(get<std::string>(root, "dtype", file));
   if (root["buffer_mb"])
-    o.buffer_bytes = buffer_mb_to_bytes(get<uint64_t>(root, "buffer_mb", file), file + ": buffer_mb");
+    o.buffer_bytes =
+        buffer_mb_to_bytes(get<uint64_t>(root, "buffer_mb", file), file + ": buffer_mb");
   if (root["allow_overflow"]) o.allow_overflow = get<bool>(root, "allow_overflow", file);
   if (root["verify_checksums"]) o.verify_checksums = get<bool>(root, "verify_checksums", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);

@@ -1,9 +1,9 @@
 #include "pipelines/manifest_check.hpp"
 
+#include <fmt/format.h>
+
 #include <regex>
 #include <set>
-
-#include <fmt/format.h>
 
 #include "core/error.hpp"
 
@@ -16,7 +16,7 @@ struct FieldCheck {
   uint64_t claimed;    // what the config says
   std::string tensor;  // the recorded tensor that shows the real value
   size_t dim;          // which dimension of it
-  uint64_t divisor;    // recorded dim / divisor is the real value (e.g. 2·head_dim for q_proj rows)
+  uint64_t divisor;  // recorded dim / divisor is the real value (e.g. 2·head_dim for q_proj rows)
 };
 
 std::string field_problem(const FieldCheck& c, const HfCatalog& recorded) {
@@ -52,21 +52,25 @@ std::string model_config_mismatch(const ModelConfig& m, const HfCatalog& recorde
   // Layer and block counts first: every per-layer check below depends on them.
   const uint64_t layers = count_blocks(recorded, "model.language_model.layers.");
   if (layers != t.num_layers)
-    return fmt::format("model.hf_config says num_hidden_layers = {}, but the recorded tensors have {} "
-                       "decoder layers (model.language_model.layers.0 to {})",
-                       t.num_layers, layers, layers == 0 ? 0 : layers - 1);
+    return fmt::format(
+        "model.hf_config says num_hidden_layers = {}, but the recorded tensors have {} "
+        "decoder layers (model.language_model.layers.0 to {})",
+        t.num_layers, layers, layers == 0 ? 0 : layers - 1);
   const uint64_t blocks = count_blocks(recorded, "model.visual.blocks.");
   if (blocks != v.depth)
-    return fmt::format("model.hf_config says vision_config.depth = {}, but the recorded tensors have "
-                       "{} vision blocks",
-                       v.depth, blocks);
+    return fmt::format(
+        "model.hf_config says vision_config.depth = {}, but the recorded tensors have "
+        "{} vision blocks",
+        v.depth, blocks);
 
   std::vector<FieldCheck> checks = {
       {"vocab_size", t.vocab, "model.language_model.embed_tokens.weight", 0, 1},
       {"hidden_size", t.hidden, "model.language_model.embed_tokens.weight", 1, 1},
       {"vision_config.hidden_size", v.hidden, "model.visual.patch_embed.proj.bias", 0, 1},
-      {"vision_config.intermediate_size", v.ffn, "model.visual.blocks.0.mlp.linear_fc1.weight", 0, 1},
-      {"vision_config.out_hidden_size", v.out_hidden, "model.visual.merger.linear_fc2.weight", 0, 1},
+      {"vision_config.intermediate_size", v.ffn, "model.visual.blocks.0.mlp.linear_fc1.weight", 0,
+       1},
+      {"vision_config.out_hidden_size", v.out_hidden, "model.visual.merger.linear_fc2.weight", 0,
+       1},
   };
   // The first full-attention layer and the first GDN layer show the head geometry.
   for (uint64_t i = 0; i < t.num_layers && i < t.layer_types.size(); ++i)
@@ -93,7 +97,8 @@ std::string model_config_mismatch(const ModelConfig& m, const HfCatalog& recorde
     if (experts.main == ExpertLayout::Fused)
       checks.push_back({"moe_intermediate_size", t.moe_ffn, mlp + "experts.down_proj", 2, 1});
     else
-      checks.push_back({"moe_intermediate_size", t.moe_ffn, mlp + "experts.0.gate_proj.weight", 0, 1});
+      checks.push_back(
+          {"moe_intermediate_size", t.moe_ffn, mlp + "experts.0.gate_proj.weight", 0, 1});
   } else {
     checks.push_back({"intermediate_size", t.ffn, mlp + "gate_proj.weight", 0, 1});
   }
@@ -103,9 +108,10 @@ std::string model_config_mismatch(const ModelConfig& m, const HfCatalog& recorde
   // Then everything else the config implies, tensor by tensor.
   const bool head = recorded.find("lm_head.weight") != nullptr;
   if (m.tied == head)
-    return fmt::format("model.hf_config says tie_word_embeddings = {}, but the recorded tensors {} "
-                       "lm_head.weight",
-                       m.tied, head ? "include" : "have no");
+    return fmt::format(
+        "model.hf_config says tie_word_embeddings = {}, but the recorded tensors {} "
+        "lm_head.weight",
+        m.tied, head ? "include" : "have no");
   std::vector<HfTensorSpec> schema;
   try {
     schema = qwen35_hf_schema(m, experts, head);
@@ -117,8 +123,9 @@ std::string model_config_mismatch(const ModelConfig& m, const HfCatalog& recorde
     implied.insert(s.name);
     const HfTensor* r = recorded.find(s.name);
     if (r == nullptr)
-      return fmt::format("model.hf_config implies tensor '{}' {}, which the manifest does not record",
-                         s.name, shape_str(s.shape));
+      return fmt::format(
+          "model.hf_config implies tensor '{}' {}, which the manifest does not record", s.name,
+          shape_str(s.shape));
     if (r->shape != s.shape)
       return fmt::format("model.hf_config implies '{}' is {}, but the manifest records {}", s.name,
                          shape_str(s.shape), shape_str(r->shape));
@@ -133,12 +140,13 @@ void check_files_complete(const std::filesystem::path& staging, const nlohmann::
     std::error_code ec;
     const auto st = std::filesystem::symlink_status(path, ec);
     if (ec || !std::filesystem::is_regular_file(st))
-      throw Error("internal: {} is listed for commit but is not a regular file in {}", name, staging.string());
+      throw Error("internal: {} is listed for commit but is not a regular file in {}", name,
+                  staging.string());
     const uint64_t size = std::filesystem::file_size(path, ec);
     const uint64_t want = f.at("bytes").get<uint64_t>();
     if (ec || size != want)
-      throw Error("internal: {} has {} bytes at commit, but {} were written: not committed", path.string(),
-                  size, want);
+      throw Error("internal: {} has {} bytes at commit, but {} were written: not committed",
+                  path.string(), size, want);
   }
 }
 

@@ -7,9 +7,8 @@
 #pragma once
 
 #include <filesystem>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "formats/safetensors/hf_checkpoint.hpp"
 #include "model/qwen35_config.hpp"

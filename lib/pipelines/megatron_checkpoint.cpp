@@ -7,9 +7,9 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "core/file.hpp"
 #include "core/hash.hpp"
 #include "dist/mpi_context.hpp"
-#include "core/file.hpp"
 #include "model/qwen35_dist_keys.hpp"
 #include "pipelines/manifest.hpp"
 #include "pipelines/manifest_check.hpp"
@@ -191,15 +191,17 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
                         std::back_inserter(missing));
     std::string detail;
     if (!extra.empty())
-      detail += fmt::format("it lists {} ({} file{} in all) that layout {} does not have", extra.front(),
-                            extra.size(), extra.size() == 1 ? "" : "s", ck.layout.describe());
+      detail +=
+          fmt::format("it lists {} ({} file{} in all) that layout {} does not have", extra.front(),
+                      extra.size(), extra.size() == 1 ? "" : "s", ck.layout.describe());
     if (!missing.empty())
       detail += fmt::format("{}it does not list {} ({} file{} in all) that layout {} needs",
                             detail.empty() ? "" : ", and ", missing.front(), missing.size(),
                             missing.size() == 1 ? "" : "s", ck.layout.describe());
-    throw Error("{}: the recorded layout does not match the listed shard files: {}; the manifest "
-                "was edited or does not belong to these shards",
-                where, detail);
+    throw Error(
+        "{}: the recorded layout does not match the listed shard files: {}; the manifest "
+        "was edited or does not belong to these shards",
+        where, detail);
   }
   return ck;
 }
@@ -306,9 +308,11 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
       const ShardFileInfo& fi = reader->file_info();
       const bool same_layout = fi.tp_size == ck.layout.tp && fi.pp_size == ck.layout.pp &&
                                fi.ep_size == ck.layout.ep && fi.etp_size == ck.layout.etp;
-      const bool same_rank = fi.tp_rank == s.coord.tp && fi.pp_rank == s.coord.pp && fi.ep_rank == s.coord.ep;
+      const bool same_rank =
+          fi.tp_rank == s.coord.tp && fi.pp_rank == s.coord.pp && fi.ep_rank == s.coord.ep;
       MB_CHECK(!same_layout || same_rank,
-               "{} holds the shard of rank (tp {}, pp {}, ep {}), whose file is {}, but its name is that "
+               "{} holds the shard of rank (tp {}, pp {}, ep {}), whose file is {}, but its name "
+               "is that "
                "of rank (tp {}, pp {}, ep {}): shard files were renamed or swapped",
                path.string(), fi.tp_rank, fi.pp_rank, fi.ep_rank,
                ShardCoord{fi.tp_rank, fi.pp_rank, fi.ep_rank}.file_name(), s.coord.tp, s.coord.pp,
@@ -316,8 +320,8 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
       MB_CHECK(same_layout,
                "{} was written for rank (tp {}, pp {}, ep {}) of TP{}·PP{}·EP{}·ETP{}, but this "
                "checkpoint's layout is {}: a shard from a different layout",
-               path.string(), fi.tp_rank, fi.pp_rank, fi.ep_rank, fi.tp_size, fi.pp_size, fi.ep_size,
-               fi.etp_size, ck.layout.describe());
+               path.string(), fi.tp_rank, fi.pp_rank, fi.ep_rank, fi.tp_size, fi.pp_size,
+               fi.ep_size, fi.etp_size, ck.layout.describe());
     }
     MB_CHECK(fs::file_size(path) == entry->at("bytes").get<uint64_t>(),
              "{} has {} bytes but the manifest recorded {}: truncated or replaced", path.string(),

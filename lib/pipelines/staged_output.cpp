@@ -1,10 +1,10 @@
 #include "pipelines/staged_output.hpp"
 
+#include <vector>
+
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "dist/mpi_context.hpp"
-
-#include <vector>
 
 namespace mb {
 namespace fs = std::filesystem;

@@ -73,16 +73,18 @@ std::string TensorCompare::describe(const Shape& shape) const {
   if (nan_pairs_ + inf_pairs_ > 0) {
     std::vector<std::string> kinds;
     if (nan_pairs_)
-      kinds.push_back(fmt::format("{} pair{} NaN against a value", nan_pairs_, nan_pairs_ == 1 ? "" : "s"));
-    if (inf_pairs_)
       kinds.push_back(
-          fmt::format("{} pair{} Inf against another value", inf_pairs_, inf_pairs_ == 1 ? "" : "s"));
+          fmt::format("{} pair{} NaN against a value", nan_pairs_, nan_pairs_ == 1 ? "" : "s"));
+    if (inf_pairs_)
+      kinds.push_back(fmt::format("{} pair{} Inf against another value", inf_pairs_,
+                                  inf_pairs_ == 1 ? "" : "s"));
     const bool all = nan_pairs_ + inf_pairs_ == differing_;
     max = fmt::format("{} ({}{})", nan_pairs_ ? "nan" : "inf", fmt::join(kinds, ", "),
                       all ? "" : fmt::format("; finite pairs differ by at most {:.6g}", max_abs_));
   }
-  return fmt::format("{} of {} elements differ, max abs diff {}, first at [{}] (A {:.8g}, B {:.8g})",
-                     differing_, numel(shape), max, fmt::join(idx, ", "), first_a_, first_b_);
+  return fmt::format(
+      "{} of {} elements differ, max abs diff {}, first at [{}] (A {:.8g}, B {:.8g})", differing_,
+      numel(shape), max, fmt::join(idx, ", "), first_a_, first_b_);
 }
 
 }  // namespace mb

@@ -34,9 +34,9 @@ class TensorCompare {
   double atol_, rtol_;
   bool exact_;
   uint64_t differing_ = 0;
-  double max_abs_ = 0;        // over differing pairs of finite values
-  uint64_t nan_pairs_ = 0;    // differing pairs where one side is NaN
-  uint64_t inf_pairs_ = 0;    // differing pairs where one side is ±Inf (and neither is NaN)
+  double max_abs_ = 0;      // over differing pairs of finite values
+  uint64_t nan_pairs_ = 0;  // differing pairs where one side is NaN
+  uint64_t inf_pairs_ = 0;  // differing pairs where one side is ±Inf (and neither is NaN)
   uint64_t first_ = 0;
   double first_a_ = 0, first_b_ = 0;
 };

@@ -32,7 +32,8 @@ bool is_unfinished_output(const fs::path& p) {
   if (!name.has_filename()) name = name.parent_path();
   const std::string n = name.filename().string();
   const std::string suffix = ".partial";
-  return (n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) ||
+  return (n.size() > suffix.size() &&
+          n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) ||
          fs::exists(p / ".megabridge-job");
 }
 
@@ -291,10 +292,11 @@ int run_verify(const VerifyOptions& opt, MpiContext& mpi) {
       return 2;
     } else if (is_unfinished_output(p)) {
       if (mpi.is_root())
-        log::error("{} is an unfinished output, the staging directory of an interrupted or failed "
-                   "job: resume it (the same import with --resume) or run the job again; verify "
-                   "reads finished outputs only",
-                   p.string());
+        log::error(
+            "{} is an unfinished output, the staging directory of an interrupted or failed "
+            "job: resume it (the same import with --resume) or run the job again; verify "
+            "reads finished outputs only",
+            p.string());
       return 2;
     }
   if (am && bm) {

@@ -1,19 +1,23 @@
 #include "transforms/cast_overflow.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
-
-#include <fmt/format.h>
 
 namespace mb {
 namespace {
 double largest_finite(DType t) {
   switch (t) {
-    case DType::F16: return 65504.0;
-    case DType::BF16: return 3.3895313892515355e38;
-    case DType::F32: return 3.4028234663852886e38;
-    default: return 1.7976931348623157e308;
+    case DType::F16:
+      return 65504.0;
+    case DType::BF16:
+      return 3.3895313892515355e38;
+    case DType::F32:
+      return 3.4028234663852886e38;
+    default:
+      return 1.7976931348623157e308;
   }
 }
 constexpr size_t kChunk = 4096;  // elements widened to f64 at a time
@@ -75,8 +79,8 @@ std::string cast_overflow_message(const std::string& what, DType from, DType to,
   return fmt::format(
       "{}{} element(s) overflow to Inf when cast from {} to {} ({}the largest finite {} is "
       "{:.8g}): pass --allow-overflow to write them as Inf",
-      what.empty() ? "" : what + ": ", count, dtype_name(from), dtype_name(to), example, dtype_name(to),
-      largest_finite(to));
+      what.empty() ? "" : what + ": ", count, dtype_name(from), dtype_name(to), example,
+      dtype_name(to), largest_finite(to));
 }
 
 }  // namespace mb

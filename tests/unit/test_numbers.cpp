@@ -33,7 +33,9 @@ std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
   return out;
 }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 }  // namespace
 
 // ---------------------------------------------------------------- verify
@@ -134,7 +136,9 @@ TEST(CastOverflow, CountsFiniteValuesThatBecomeInf) {
   convert_elements(DType::BF16, src.data(), DType::F16, dst.data(), src.size());
   uint64_t first = 0;
   double value = 0;
-  EXPECT_EQ(count_cast_overflow(DType::BF16, src.data(), DType::F16, dst.data(), src.size(), &first, &value), 2u);
+  EXPECT_EQ(count_cast_overflow(DType::BF16, src.data(), DType::F16, dst.data(), src.size(), &first,
+                                &value),
+            2u);
   EXPECT_EQ(first, 1u);
   EXPECT_EQ(value, 99840.0);
   EXPECT_EQ(count_infinite(DType::F16, dst.data(), dst.size()), 3u);
@@ -177,11 +181,17 @@ TEST(CastOverflow, TheEngineRefusesAnOverflowingCastUnlessAllowed) {
   VecSource src;
   src.cols = 4;
   std::vector<float> values(256, 0.5f);
-  values[161] = 99840.0f;   // row 40, col 1
-  values[243] = -1.0e6f;    // row 60, col 3
+  values[161] = 99840.0f;  // row 40, col 1
+  values[243] = -1.0e6f;   // row 60, col 3
   src.data = to_bf16(values);
   std::vector<Segment> segs{{0, 0, 0, 0, 0, 64, 4}};
-  CopyJob job{"model.layers.0.mlp.down_proj.weight", &segs, 64, 4, DType::BF16, DType::F16, ElementOp::None};
+  CopyJob job{"model.layers.0.mlp.down_proj.weight",
+              &segs,
+              64,
+              4,
+              DType::BF16,
+              DType::F16,
+              ElementOp::None};
   {
     CopyEngine engine(4096);  // blocks of 16 rows: the overflow is found in a later block
     VecSink sink;
@@ -216,7 +226,8 @@ TEST(CastOverflow, TheEngineRefusesAnOverflowingCastUnlessAllowed) {
 TEST(OptionRanges, SizesOutsideUint64AreRefused) {
   EXPECT_EQ(parse_size("5GB"), 5000000000ull);
   EXPECT_EQ(parse_size("4GiB"), 4ull << 30);
-  for (const char* bad : {"99999999999999999999GB", "inf", "1e300", "1e-30", "0.5B", "nan", "-1GB", "0"}) {
+  for (const char* bad :
+       {"99999999999999999999GB", "inf", "1e300", "1e-30", "0.5B", "nan", "-1GB", "0"}) {
     try {
       (void)parse_size(bad);
       ADD_FAILURE() << bad << " was accepted";
@@ -239,7 +250,8 @@ TEST(OptionRanges, BufferSizesCannotOverflowTheShift) {
       (void)buffer_mb_to_bytes(bad, "--buffer-mb");
       ADD_FAILURE() << bad << " was accepted";
     } catch (const Error& e) {
-      EXPECT_TRUE(contains(e.what(), fmt::format("--buffer-mb {} is out of range", bad))) << e.what();
+      EXPECT_TRUE(contains(e.what(), fmt::format("--buffer-mb {} is out of range", bad)))
+          << e.what();
     }
   }
 }
@@ -262,10 +274,9 @@ TEST(OptionRanges, StageLayerCountsThatWouldWrapAroundAreRefused) {
 TEST(Messages, ADuplicatedHeaderKeyIsNamedAsSuch) {
   // Two entries named "a"; nlohmann keeps the second, which used to surface
   // as a gap before the unrelated tensor "b".
-  const std::string h =
-      R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},)"
-      R"("a":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})";
+  const std::string h = R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                        R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},)"
+                        R"("a":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})";
   try {
     (void)parse_safetensors_header(h, 8 + h.size() + 12, "x.safetensors");
     FAIL() << "accepted";
@@ -276,9 +287,8 @@ TEST(Messages, ADuplicatedHeaderKeyIsNamedAsSuch) {
 
 TEST(Messages, ANestedRepeatedKeyIsNotADuplicateTensor) {
   // "dtype" appears in every entry: only top-level keys are tensors.
-  const std::string h =
-      R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})";
+  const std::string h = R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                        R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})";
   EXPECT_EQ(parse_safetensors_header(h, 8 + h.size() + 8, "x").entries.size(), 2u);
 }
 
@@ -301,7 +311,8 @@ TEST(Messages, CommitRefusesAFileShorterThanWritten) {
 // ---------------------------------------------------------------- manifest
 
 namespace {
-const std::filesystem::path kDense = std::filesystem::path(MEGABRIDGE_SOURCE_DIR) / "tests/data/qwen35-dense-tiny";
+const std::filesystem::path kDense =
+    std::filesystem::path(MEGABRIDGE_SOURCE_DIR) / "tests/data/qwen35-dense-tiny";
 
 std::string mismatch_after(const std::string& field, const nlohmann::json& value) {
   nlohmann::json raw = nlohmann::json::parse(read_text_file(kDense / "config.json"));

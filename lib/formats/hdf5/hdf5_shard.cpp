@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
-#include <vector>
 #include <mutex>
 #include <string_view>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
@@ -138,7 +138,8 @@ void put_string_attr(hid_t obj, const char* name, const std::string& value) {
 void put_u64_attr(hid_t obj, const char* name, const std::vector<uint64_t>& values, bool scalar) {
   const std::string what = fmt::format("writing HDF5 attribute '{}'", name);
   hsize_t n = values.size();
-  Hid space(must_id(scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr), what), H5Sclose);
+  Hid space(must_id(scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr), what),
+            H5Sclose);
   Hid attr(must_id(H5Acreate2(obj, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT), what),
            H5Aclose);
   must_ok(H5Awrite(attr, H5T_NATIVE_UINT64, values.data()), what);
@@ -201,8 +202,8 @@ void select_rows(hid_t space, const std::vector<hsize_t>& dims, uint64_t r0, uin
   for (const Box& b : rows_to_boxes(shape, r0, r1, c0, c1)) {
     const std::vector<hsize_t> start(b.offsets.begin(), b.offsets.end());
     const std::vector<hsize_t> count(b.sizes.begin(), b.sizes.end());
-    must_ok(H5Sselect_hyperslab(space, first ? H5S_SELECT_SET : H5S_SELECT_OR, start.data(), nullptr,
-                                count.data(), nullptr),
+    must_ok(H5Sselect_hyperslab(space, first ? H5S_SELECT_SET : H5S_SELECT_OR, start.data(),
+                                nullptr, count.data(), nullptr),
             fmt::format("{}: selecting rows [{}, {}) cols [{}, {})", where, r0, r1, c0, c1));
     first = false;
   }
@@ -256,8 +257,8 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
   // file bytes, so outputs can be compared with cmp (reshard vs import).
   Hid dcpl(must_id(H5Pcreate(H5P_DATASET_CREATE), what), H5Pclose);
   must_ok(H5Pset_obj_track_times(dcpl, false), what);
-  dset_ = must_id(H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
-                  what);
+  dset_ = must_id(
+      H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), what);
   // From here the dataset is dset_, closed by the destructor on any error.
   try {
     put_string_attr(dset_, "global_name", info.global_name);
@@ -271,7 +272,7 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
 void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data) {
   MB_HDF5_LOCK;
   const std::string what = fmt::format("{}: writing rows [{}, {}) of dataset '{}'", path_.string(),
-                                      row0, row0 + rows, cur_.name);
+                                       row0, row0 + rows, cur_.name);
   const auto dims = dims_of(cur_.shape);
   Hid fspace(must_id(H5Dget_space(dset_), what), H5Sclose);
   select_rows(fspace, dims, row0, row0 + rows, 0, cols_2d(cur_.shape), what);
@@ -323,7 +324,8 @@ Hdf5ShardUpdater::Hdf5ShardUpdater(const fs::path& path, const ShardFileInfo& in
     Hid space(must_id(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what),
               H5Sclose);
     TypeHandle type = type_for(d.dtype);
-    Hid id(must_id(H5Dcreate2(file, d.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), what),
+    Hid id(must_id(H5Dcreate2(file, d.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
+                   what),
            H5Dclose);
     try {
       put_string_attr(id, "global_name", d.global_name);
@@ -361,8 +363,9 @@ void Hdf5ShardUpdater::write_rect(size_t dataset, uint64_t row0, uint64_t rows, 
                                   uint64_t cols, const void* data) {
   MB_HDF5_LOCK;
   const ShardDatasetInfo& d = info_.at(dataset);
-  const std::string what = fmt::format("{}: writing rows [{}, {}) cols [{}, {}) of dataset '{}'",
-                                      path_.string(), row0, row0 + rows, col0, col0 + cols, d.name);
+  const std::string what =
+      fmt::format("{}: writing rows [{}, {}) cols [{}, {}) of dataset '{}'", path_.string(), row0,
+                  row0 + rows, col0, col0 + cols, d.name);
   const hid_t dset = open_.get(file_, d.name, path_);
   Hid fspace(must_id(H5Dget_space(dset), what), H5Sclose);
   select_rows(fspace, dims_of(d.shape), row0, row0 + rows, col0, col0 + cols, what);
@@ -448,7 +451,8 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
       const int nd = H5Sget_simple_extent_ndims(space);
       MB_CHECK(nd >= 0 && nd <= 32, "{}: unreadable rank ({})", dwhere, nd);
       std::vector<hsize_t> dims(static_cast<size_t>(nd));
-      must_ok(H5Sget_simple_extent_dims(space, dims.data(), nullptr), dwhere + ": reading its shape");
+      must_ok(H5Sget_simple_extent_dims(space, dims.data(), nullptr),
+              dwhere + ": reading its shape");
       info.shape.assign(dims.begin(), dims.end());
     }
     info.global_name = get_string_attr(d, "global_name", dwhere);
@@ -490,7 +494,7 @@ void Hdf5ShardReader::read(const std::string& name, uint64_t row0, uint64_t rows
            "{}: dataset '{}' {} has no rows [{}, {}) cols [{}, {})", path_.string(), name,
            shape_str(info->shape), row0, row0 + rows, col0, col0 + cols);
   const std::string what = fmt::format("{}: reading rows [{}, {}) cols [{}, {}) of dataset '{}'",
-                                      path_.string(), row0, row0 + rows, col0, col0 + cols, name);
+                                       path_.string(), row0, row0 + rows, col0, col0 + cols, name);
   const hid_t d = open_.get(file_, name, path_);
   Hid fspace(must_id(H5Dget_space(d), what), H5Sclose);
   select_rows(fspace, dims_of(info->shape), row0, row0 + rows, col0, col0 + cols, what);
