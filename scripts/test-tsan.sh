@@ -25,9 +25,10 @@ cmake --build build-tsan -j"$jobs" --target megabridge_unit_tests megabridge
 logs="$root/build-tsan/tsan-logs"
 rm -rf "$logs"
 mkdir -p "$logs"
-# Open MPI's own threads (progress, orted) are not instrumented; reports in
+# Open MPI's own threads (progress, PMIx, libevent) are not instrumented:
+# ignore_noninstrumented_modules keeps TSan to our code; reports in
 # them would be about MPI, not us: scripts/tsan.supp lists what is suppressed.
-export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:log_path=$logs/tsan:suppressions=$root/scripts/tsan.supp"
+export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:ignore_noninstrumented_modules=1:log_path=$logs/tsan:suppressions=$root/scripts/tsan.supp"
 
 echo "== unit tests ($filter)"
 build-tsan/tests/megabridge_unit_tests --gtest_filter="$filter"
