@@ -408,7 +408,13 @@ void RegionFile::give_up_direct(std::string_view why) {
 
 RegionWriter::RegionWriter(RegionFile& f, uint64_t begin, uint64_t end, AlignedBuffer& buf)
     : f_(f), buf_(buf), begin_(begin), end_(end), pos_(begin) {
-  const uint64_t a = f.align_;
+  // The direct middle starts and ends on page boundaries even where the
+  // filesystem takes 512-byte units (ext4 on this machine does): the page
+  // cache works in pages, so a neighbour's buffered write into the same page
+  // could read the page before our direct write lands, and its later
+  // writeback would put the old bytes back over ours (the kernel's "page
+  // cache invalidation failure on direct I/O"). Whole pages never mix.
+  const uint64_t a = std::max<uint64_t>(f.align_, kPage);
   if (f.direct() && buf.size() >= a && round_up(begin, a) < round_down(end, a)) {
     a0_ = round_up(begin, a);
     a1_ = round_down(end, a);

@@ -12,6 +12,7 @@
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "pipelines/block_packing.hpp"
+#include "transforms/cast_overflow.hpp"
 #include "transforms/cuda/kernels.hpp"
 #include "transforms/gather_rects.hpp"
 
@@ -67,6 +68,7 @@ struct Slot {
   unsigned long long* d_count = nullptr;
   // The block in flight.
   bool busy = false;
+  uint64_t src_infinite = 0;  // ±Inf among its source elements (overflow check)
   uint64_t b0 = 0, b1 = 0;
   unsigned char* h_out = nullptr;
 };
@@ -206,11 +208,21 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
 
   Hasher hash;
   CopyResult result;
+  // Overflow to Inf, found on the host: a cast maps ±Inf to ±Inf and a
+  // finite value to a finite one or ±Inf, so the new infinities of a block
+  // are those of its output less those of its input.
+  const bool check_overflow = !allow_overflow_ && cast_can_overflow(job.src_dtype, job.dst_dtype);
+  uint64_t overflow = 0;
   auto finish = [&](Slot& s) {
     cuda::event_sync(s.event);
     s.busy = false;
     if (count) result.not_invertible += *s.h_count;
     const uint64_t n = (s.b1 - s.b0) * job.cols;
+    if (check_overflow) {
+      const uint64_t out_inf = count_infinite(job.dst_dtype, s.h_out, n);
+      if (out_inf > s.src_infinite) overflow += out_inf - s.src_infinite;
+    }
+    if (overflow > 0) return;  // counted only: nothing more is written
     hash.update(s.h_out, n * ds);
     report_block(n * ds);
     sink.write(s.b0, s.b1 - s.b0, s.h_out);
@@ -224,6 +236,10 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
     // Read every source rectangle of the block, packed one after the other
     // (block_packing.hpp, tested on the CPU with the same index math).
     const uint64_t off = pack_block(segs, b0, b1, ss, src, s.host, m.rects);
+    s.src_infinite = 0;
+    if (check_overflow)  // packed rectangles are contiguous: stride == cols
+      for (const auto& r : m.rects)
+        s.src_infinite += count_infinite(job.src_dtype, s.host + r.src_offset * ss, r.rows * r.cols);
     const uint64_t n = (b1 - b0) * job.cols;
     uint64_t dst_cols = job.cols;
     const size_t word = widen_rects(m.rects, dst_cols, ss);
@@ -256,6 +272,9 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
     in_flight = &s;
   }
   if (in_flight) finish(*in_flight);
+  if (overflow > 0)
+    throw Error("{}",
+                cast_overflow_message({}, job.src_dtype, job.dst_dtype, overflow, 0, 0, false));
   result.xxh3 = hash.digest();
   return result;
 }

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <future>
 #include <map>
 #include <numeric>
 #include <set>
+#include <system_error>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -38,7 +40,13 @@ uint64_t parse_size(const std::string& s) {
       {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
   auto it = units.find(unit);
   MB_CHECK(it != units.end() && v > 0, "bad size '{}' (expected e.g. 5GB, 500MB or a byte count)", s);
-  return static_cast<uint64_t>(v * it->second);
+  // Checked in floating point first: converting a double outside uint64's
+  // range is undefined behaviour ("99999999999999999999GB", "inf", "nan").
+  const double bytes = v * it->second;
+  constexpr double kMax = 4611686018427387904.0;  // 2^62 bytes (4 EiB)
+  MB_CHECK(std::isfinite(bytes) && bytes >= 1 && bytes <= kMax,
+           "size '{}' is out of range: expected 1 byte to 4 EiB (e.g. 5GB)", s);
+  return static_cast<uint64_t>(bytes);
 }
 
 namespace {
@@ -314,11 +322,21 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
   }
 
   uint64_t written = 0, tensors = 0, total_bytes = 0;
+  // Tensor bytes this rank wrote into each file, summed over ranks before
+  // commit: every byte of every file must have been written.
+  std::vector<uint64_t> file_written(plan.files.size(), 0);
   for (const auto& t : plan.tensors) total_bytes += t.nbytes();
   Progress progress(mpi, "export", total_bytes, plan.tensors.size());
   std::future<std::vector<std::string>> checksums;
-  if (opt.verify_checksums)
-    checksums = std::async(std::launch::async, [&ck, &mpi] { return checksum_problems(*ck, mpi.rank(), mpi.size()); });
+  if (opt.verify_checksums) {
+    auto check = [&ck, &mpi] { return checksum_problems(*ck, mpi.rank(), mpi.size()); };
+    try {
+      checksums = std::async(std::launch::async, check);
+    } catch (const std::system_error&) {
+      checksums =
+          std::async(std::launch::deferred, check);  // no thread under load: after the conversion
+    }
+  }
   try {
     const IoMode src_io = source_io_mode(opt.io, opt.verify_checksums);
     // The direct I/O buffers (a torch_dist source's read window, the output's
@@ -328,6 +346,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
     const auto engine_ptr =
         make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, io_buffers));
     CopyEngine& engine = *engine_ptr;
+    engine.allow_overflow(opt.allow_overflow);
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     const auto source_ptr = open_local_source(*ck, plan.refs, io_config(src_io, opt.buffer_bytes));
     RowSource& source = *source_ptr;
@@ -350,6 +369,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       } catch (...) {
         rethrow_with_context(fmt::format("exporting {}", t.name));
       }
+      file_written[t.file] += t.nbytes();
       written += t.nbytes();
       ++tensors;
       progress.add_tensor();
@@ -357,8 +377,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
     }
     for (auto& [f, file] : files) file.file().fsync();
   } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
+    mpi.fail(e.what(), out.staging());
   }
   progress.finish();
   std::string corrupt;
@@ -380,6 +399,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       }
       return 2;
     }
+  const auto file_written_all = mpi.gather(json(file_written).dump());
   const uint64_t total_written = mpi.all_reduce_sum(written);
   const uint64_t total_tensors = mpi.all_reduce_sum(tensors);
   const uint64_t max_rss = mpi.all_reduce_max(peak_rss_bytes());
@@ -394,6 +414,27 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
       }
       MB_CHECK(total_tensors == plan.tensors.size(), "internal: {} of {} tensors written",
                total_tensors, plan.tensors.size());
+      // Every byte of every file written, and each file of its final size.
+      std::vector<uint64_t> done(plan.files.size(), 0), want(plan.files.size(), 0),
+          end(plan.files.size(), 0);
+      for (const auto& g : file_written_all) {
+        const auto v = json::parse(g).get<std::vector<uint64_t>>();
+        for (size_t f = 0; f < v.size() && f < done.size(); ++f) done[f] += v[f];
+      }
+      for (const auto& t : plan.tensors) {
+        want[t.file] += t.nbytes();
+        end[t.file] = std::max(end[t.file], t.offset + t.nbytes());
+      }
+      for (size_t f = 0; f < plan.files.size(); ++f) {
+        end[f] = std::max<uint64_t>(end[f], plan.headers[f].size());
+        const fs::path path = out.staging() / plan.files[f];
+        MB_CHECK(done[f] == want[f],
+                 "internal: {}: {} of its {} tensor bytes were written; not committed",
+                 path.string(), done[f], want[f]);
+        MB_CHECK(fs::file_size(path) == end[f],
+                 "internal: {} has {} bytes, expected {}; not committed", path.string(),
+                 fs::file_size(path), end[f]);
+      }
       const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
       write_file_atomic(out.staging() / "model.safetensors.index.json", index.dump(2) + "\n");
       write_file_atomic(out.staging() / "config.json",
@@ -419,8 +460,7 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
                 static_cast<double>(total_written) / secs / 1e9,
                 human_bytes(static_cast<double>(max_rss)));
     } catch (const std::exception& e) {
-      log::error("{}", e.what());
-      mpi.abort(1);
+      mpi.fail(e.what(), out.staging());
     }
   }
   mpi.barrier();

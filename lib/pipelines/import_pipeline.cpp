@@ -1,14 +1,15 @@
 #include "pipelines/import_pipeline.hpp"
 
 #include <chrono>
-#include <optional>
 #include <filesystem>
+#include <optional>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "core/path_safety.hpp"
+#include "dist/forwarder.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
@@ -17,8 +18,8 @@
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/job_config.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/manifest_check.hpp"
 #include "pipelines/read_once.hpp"
-#include "dist/forwarder.hpp"
 #include "pipelines/safetensors_source.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
@@ -160,6 +161,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
     const auto engine_ptr =
         make_copy_engine(opt.device, engine_buffer_bytes(opt.buffer_bytes, !direct ? 0 : dist ? 2 : 1));
     CopyEngine& engine = *engine_ptr;
+    engine.allow_overflow(opt.allow_overflow);
     engine.on_block([&](uint64_t b) { progress.add_bytes(b); });
     SafetensorsSource source(plan.catalog, io);
     const std::string dist_name = fmt::format("{}/__{}_0.distcp", kTorchDistIterDir, mpi.rank());
@@ -199,8 +201,8 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       log::debug("read-once: forwarding with {}", forwarder->name());
       ReadOnceStats stats;
       results = run_read_once_hdf5(plan, mpi, *forwarder, out.staging(),
-                                   engine_buffer_bytes(opt.buffer_bytes, direct ? 1 : 0), io, progress,
-                                   stats);
+                                   engine_buffer_bytes(opt.buffer_bytes, direct ? 1 : 0), io,
+                                   progress, stats, opt.allow_overflow);
       log::debug("read-once: read {} from storage, sent {}, received {}",
                  human_bytes(static_cast<double>(stats.storage_bytes)),
                  human_bytes(static_cast<double>(stats.sent_bytes)),
@@ -228,8 +230,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       }
     }
   } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
+    mpi.fail(e.what(), out.staging());
   }
   progress.finish();
   const uint64_t read_once_total = mpi.all_reduce_sum(read_once_storage);
@@ -282,6 +283,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
       copy_hf_side_files(plan, out.staging());
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));
+      check_files_complete(out.staging(), files);
       const json manifest = build_manifest(plan, opt.format, files, source_description(plan));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
       out.commit();
@@ -302,8 +304,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
                 static_cast<double>(read) / secs / 1e9,
                 human_bytes(static_cast<double>(gathered.max_rss)));
     } catch (const std::exception& e) {
-      log::error("{}", e.what());
-      mpi.abort(1);
+      mpi.fail(e.what(), out.staging());
     }
   }
   mpi.barrier();

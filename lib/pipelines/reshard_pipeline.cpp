@@ -10,6 +10,7 @@
 #include "dist/test_hooks.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/manifest_check.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/shard_writer.hpp"
 #include "pipelines/staged_output.hpp"
@@ -126,8 +127,7 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
                                            test_hook_after_tensor(mpi.rank());
                                          }));
   } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
+    mpi.fail(e.what(), out.staging());
   }
   progress.finish();
   const GatheredResults gathered = gather_shard_results(results, mpi);
@@ -149,8 +149,9 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
       }
       write_file_atomic(out.staging() / "megatron_config.yaml",
                         megatron_config_yaml(plan.model, plan.layout));
-      const json manifest =
-          build_manifest(plan, "hdf5", manifest_files(gathered.results), ck->manifest.at("source"));
+      const json files = manifest_files(gathered.results);
+      check_files_complete(out.staging(), files);
+      const json manifest = build_manifest(plan, "hdf5", files, ck->manifest.at("source"));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
       out.commit();
       uint64_t bytes = 0;
@@ -161,8 +162,7 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
                 human_bytes(static_cast<double>(bytes)), out.target().string(), secs,
                 human_bytes(static_cast<double>(gathered.max_rss)));
     } catch (const std::exception& e) {
-      log::error("{}", e.what());
-      mpi.abort(1);
+      mpi.fail(e.what(), out.staging());
     }
   }
   mpi.barrier();

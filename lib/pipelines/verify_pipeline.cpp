@@ -25,6 +25,18 @@ namespace {
 
 bool is_megatron(const fs::path& p) { return fs::exists(p / kManifestName) || is_torch_dist_dir(p); }
 
+// A staging directory (staged_output.hpp): "<out>.partial", or anything
+// holding the job file that a staging directory carries until commit.
+bool is_unfinished_output(const fs::path& p) {
+  fs::path name = p.lexically_normal();
+  if (!name.has_filename()) name = name.parent_path();
+  const std::string n = name.filename().string();
+  const std::string suffix = ".partial";
+  return (n.size() > suffix.size() &&
+          n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) ||
+         fs::exists(p / ".megabridge-job");
+}
+
 // Balances items over ranks by size, largest first.
 std::vector<int> assign(const std::vector<uint64_t>& sizes, int world) {
   std::vector<size_t> order(sizes.size());
@@ -208,6 +220,7 @@ void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs:
   SafetensorsSource source(plan.catalog);
   const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
   CopyEngine& engine = *engine_ptr;
+  engine.allow_overflow(true);  // it recomputes what a conversion wrote, Inf included
   if (ck->format == "torch_dist") {
     // One copy of every element is stored: compare the canonical tensors.
     for (const auto& p : check_torch_dist(*ck, opt.verify_checksums, mpi.rank(), mpi.size()))
@@ -276,6 +289,14 @@ int run_verify(const VerifyOptions& opt, MpiContext& mpi) {
   for (const auto& p : {opt.a, opt.b})
     if (!fs::is_directory(p)) {
       if (mpi.is_root()) log::error("{} is not a directory", p.string());
+      return 2;
+    } else if (is_unfinished_output(p)) {
+      if (mpi.is_root())
+        log::error(
+            "{} is an unfinished output, the staging directory of an interrupted or failed "
+            "job: resume it (the same import with --resume) or run the job again; verify "
+            "reads finished outputs only",
+            p.string());
       return 2;
     }
   if (am && bm) {

@@ -281,6 +281,10 @@ EngineRun run_engine(CopyEngine& engine, const CopyJob& job, MemSource& src) {
 void expect_same(const CopyJob& job, MemSource& src, uint64_t buffer) {
   CopyEngine cpu(buffer);
   CudaCopyEngine gpu(buffer);
+  // Random bit patterns overflow narrowing casts; these tests compare the
+  // bytes written, Inf included (the refusal is tested below).
+  cpu.allow_overflow(true);
+  gpu.allow_overflow(true);
   const EngineRun a = run_engine(cpu, job, src);
   const EngineRun b = run_engine(gpu, job, src);
   ASSERT_EQ(a.out.size(), b.out.size()) << job.what << " buffer " << buffer;
@@ -340,6 +344,38 @@ TEST(CudaCopyEngine, NormOffsetCastsAndCounts) {
         for (uint64_t buffer : {4096ull, 1ull << 20})
           expect_same({"norm", &segs, n, 1, from, to, op}, src, buffer);
       }
+  }
+}
+
+TEST(CudaCopyEngine, RefusesAnOverflowingCastLikeTheCpuEngine) {
+  NEED_GPU();
+  // Random bf16 patterns: many exceed fp16's 65504 (and some are Inf or
+  // NaN already, which do not count). Both engines refuse the job by
+  // default with the same count; the CPU engine also names an example.
+  MemSource src;
+  src.elem = 2;
+  const uint64_t n = 20000;
+  src.data = {value_bytes(DType::BF16, n, 91)};
+  src.cols = {1};
+  const std::vector<Segment> segs{{0, 0, 0, 0, 0, n, 1}};
+  const CopyJob job{"overflow", &segs, n, 1, DType::BF16, DType::F16, ElementOp::None};
+  auto message = [&](CopyEngine& e) -> std::string {
+    MemSink sink;
+    try {
+      e.run(job, src, sink);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    }
+    return "accepted";
+  };
+  for (uint64_t buffer : {4096ull, 1ull << 20}) {
+    CopyEngine cpu(buffer);
+    CudaCopyEngine gpu(buffer);
+    const std::string a = message(cpu), b = message(gpu);
+    const std::string key = " when cast from BF16 to F16";
+    ASSERT_NE(a.find(key), std::string::npos) << a;
+    ASSERT_NE(b.find(key), std::string::npos) << b;
+    EXPECT_EQ(a.substr(0, a.find(key)), b.substr(0, b.find(key)));
   }
 }
 
