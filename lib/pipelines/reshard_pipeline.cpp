@@ -27,6 +27,7 @@ ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout
   ImportPlan p;
   p.config_json = ck.manifest.at("model").at("hf_config");
   p.model = ck.model;
+  p.mtp_not_converted = ck.mtp_not_converted;
   p.layout = target;
   p.catalog = ck.source;
   p.experts = ck.experts;
@@ -136,7 +137,7 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
       for (const auto& e : fs::directory_iterator(ck->dir / "hf"))
         fs::copy_file(e.path(), out.staging() / "hf" / e.path().filename());
       write_file_atomic(out.staging() / "megatron_config.yaml",
-                        megatron_config_yaml(plan.model, plan.layout));
+                        megatron_config_yaml(plan.model, plan.layout, plan.mtp_not_converted));
       const json manifest =
           build_manifest(plan, "hdf5", manifest_files(gathered.results), ck->manifest.at("source"));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");
