@@ -9,6 +9,7 @@
 #   4. export: same tensors, bytes, dtypes and files as the source (one
 #      model.safetensors without index stays so, byte for byte), config.json
 #      with mtp_num_hidden_layers 0 (compare_hf.py --mtp-dropped); verify;
+#      torch_dist: also without its manifest, read with the source config.json;
 #   5. reshard to another layout = a direct import there, file by file, and
 #      still recorded without MTP.
 #   hf_saved_case.sh BIN PYTHON NP FIXTURE_DIR FORMAT "RESHARD FLAGS" [import layout flags...]
@@ -48,6 +49,19 @@ for f in "$fixture"/*.safetensors; do
   cmp "$f" "$work/back/$(basename "$f")"  # the whole file: header, order, padding
 done
 run verify "$fixture" "$work/back" | tail -1
+if [ "$format" = torch_dist ]; then
+  # The same checkpoint as another tool would leave it (no megabridge manifest),
+  # read with the source's config.json, which declares MTP: no MTP key, so the
+  # model without MTP, exported as such.
+  cp -r "$work/meg" "$work/foreign"
+  rm "$work/foreign/manifest.json"
+  experts=()  # a foreign checkpoint does not know the HF expert layout: say it
+  if grep -q 'mlp\.experts\.0\.gate_proj' "$fixture"/*.safetensors; then experts=(--experts per_expert); fi
+  run export --quiet --megatron-path "$work/foreign" --hf-path "$work/foreign.hf" \
+    --hf-config "$fixture/config.json" "${experts[@]}" 2>"$work/foreign.log"
+  grep -q 'holds no MTP key: exporting the model without MTP' "$work/foreign.log"
+  "$python" "$here/compare_hf.py" "$fixture" "$work/foreign.hf" --mtp-dropped --any-file-map --no-side-files
+fi
 
 # shellcheck disable=SC2086
 run reshard --quiet --megatron-path "$work/meg" --out "$work/resharded" $reshard_flags
