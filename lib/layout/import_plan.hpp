@@ -79,9 +79,9 @@ struct ImportPlan {
 
 // Builds the plan. A checkpoint without any mtp.* tensor whose config.json
 // declares an MTP layer is planned without MTP (one warning; see
-// ImportPlan::mtp_not_converted). Throws on any accounting failure: a Megatron parameter with
-// no HF source, an HF tensor nothing consumes (unless !strict), or HF elements
-// that the canonical copies do not cover exactly once.
+// ImportPlan::mtp_not_converted). Throws on any accounting failure: a
+// Megatron parameter with no HF source, an HF tensor nothing consumes (unless
+// !strict), or HF elements that the canonical copies do not cover exactly once.
 ImportPlan build_import_plan(const ModelConfig& m, HfCatalog catalog, const PlanRequest& req);
 
 // The tensors of one shard, without segments' bytes being read: used by the

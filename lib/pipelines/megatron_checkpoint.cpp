@@ -122,7 +122,9 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
     // it: read it as the model it is.
     const bool any_mtp =
         std::any_of(ck.dcp.tensors.begin(), ck.dcp.tensors.end(),
-                    [](const auto& kv) { return kv.first.find(".mtp.") != std::string::npos; });
+                    [](const auto& kv) {
+                      return kv.first.rfind("mtp.", 0) == 0 || kv.first.find(".mtp.") != std::string::npos;
+                    });
     if (ck.model.text.mtp_layers > 0 && !any_mtp) {
       ck.mtp_not_converted = ck.model.text.mtp_layers;
       ck.model = without_mtp(ck.model);
