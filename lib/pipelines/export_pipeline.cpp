@@ -71,6 +71,9 @@ struct ExportPlan {
   std::vector<std::string> headers;  // the safetensors prefix of each file
   std::vector<ExportTensor> tensors;
   std::vector<LocalTensorRef> refs;
+  // model.safetensors.index.json, unless the source had none and the export
+  // keeps its single file (transformers' save_pretrained of a small model).
+  bool write_index = true;
 };
 
 // Byte offsets inside each file, in the reference writer's order, and each
@@ -99,12 +102,16 @@ json to_json(const ExportPlan& p) {
                   {"offset", t.offset}, {"rank", t.rank}, {"segments", segments_to_json(t.segments)}});
   json refs = json::array();
   for (const auto& r : p.refs) refs.push_back({r.shard, r.tensor});
-  return {{"files", p.files}, {"tensors", std::move(ts)}, {"refs", std::move(refs)}};
+  return {{"files", p.files},
+          {"tensors", std::move(ts)},
+          {"refs", std::move(refs)},
+          {"write_index", p.write_index}};
 }
 
 ExportPlan from_json(const json& j) {
   ExportPlan p;
   p.files = j.at("files").get<std::vector<std::string>>();
+  p.write_index = j.at("write_index").get<bool>();
   for (const auto& t : j.at("tensors")) {
     ExportTensor x;
     x.name = t.at("name").get<std::string>();
@@ -160,6 +167,11 @@ json target_tensors(const MegatronCheckpoint& ck, const ExpertLayouts& target, b
 }
 
 ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& opt, int world) {
+  if (ck.foreign && ck.mtp_not_converted > 0)
+    log::warn(
+        "{}: {} declares {} MTP layer(s) but the checkpoint holds no MTP key: exporting the "
+        "model without MTP (config.json with mtp_num_hidden_layers 0)",
+        ck.dir.string(), opt.hf_config.string(), ck.mtp_not_converted);
   ExpertLayouts target = ck.experts;
   if (opt.experts) target.main = *opt.experts;
   if (opt.mtp_experts) target.mtp = *opt.mtp_experts;
@@ -187,6 +199,7 @@ ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& 
   std::vector<uint32_t> file_of(cat.tensors.size(), 0);
   if (same_files && !opt.max_shard_bytes && !src_files.empty()) {
     plan.files = src_files;
+    plan.write_index = src_files.size() > 1 || ck.manifest.at("source").value("has_index", true);
     for (size_t i = 0; i < cat.tensors.size(); ++i) file_of[i] = cat.tensors[i].file;
   } else {
     const uint64_t limit = opt.max_shard_bytes.value_or(5ull << 30);
@@ -436,7 +449,8 @@ int run_export(const ExportOptions& opt, MpiContext& mpi) {
                  fs::file_size(path), end[f]);
       }
       const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-      write_file_atomic(out.staging() / "model.safetensors.index.json", index.dump(2) + "\n");
+      if (plan.write_index)
+        write_file_atomic(out.staging() / "model.safetensors.index.json", index.dump(2) + "\n");
       write_file_atomic(out.staging() / "config.json",
                         ck->manifest.at("model").at("hf_config").dump(2) + "\n");
       for (const auto& f : ck->source.extra_files) {

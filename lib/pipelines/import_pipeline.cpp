@@ -282,7 +282,7 @@ int run_import(const ImportOptions& opt, MpiContext& mpi) {
                  (plan.catalog.dir / name).string());
       copy_hf_side_files(plan, out.staging());
       write_file_atomic(out.staging() / "megatron_config.yaml",
-                        megatron_config_yaml(plan.model, plan.layout));
+                        megatron_config_yaml(plan.model, plan.layout, plan.mtp_not_converted));
       check_files_complete(out.staging(), files);
       const json manifest = build_manifest(plan, opt.format, files, source_description(plan));
       write_file_atomic(out.staging() / kManifestName, manifest.dump(1) + "\n");

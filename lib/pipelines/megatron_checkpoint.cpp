@@ -127,6 +127,18 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
     ck.iter_dir = find_iter_dir(dir);
     ck.dcp = load_dcp(ck.iter_dir);
     ck.model = load_model_config(foreign->hf_config);
+    // A model built without MTP (mtp_num_layers 0, as megabridge imports a
+    // checkpoint that transformers saved) next to a config.json that declares
+    // it: read it as the model it is.
+    const bool any_mtp =
+        std::any_of(ck.dcp.tensors.begin(), ck.dcp.tensors.end(),
+                    [](const auto& kv) {
+                      return kv.first.rfind("mtp.", 0) == 0 || kv.first.find(".mtp.") != std::string::npos;
+                    });
+    if (ck.model.text.mtp_layers > 0 && !any_mtp) {
+      ck.mtp_not_converted = ck.model.text.mtp_layers;
+      ck.model = without_mtp(ck.model);
+    }
     ck.experts = foreign->experts;
     json tensors = json::array();
     for (const auto& t : qwen35_hf_schema(ck.model, ck.experts, !ck.model.tied))
@@ -158,6 +170,7 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
     ck.format = m.at("shard_format").get<std::string>();
     MB_CHECK(ck.format == "hdf5" || ck.format == "torch_dist", "unknown shard format '{}'", ck.format);
     ck.model = parse_model_config(m.at("model").at("hf_config"), where + " (model.hf_config)");
+    ck.mtp_not_converted = mtp_not_converted(m);
     ck.layout = layout_from_json(m.at("layout"));
     const std::string dtype = m.at("dtype").get<std::string>();
     if (dtype != "keep") ck.cast = dtype_from_name(dtype);

@@ -75,9 +75,17 @@ std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, boo
   out += fmt::format("source     {} ({} tensors in {} files, {})\n", plan.catalog.dir.string(),
                      plan.catalog.tensors.size(), plan.catalog.files.size(),
                      gib(plan.catalog.total_bytes()));
+  const std::string mtp_experts =
+      m.text.mtp_layers > 0 ? std::string(expert_layout_name(plan.experts.mtp)) : "none";
   if (m.is_moe())
     out += fmt::format("experts    decoder {}, MTP {}\n", expert_layout_name(plan.experts.main),
-                       expert_layout_name(plan.experts.mtp));
+                       mtp_experts);
+  if (m.text.mtp_layers > 0)
+    out += fmt::format("mtp        {} layer\n", m.text.mtp_layers);
+  else if (plan.mtp_not_converted > 0)
+    out += fmt::format("mtp        none: config.json declares {}, the checkpoint holds no mtp.* "
+                       "tensor\n",
+                       plan.mtp_not_converted);
   out += fmt::format("layout     {} = {} shards on {} ranks\n", plan.layout.describe(),
                      plan.shards.size(), plan.world_size);
   const auto stages = stage_layers(plan.layout, m.text.num_layers);

@@ -28,6 +28,7 @@ ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout
   ImportPlan p;
   p.config_json = ck.manifest.at("model").at("hf_config");
   p.model = ck.model;
+  p.mtp_not_converted = ck.mtp_not_converted;
   p.layout = target;
   p.catalog = ck.source;
   p.experts = ck.experts;
@@ -148,7 +149,7 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {
         }
       }
       write_file_atomic(out.staging() / "megatron_config.yaml",
-                        megatron_config_yaml(plan.model, plan.layout));
+                        megatron_config_yaml(plan.model, plan.layout, plan.mtp_not_converted));
       const json files = manifest_files(gathered.results);
       check_files_complete(out.staging(), files);
       const json manifest = build_manifest(plan, "hdf5", files, ck->manifest.at("source"));

@@ -200,11 +200,13 @@ void compare_hf_megatron(const VerifyOptions& opt, const fs::path& hf, const fs:
   std::string blob, notes;
   ok = root_step(mpi, blob, [&] {
     const ModelConfig model = load_model_config(hf / "config.json");
-    if (model.raw != ck->manifest.at("model").at("hf_config"))
-      notes += fmt::format("CONFIG  {}/config.json differs from the config the checkpoint was "
-                           "converted from\n", hf.string());
     const ImportPlan plan = build_import_plan(model, read_hf_catalog(hf),
                                               {ck->layout, ck->cast, /*strict=*/false, mpi.size()});
+    // The config as an import of this HF checkpoint records it (without MTP
+    // when the checkpoint holds none), against the one the checkpoint records.
+    if (plan.config_json != ck->manifest.at("model").at("hf_config"))
+      notes += fmt::format("CONFIG  {}/config.json differs from the config the checkpoint was "
+                           "converted from\n", hf.string());
     for (const auto& u : plan.unconsumed)
       notes += fmt::format("{} {}: in the HF checkpoint only\n", hf_is_a ? "MISSING" : "EXTRA  ", u);
     const auto packed = json::to_msgpack(plan_to_json(plan));
