@@ -47,6 +47,9 @@ def main():
     yamls = [os.path.join(out, "megatron_config.yaml")] + glob.glob(os.path.join(out, "iter_*", "run_config.yaml"))
     for y in yamls:
         doc = yaml.safe_load(open(y))
+        # run_config.yaml nests megabridge's model configuration under `megabridge`
+        # (its `model` block holds only what Megatron-Bridge's loader reads).
+        doc = doc.get("megabridge", doc)
         lm = doc.get("language_model", doc.get("model", {}))
         value = lm.get("mtp_num_layers", "absent")
         if value != 0:
