@@ -281,7 +281,7 @@ for device in "$gpu_device" cpu; do
   if mpi 4 "$mb" bench --hf-config "$bench_cfg" --layers "$bench_layers" --dir "$work/bench" \
        "${bench_layout[@]}" --device "$device" | tee "$work/bench-$device.txt"; then
     record PASS "bench --device $device" \
-      "$(awk '/^(import|export) +[0-9]/ && !seen[$1]++ {printf "%s%s %s s, %s GB/s, %sx cp", sep, $1, $2, $3, $4; sep="; "}' "$work/bench-$device.txt")"
+      "$(awk '/^(import|export|reshard) +[0-9]/ && !seen[$1]++ {printf "%s%s %s s, %s GB/s, %sx the storage floor", sep, $1, $2, $3, $6; sep="; "}' "$work/bench-$device.txt")"
   else
     record FAIL "bench --device $device"
   fi

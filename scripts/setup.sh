@@ -10,7 +10,9 @@ cd "$root"
 
 packages=(cmake make g++ pkg-config git
   openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
-  libyaml-cpp-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libxxhash-dev zlib1g-dev)
+  libyaml-cpp-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libxxhash-dev zlib1g-dev
+  # the local Slurm cluster test (tests/slurm/local_slurm_test.sh; skipped without them)
+  slurmctld slurmd slurm-client slurm-wlm-basic-plugins)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
 #include "core/error.hpp"
+#include "core/file.hpp"
 #include "pipeline_cli.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
@@ -19,7 +21,6 @@
 #include "pipelines/reshard_pipeline.hpp"
 #include "pipelines/synth.hpp"
 #include "pipelines/verify_pipeline.hpp"
-#include "core/file.hpp"
 #include "dist/test_hooks.hpp"
 #include "pipelines/export_pipeline.hpp"
 #include "pipelines/pipeline_config.hpp"
@@ -35,6 +36,21 @@ void add_device_option(CLI::App* c, std::string& device) {
   c->add_option("--device", device, kDeviceHelp)->check(CLI::IsMember({"cpu", "cuda", "auto"}));
 }
 
+// Range checks with messages that name the option and the value. Layout
+// sizes beyond 2^20 fit no model; validate_layout says why a smaller one
+// does not fit this one.
+const CLI::Range kParallelSize(uint64_t{1}, uint64_t{1} << 20);
+const CLI::Range kLayerCount(uint64_t{1}, uint64_t{1} << 20);
+const CLI::Range kBufferMb(uint64_t{1}, mb::kMaxBufferMb);
+
+void check_tolerance(double v, const char* option) {
+  MB_CHECK(std::isfinite(v) && v >= 0, "{} {} is out of range: expected a finite number >= 0",
+           option, v);
+}
+
+constexpr const char* kAllowOverflowHelp =
+    "let a --dtype cast turn values too large for the target type into Inf (refused by default)";
+
 void add_io_option(CLI::App* c, std::string& io) {
   c->add_option("--io", io,
                 "auto (default): large reads and writes bypass the page cache (O_DIRECT) where the "
@@ -47,27 +63,32 @@ void add_io_option(CLI::App* c, std::string& io) {
 struct ImportFlags {
   std::string config, hf_path, out, format, dtype, device, io;
   std::optional<uint64_t> tp, pp, ep, etp, first, last, buffer_mb;
-  bool not_strict = false, overwrite = false, resume = false, read_once = false;
+  bool not_strict = false, overwrite = false, resume = false, read_once = false,
+       allow_overflow = false;
 
   void add(CLI::App* c, bool with_output) {
     c->add_option("--config", config, "YAML job file (configs/*.yaml), a one-step pipeline; flags override it");
     c->add_option("--hf-path", hf_path, "HuggingFace checkpoint directory");
     if (with_output) c->add_option("--out", out, "output directory");
-    c->add_option("--tp", tp, "tensor-parallel size");
-    c->add_option("--pp", pp, "pipeline-parallel size");
-    c->add_option("--ep", ep, "expert-parallel size");
-    c->add_option("--etp", etp, "expert tensor-parallel size (1 or TP)");
-    c->add_option("--first-stage-layers", first, "decoder layers on the first pipeline stage");
-    c->add_option("--last-stage-layers", last, "decoder layers on the last pipeline stage");
+    c->add_option("--tp", tp, "tensor-parallel size")->check(kParallelSize);
+    c->add_option("--pp", pp, "pipeline-parallel size")->check(kParallelSize);
+    c->add_option("--ep", ep, "expert-parallel size")->check(kParallelSize);
+    c->add_option("--etp", etp, "expert tensor-parallel size (1 or TP)")->check(kParallelSize);
+    c->add_option("--first-stage-layers", first, "decoder layers on the first pipeline stage")
+        ->check(kLayerCount);
+    c->add_option("--last-stage-layers", last, "decoder layers on the last pipeline stage")
+        ->check(kLayerCount);
     if (with_output) c->add_option("--format", format, "output format: hdf5 or torch_dist");
     c->add_option("--dtype", dtype,
                   "keep (default), bf16, fp16, fp32, or model: the params dtype of config.json, as "
                   "Megatron-Bridge stores every tensor");
-    c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
+    c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)")
+        ->check(kBufferMb);
+    c->add_flag("--allow-overflow", allow_overflow, kAllowOverflowHelp);
     c->add_flag("--not-strict", not_strict, "warn instead of failing on unconsumed HF tensors");
     if (with_output) c->add_flag("--overwrite", overwrite, "replace an existing output directory");
     if (with_output) add_device_option(c, device);
-    if (with_output) add_io_option(c, io);
+    add_io_option(c, io);  // plan: the storage reads it reports depend on it
     c->add_flag("--read-once", read_once,
                 "read every HF byte from storage once and forward it over MPI (HDF5 output)");
     if (with_output)
@@ -87,7 +108,8 @@ struct ImportFlags {
     if (first) o.layout.first_stage_layers = *first;
     if (last) o.layout.last_stage_layers = *last;
     if (!dtype.empty()) mb::set_import_dtype(o, dtype);
-    if (buffer_mb) o.buffer_bytes = *buffer_mb << 20;
+    if (buffer_mb) o.buffer_bytes = mb::buffer_mb_to_bytes(*buffer_mb, "--buffer-mb");
+    if (allow_overflow) o.allow_overflow = true;
     if (not_strict) o.strict = false;
     if (overwrite) o.overwrite = true;
     if (resume) o.resume = true;
@@ -103,7 +125,7 @@ struct ExportFlags {
   std::string config, megatron_path, hf_path, experts, mtp_experts, max_shard_size, dtype, hf_config,
       device, io;
   std::optional<uint64_t> buffer_mb;
-  bool no_verify = false, overwrite = false;
+  bool no_verify = false, overwrite = false, allow_overflow = false;
 
   void add(CLI::App* c) {
     c->add_option("--config", config, "YAML job file, a one-step pipeline; flags override it");
@@ -114,7 +136,9 @@ struct ExportFlags {
     c->add_option("--max-shard-size", max_shard_size,
                   "split files at this size, e.g. 5GB (default: the source's file map)");
     c->add_option("--dtype", dtype, "keep (default: the source dtypes), bf16, fp16 or fp32");
-    c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)");
+    c->add_option("--buffer-mb", buffer_mb, "staging memory per rank in MiB (default 256)")
+        ->check(kBufferMb);
+    c->add_flag("--allow-overflow", allow_overflow, kAllowOverflowHelp);
     c->add_flag("--no-verify-checksums", no_verify, "skip the shard checksum check");
     c->add_flag("--overwrite", overwrite, "replace an existing output directory");
     add_device_option(c, device);
@@ -129,9 +153,16 @@ struct ExportFlags {
     if (!hf_path.empty()) o.hf_path = hf_path;
     if (!experts.empty()) o.experts = mb::expert_layout_from_name(experts);
     if (!mtp_experts.empty()) o.mtp_experts = mb::expert_layout_from_name(mtp_experts);
-    if (!max_shard_size.empty()) o.max_shard_bytes = mb::parse_size(max_shard_size);
+    if (!max_shard_size.empty()) {
+      try {
+        o.max_shard_bytes = mb::parse_size(max_shard_size);
+      } catch (const mb::Error& e) {
+        throw mb::Error("--max-shard-size: {}", e.what());
+      }
+    }
     if (!dtype.empty()) o.dtype = mb::parse_dtype_option(dtype);
-    if (buffer_mb) o.buffer_bytes = *buffer_mb << 20;
+    if (buffer_mb) o.buffer_bytes = mb::buffer_mb_to_bytes(*buffer_mb, "--buffer-mb");
+    if (allow_overflow) o.allow_overflow = true;
     if (no_verify) o.verify_checksums = false;
     if (overwrite) o.overwrite = true;
     if (!hf_config.empty()) o.hf_config = hf_config;
@@ -150,7 +181,7 @@ int run_plan(const mb::ImportOptions& o, int ranks, bool per_shard, mb::MpiConte
   mb::PlanRequest req{o.layout, mb::import_cast(o, model), o.strict,
                       ranks > 0 ? ranks : mpi.size()};
   const mb::ImportPlan plan = mb::build_import_plan(model, mb::read_hf_catalog(o.hf_path), req);
-  std::fputs(mb::plan_report(plan, per_shard).c_str(), stdout);
+  std::fputs(mb::plan_report(plan, per_shard, o.io, o.read_once).c_str(), stdout);
   return 0;
 }
 
@@ -176,7 +207,9 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
   plan_flags.add(plan_cmd, false);
   int plan_ranks = 0;
   bool per_shard = false;
-  plan_cmd->add_option("--ranks", plan_ranks, "number of MPI ranks to plan for (default: this job's)");
+  plan_cmd
+      ->add_option("--ranks", plan_ranks, "number of MPI ranks to plan for (default: this job's)")
+      ->check(CLI::Range(1, 1 << 24));
   plan_cmd->add_flag("--shards", per_shard, "also list every shard");
   CLI::App* synth_cmd = app.add_subcommand(
       "synth", "write a random HF checkpoint with the real shapes of a released size");
@@ -186,11 +219,14 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
   synth_cmd->add_option("--hf-config", synth_config, "a config.json, e.g. configs/hf/qwen3.5-35b-a3b.json")
       ->required();
   synth_cmd->add_option("--out", synth_out, "output directory")->required();
-  synth_cmd->add_option("--layers", synth_layers, "keep the first N decoder layers");
-  synth_cmd->add_option("--vision-depth", synth_depth, "keep the first N vision blocks");
+  synth_cmd->add_option("--layers", synth_layers, "keep the first N decoder layers")
+      ->check(kLayerCount);
+  synth_cmd->add_option("--vision-depth", synth_depth, "keep the first N vision blocks")
+      ->check(kLayerCount);
   synth_cmd->add_option("--experts", synth_experts, "decoder expert layout: fused or per_expert");
   synth_cmd->add_option("--mtp-experts", synth_mtp_experts, "MTP expert layout: fused or per_expert");
-  synth_cmd->add_option("--max-shard-mb", synth_shard_mb, "shard file size target (default 5120)");
+  synth_cmd->add_option("--max-shard-mb", synth_shard_mb, "shard file size target (default 5120)")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 32));
   synth_cmd->add_option("--seed", synth_seed, "random seed");
   ExportFlags export_flags;
   CLI::App* export_cmd = app.add_subcommand("export", "convert Megatron shards back to a HF checkpoint");
@@ -204,7 +240,8 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
   verify_cmd->add_option("B", verify_opt.b, "a HF checkpoint or megabridge output")->required();
   verify_cmd->add_option("--atol", verify_opt.atol, "absolute tolerance (default 0: bit-exact)");
   verify_cmd->add_option("--rtol", verify_opt.rtol, "relative tolerance (default 0: bit-exact)");
-  verify_cmd->add_option("--buffer-mb", verify_buffer_mb, "staging memory per rank in MiB");
+  verify_cmd->add_option("--buffer-mb", verify_buffer_mb, "staging memory per rank in MiB")
+      ->check(kBufferMb);
   add_device_option(verify_cmd, verify_opt.device);
   verify_cmd->add_flag("--no-verify-checksums", verify_no_checksums, "skip the shard checksum check");
   verify_cmd->add_option("--hf-config", verify_opt.hf_config,
@@ -217,13 +254,20 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
       "reshard", "convert Megatron shards to another parallel layout, without HF in between");
   reshard_cmd->add_option("--megatron-path", reshard_opt.src, "megabridge Megatron output")->required();
   reshard_cmd->add_option("--out", reshard_opt.out, "output directory")->required();
-  reshard_cmd->add_option("--tp", reshard_opt.layout.tp, "target tensor-parallel size");
-  reshard_cmd->add_option("--pp", reshard_opt.layout.pp, "target pipeline-parallel size");
-  reshard_cmd->add_option("--ep", reshard_opt.layout.ep, "target expert-parallel size");
-  reshard_cmd->add_option("--etp", reshard_opt.layout.etp, "target expert tensor-parallel size");
-  reshard_cmd->add_option("--first-stage-layers", reshard_first, "layers on the first stage");
-  reshard_cmd->add_option("--last-stage-layers", reshard_last, "layers on the last stage");
-  reshard_cmd->add_option("--buffer-mb", reshard_buffer_mb, "staging memory per rank in MiB");
+  reshard_cmd->add_option("--tp", reshard_opt.layout.tp, "target tensor-parallel size")
+      ->check(kParallelSize);
+  reshard_cmd->add_option("--pp", reshard_opt.layout.pp, "target pipeline-parallel size")
+      ->check(kParallelSize);
+  reshard_cmd->add_option("--ep", reshard_opt.layout.ep, "target expert-parallel size")
+      ->check(kParallelSize);
+  reshard_cmd->add_option("--etp", reshard_opt.layout.etp, "target expert tensor-parallel size")
+      ->check(kParallelSize);
+  reshard_cmd->add_option("--first-stage-layers", reshard_first, "layers on the first stage")
+      ->check(kLayerCount);
+  reshard_cmd->add_option("--last-stage-layers", reshard_last, "layers on the last stage")
+      ->check(kLayerCount);
+  reshard_cmd->add_option("--buffer-mb", reshard_buffer_mb, "staging memory per rank in MiB")
+      ->check(kBufferMb);
   add_device_option(reshard_cmd, reshard_opt.device);
   add_io_option(reshard_cmd, reshard_io);
   reshard_cmd->add_flag("--no-verify-checksums", reshard_no_checksums, "skip the shard checksum check");
@@ -233,16 +277,28 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
   mb::BenchOptions bench_opt;
   std::optional<uint64_t> bench_buffer_mb;
   CLI::App* bench_cmd = app.add_subcommand(
-      "bench", "import and export a synthetic checkpoint, timed against cp -r of it");
+      "bench", "import, export and reshard a synthetic checkpoint, timed against the storage floor");
   bench_cmd->add_option("--hf-config", bench_opt.hf_config, "configs/hf/<size>.json")->required();
-  bench_cmd->add_option("--layers", bench_opt.layers, "decoder layers to keep (default 4)");
-  bench_cmd->add_option("--vision-depth", bench_opt.vision_depth, "vision blocks to keep");
+  bench_cmd->add_option("--layers", bench_opt.layers, "decoder layers to keep (default 4)")
+      ->check(kLayerCount);
+  bench_cmd->add_option("--vision-depth", bench_opt.vision_depth, "vision blocks to keep")
+      ->check(kLayerCount);
   bench_cmd->add_option("--dir", bench_opt.dir, "work directory on the filesystem to measure")->required();
-  bench_cmd->add_option("--tp", bench_opt.layout.tp, "tensor-parallel size");
-  bench_cmd->add_option("--pp", bench_opt.layout.pp, "pipeline-parallel size");
-  bench_cmd->add_option("--ep", bench_opt.layout.ep, "expert-parallel size");
-  bench_cmd->add_option("--etp", bench_opt.layout.etp, "expert tensor-parallel size");
-  bench_cmd->add_option("--buffer-mb", bench_buffer_mb, "staging memory per rank in MiB (default 256)");
+  bench_cmd->add_option("--tp", bench_opt.layout.tp, "tensor-parallel size")->check(kParallelSize);
+  bench_cmd->add_option("--pp", bench_opt.layout.pp, "pipeline-parallel size")
+      ->check(kParallelSize);
+  bench_cmd->add_option("--ep", bench_opt.layout.ep, "expert-parallel size")->check(kParallelSize);
+  bench_cmd->add_option("--etp", bench_opt.layout.etp, "expert tensor-parallel size")
+      ->check(kParallelSize);
+  std::optional<uint64_t> bench_rtp, bench_rpp, bench_rep, bench_retp;
+  bench_cmd->add_option("--reshard-tp", bench_rtp, "reshard phase: target TP (default: TP2 from TP1, else TP and EP (MoE) or PP swapped)")
+      ->check(kParallelSize);
+  bench_cmd->add_option("--reshard-pp", bench_rpp, "reshard phase: target PP")->check(kParallelSize);
+  bench_cmd->add_option("--reshard-ep", bench_rep, "reshard phase: target EP")->check(kParallelSize);
+  bench_cmd->add_option("--reshard-etp", bench_retp, "reshard phase: target ETP")->check(kParallelSize);
+  bench_cmd
+      ->add_option("--buffer-mb", bench_buffer_mb, "staging memory per rank in MiB (default 256)")
+      ->check(kBufferMb);
   add_device_option(bench_cmd, bench_opt.device);
   add_io_option(bench_cmd, bench_io);
   bench_cmd->add_flag("--keep", bench_opt.keep, "keep the import and export outputs");
@@ -271,7 +327,10 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
     app.parse(args);
   } catch (const CLI::ParseError& e) {
     if (action != Action::Execute) throw mb::Error("{}", e.what());
-    return mpi.is_root() ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+    // Every rank exits alike (mpirun reports whichever ends first): 0 for
+    // --help, 2 for a bad command line (CLI11's own codes vary, e.g. 105).
+    const int code = mpi.is_root() ? app.exit(e) : e.get_exit_code();
+    return code == 0 ? 0 : 2;
   }
   try {
     if (quiet) mb::log::set_level(mb::log::Level::Warn);
@@ -284,21 +343,32 @@ int megabridge_main(std::vector<std::string> args, mb::MpiContext& mpi, Action a
       return mb::run_import(o, mpi);
     }
     if (*verify_cmd) {
-      if (verify_buffer_mb) verify_opt.buffer_bytes = *verify_buffer_mb << 20;
+      if (verify_buffer_mb)
+        verify_opt.buffer_bytes = mb::buffer_mb_to_bytes(*verify_buffer_mb, "--buffer-mb");
+      check_tolerance(verify_opt.atol, "--atol");
+      check_tolerance(verify_opt.rtol, "--rtol");
       verify_opt.verify_checksums = !verify_no_checksums;
       if (action != Action::Execute) return drive(action, mb::make_verify_step(verify_opt), mpi);
       return mb::run_verify(verify_opt, mpi);
     }
     if (*bench_cmd) {
-      if (bench_buffer_mb) bench_opt.buffer_bytes = *bench_buffer_mb << 20;
+      if (bench_buffer_mb)
+        bench_opt.buffer_bytes = mb::buffer_mb_to_bytes(*bench_buffer_mb, "--buffer-mb");
       if (!bench_io.empty()) bench_opt.io = mb::parse_io_mode(bench_io);
+      if (bench_rtp || bench_rpp || bench_rep || bench_retp) {
+        mb::ParallelLayout t;
+        t.tp = bench_rtp.value_or(1), t.pp = bench_rpp.value_or(1);
+        t.ep = bench_rep.value_or(1), t.etp = bench_retp.value_or(1);
+        bench_opt.reshard_layout = t;
+      }
       if (action != Action::Execute) return 0;
       return mb::run_bench(bench_opt, mpi);
     }
     if (*reshard_cmd) {
       reshard_opt.layout.first_stage_layers = reshard_first;
       reshard_opt.layout.last_stage_layers = reshard_last;
-      if (reshard_buffer_mb) reshard_opt.buffer_bytes = *reshard_buffer_mb << 20;
+      if (reshard_buffer_mb)
+        reshard_opt.buffer_bytes = mb::buffer_mb_to_bytes(*reshard_buffer_mb, "--buffer-mb");
       if (!reshard_io.empty()) reshard_opt.io = mb::parse_io_mode(reshard_io);
       reshard_opt.verify_checksums = !reshard_no_checksums;
       if (action != Action::Execute) return drive(action, mb::make_reshard_step(reshard_opt), mpi);
@@ -348,7 +418,7 @@ int main(int argc, char** argv) {
   megabridge_main({}, mpi, Action::Specs);
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
-    args = expand_config(args);
+    args = expand_config(args, mpi);
   } catch (const std::exception& e) {
     if (mpi.is_root()) mb::log::error("{}", e.what());
     return 2;

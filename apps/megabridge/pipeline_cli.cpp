@@ -6,6 +6,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <yaml-cpp/yaml.h>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -292,7 +293,58 @@ void set_command_specs(std::vector<CommandSpec> specs) {
   g_specs = std::move(specs);
 }
 
-std::vector<std::string> expand_config(const std::vector<std::string>& args) {
+namespace {
+
+// The key as the file wrote it: "target.max_shard_size" when it sits in a
+// nested block, else the option's own key.
+std::string key_as_written(const std::string& file, const std::string& command,
+                           const std::string& key) {
+  try {
+    const YAML::Node root = YAML::LoadFile(file);
+    for (const auto& [dotted, k] : aliases_of(command)) {
+      if (k != key) continue;
+      const auto dot = dotted.find('.');
+      const YAML::Node block = root[dotted.substr(0, dot)];
+      if (block.IsMap() && block[dotted.substr(dot + 1)]) return dotted;
+    }
+  } catch (const std::exception&) {
+  }
+  return key;
+}
+
+// When the command refuses a value that came from the file (and that the
+// command line did not override), the error names the file and its key, as
+// the single-job loaders did; other errors are left for the run to report.
+void check_config_values(const std::vector<std::string>& out, const std::string& file,
+                         const PipelineStep& s, const std::vector<std::string>& rest,
+                         mb::MpiContext& mpi) {
+  try {
+    megabridge_main(out, mpi, Action::Validate);
+    return;
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    for (const auto& o : spec_of(s.command).options) {
+      if (o.option.empty() || what.rfind(o.option + ":", 0) != 0) continue;
+      const std::string* value = s.value(o.key);
+      if (!value) return;  // not the file's
+      for (const auto& a : rest)
+        if (a == o.option || a.rfind(o.option + "=", 0) == 0) return;  // overridden
+      const std::string key = key_as_written(file, s.command, o.key);
+      std::string msg = what.substr(o.option.size() + 1);
+      while (!msg.empty() && msg.front() == ' ') msg.erase(0, 1);
+      // CLI11's range check: "Value V not in range A to B".
+      const std::string v = "Value " + *value + " not in range ";
+      if (msg.rfind(v, 0) == 0)
+        throw mb::Error("{}: {} {} is out of range: expected {}", file, key, *value,
+                        msg.substr(v.size()));
+      throw mb::Error("{}: {}: {}", file, key, msg);
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> expand_config(const std::vector<std::string>& args, mb::MpiContext& mpi) {
   size_t cmd = 0;
   while (cmd < args.size() && args[cmd].rfind("-", 0) == 0)
     cmd += args[cmd] == "--log-level" ? 2 : 1;
@@ -321,6 +373,7 @@ std::vector<std::string> expand_config(const std::vector<std::string>& args) {
     if (known) out.push_back(a);
   }
   out.insert(out.end(), rest.begin(), rest.end());
+  check_config_values(out, file, s, rest, mpi);
   return out;
 }
 

@@ -40,8 +40,10 @@ std::vector<mb::CommandSpec> command_specs(const CLI::App& app);
 void set_command_specs(std::vector<mb::CommandSpec> specs);
 
 // Replaces `<command> --config FILE` by the file's options as flags, placed
-// before the command line's own so that those override the file's.
-std::vector<std::string> expand_config(const std::vector<std::string>& args);
+// before the command line's own so that those override the file's. A value
+// of the file that the command refuses (out of range, malformed) is reported
+// as the file's: "job.yaml: buffer_mb 17592186044416 is out of range: ...".
+std::vector<std::string> expand_config(const std::vector<std::string>& args, mb::MpiContext& mpi);
 
 // Validate: nothing; DryRun: the step's plan summary on rank 0.
 int drive(Action action, std::unique_ptr<mb::Step> step, mb::MpiContext& mpi);

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <future>
+#include <set>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -215,13 +217,16 @@ void InputFile::pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& 
     }
     const uint64_t start = round_down(pos, align_);
     uint64_t len = std::min(cap, round_up(end, align_) - start);
-    // A small read that continues the last load forward (a gap of at most
-    // max(last load, 1 MiB)) loads ahead: twice the last load.
-    const bool forward = w.file_ == id_ && start >= w.off_ &&
-                         start <= w.off_ + w.len_ + std::max<uint64_t>(w.len_, kSmallReadBytes);
-    if (n < kSmallReadBytes && forward)
-      len = std::min(cap, std::max(len, round_up(2 * w.len_, align_)));
+    // A small read that continues the last small one forward (within 1 MiB
+    // of its end) loads ahead: twice what that one loaded. A small read after
+    // a large one loads what it needs only: a large read says nothing about
+    // what follows it.
+    const bool small = n < kSmallReadBytes;
+    const bool forward = w.file_ == id_ && w.ahead_ > 0 && start >= w.off_ &&
+                         start <= w.off_ + w.len_ + kSmallReadBytes;
+    if (small && forward) len = std::min(cap, std::max(len, round_up(2 * w.ahead_, align_)));
     const int64_t got = load(w, start, len, what);
+    w.ahead_ = small && got > 0 ? static_cast<uint64_t>(got) : 0;
     if (got < 0) break;  // refused: the rest through the page cache
     if (start + static_cast<uint64_t>(got) <= pos)
       throw Error("{} is truncated: needed bytes [{}, {}){}{} but the file has {} bytes",
@@ -229,6 +234,68 @@ void InputFile::pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& 
                   file_.size());
   }
   if (pos < end) file_.pread_exact(d + (pos - offset), end - pos, pos, what);
+}
+
+void InputFile::pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64_t piece,
+                           uint64_t offset, uint64_t row_bytes, ReadWindow& w,
+                           std::string_view what) {
+  auto* d = static_cast<unsigned char*>(dst);
+  if (rows == 0 || piece == 0) return;
+  if (piece == row_bytes && dst_stride == row_bytes) {  // one contiguous range
+    pread_exact(d, rows * piece, offset, w, what);
+    return;
+  }
+  const uint64_t cap = round_down(w.capacity(), align_);
+  if (direct() && piece == row_bytes && cap >= 2 * align_) {
+    // Contiguous in the file, strided in memory: load the rows' aligned
+    // cover window by window (never past the last row) and copy them out.
+    const uint64_t end = offset + rows * row_bytes;
+    for (uint64_t r = 0; r < rows && direct();) {
+      const uint64_t pos = offset + r * row_bytes;
+      if (!(w.file_ == id_ && pos >= w.off_ && pos + piece <= w.off_ + w.len_)) {
+        const uint64_t start = round_down(pos, align_);
+        const uint64_t len = std::min(cap, round_up(end, align_) - start);
+        if (start + len < pos + piece) {  // a row larger than the window
+          pread_exact(d + r * dst_stride, piece, pos, w, what);
+          ++r;
+          continue;
+        }
+        w.ahead_ = 0;
+        const int64_t got = load(w, start, len, what);
+        if (got < 0) break;  // refused: the rest through the page cache
+        if (start + static_cast<uint64_t>(got) < pos + piece)
+          throw Error("{} is truncated: needed bytes [{}, {}){}{} but the file has {} bytes",
+                      file_.path().string(), pos, pos + piece, what.empty() ? "" : " for ", what,
+                      file_.size());
+      }
+      std::memcpy(d + r * dst_stride, w.buf_.data() + (pos - w.off_), piece);
+      ++r;
+      if (r == rows) return;
+    }
+  }
+  if (!direct() || column_window_direct(piece, row_bytes)) {
+    for (uint64_t r = 0; r < rows; ++r)
+      pread_exact(d + r * dst_stride, piece, offset + r * row_bytes, w, what);
+    return;
+  }
+  // A narrow window: through the page cache, shared with the node's other
+  // ranks. As many whole row spans per request as the window holds; the
+  // window's memory is the scratch space, so what it held is forgotten.
+  const uint64_t batch = piece <= cap ? 1 + (cap - piece) / row_bytes : 0;
+  if (batch == 0) {  // a piece larger than the window: straight into place
+    for (uint64_t r = 0; r < rows; ++r)
+      file_.pread_exact(d + r * dst_stride, piece, offset + r * row_bytes, what);
+    return;
+  }
+  w.file_ = 0;
+  w.ahead_ = 0;
+  for (uint64_t r0 = 0; r0 < rows; r0 += batch) {
+    const uint64_t k = std::min(batch, rows - r0);
+    const uint64_t at = offset + r0 * row_bytes;
+    file_.pread_exact(w.buf_.data(), (k - 1) * row_bytes + piece, at, what);
+    for (uint64_t r = 0; r < k; ++r)
+      std::memcpy(d + (r0 + r) * dst_stride, w.buf_.data() + r * row_bytes, piece);
+  }
 }
 
 // --------------------------------------------------------------- AppendFile
@@ -341,7 +408,13 @@ void RegionFile::give_up_direct(std::string_view why) {
 
 RegionWriter::RegionWriter(RegionFile& f, uint64_t begin, uint64_t end, AlignedBuffer& buf)
     : f_(f), buf_(buf), begin_(begin), end_(end), pos_(begin) {
-  const uint64_t a = f.align_;
+  // The direct middle starts and ends on page boundaries even where the
+  // filesystem takes 512-byte units (ext4 on this machine does): the page
+  // cache works in pages, so a neighbour's buffered write into the same page
+  // could read the page before our direct write lands, and its later
+  // writeback would put the old bytes back over ours (the kernel's "page
+  // cache invalidation failure on direct I/O"). Whole pages never mix.
+  const uint64_t a = std::max<uint64_t>(f.align_, kPage);
   if (f.direct() && buf.size() >= a && round_up(begin, a) < round_down(end, a)) {
     a0_ = round_up(begin, a);
     a1_ = round_down(end, a);
@@ -387,6 +460,116 @@ void RegionWriter::write_at(const void* data, uint64_t n, uint64_t offset) {
 void RegionWriter::finish() const {
   MB_CHECK(pos_ == end_ && filled_ == 0, "internal: {}: region [{}, {}) written up to byte {} only",
            f_.file_.path().string(), begin_, end_, pos_);
+}
+
+// -------------------------------------------------------------- direct copy
+
+DirectCopyResult direct_copy_file(const fs::path& src, const fs::path& dst, uint64_t block_bytes) {
+  File in(src, File::Mode::Read);
+  File out(dst, File::Mode::Write);
+  std::string why;
+  uint32_t ralign = kPage, walign = kPage;
+  int rfd = open_direct(src, O_RDONLY, ralign, why);
+  if (rfd < 0) log_fallback(IoMode::Direct, src, "reading", why);
+  int wfd = open_direct(dst, O_WRONLY, walign, why);
+  if (wfd < 0) log_fallback(IoMode::Direct, dst, "writing", why);
+  struct Fds {
+    int& r;
+    int& w;
+    ~Fds() { close_fd(r), close_fd(w); }
+  } fds{rfd, wfd};
+  const uint64_t align = std::max(ralign, walign);
+  const uint64_t block = std::max<uint64_t>(round_down(block_bytes, align), align);
+  AlignedBuffer bufs[2] = {AlignedBuffer(block), AlignedBuffer(block)};
+
+  // Reads up to `block` bytes at `at` (aligned); fewer only at the end of the file.
+  auto read_block = [&](unsigned char* p, uint64_t at) -> uint64_t {
+    uint64_t got = 0;
+    while (got < block) {
+      ssize_t r;
+      if (rfd >= 0) {
+        r = ::pread(rfd, p + got, block - got, static_cast<off_t>(at + got));
+        if (r < 0 && errno == EINVAL && got == 0) {  // refused: the page cache from now on
+          log_fallback(IoMode::Direct, src, "reading",
+                       fmt::format("direct read at byte {} refused", at));
+          close_fd(rfd);
+          continue;
+        }
+      } else {
+        r = ::pread(in.fd(), p + got, block - got, static_cast<off_t>(at + got));
+      }
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        throw Error("read error in {} at byte {}: {}", src.string(), at + got,
+                    std::strerror(errno));
+      }
+      if (r == 0) break;
+      got += static_cast<uint64_t>(r);
+      if (rfd >= 0 && got % ralign != 0) break;  // short only at the end of the file
+    }
+    return got;
+  };
+  // Writes n bytes at `at`: whole units directly (the last one padded with
+  // zeros, cut off by the truncate below), or through the page cache.
+  auto write_block = [&](unsigned char* p, uint64_t n, uint64_t at) {
+    if (wfd >= 0) {
+      const uint64_t padded = round_up(n, walign);
+      std::memset(p + n, 0, padded - n);
+      std::string refused;
+      if (pwrite_direct(wfd, p, padded, at, dst, refused)) return;
+      log_fallback(IoMode::Direct, dst, "writing", refused);
+      close_fd(wfd);
+    }
+    out.pwrite_exact(p, n, at);
+  };
+
+  DirectCopyResult res;
+  res.direct_read = rfd >= 0;
+  res.direct_write = wfd >= 0;
+  std::future<void> writing;
+  try {
+    for (int k = 0;; k ^= 1) {
+      const uint64_t n = read_block(bufs[k].data(), res.bytes);
+      if (writing.valid()) writing.get();  // the other buffer is free again
+      if (n == 0) break;
+      writing = std::async(std::launch::async, write_block, bufs[k].data(), n, res.bytes);
+      res.bytes += n;
+      if (n < block) break;
+    }
+    if (writing.valid()) writing.get();
+  } catch (...) {
+    if (writing.valid()) writing.wait();
+    throw;
+  }
+  res.direct_read = res.direct_read && rfd >= 0;
+  res.direct_write = res.direct_write && wfd >= 0;
+  out.truncate(res.bytes);  // the padding of the last unit
+  MB_CHECK(res.bytes == in.size(), "{} changed size while being copied ({} bytes copied, now {})",
+           src.string(), res.bytes, in.size());
+  out.fsync();
+  return res;
+}
+
+uint64_t direct_copy_tree(const fs::path& src, const fs::path& dst, uint64_t block_bytes,
+                          bool* all_direct) {
+  uint64_t bytes = 0;
+  bool direct = true;
+  std::set<fs::path> dirs{dst};
+  fs::create_directories(dst);
+  for (const auto& e : fs::recursive_directory_iterator(src)) {
+    const fs::path to = dst / fs::relative(e.path(), src);
+    if (e.is_directory()) {
+      fs::create_directories(to);
+      dirs.insert(to);
+    } else if (e.is_regular_file()) {
+      const DirectCopyResult r = direct_copy_file(e.path(), to, block_bytes);
+      bytes += r.bytes;
+      direct = direct && r.direct_read && r.direct_write;
+    }
+  }
+  for (const auto& d : dirs) fsync_directory(d);
+  if (all_direct) *all_direct = direct;
+  return bytes;
 }
 
 }  // namespace mb

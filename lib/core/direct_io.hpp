@@ -72,9 +72,10 @@ class AlignedBuffer {
 
 // The memory direct reads go through, shared by all files of one source:
 // an aligned buffer that also keeps the last bytes loaded, so that small
-// reads going forward (norms next to each other, the rows of a column
-// window) are served from it. What the page cache's readahead did, in user
-// space, for one source's reads only.
+// reads going forward (norms next to each other, rows contiguous in the
+// file) are served from it. What the page cache's readahead did, in user
+// space, for one source's reads only. Narrow column windows use it as
+// scratch space for their page-cache reads (InputFile::pread_rows).
 class ReadWindow {
  public:
   ReadWindow() = default;
@@ -86,13 +87,31 @@ class ReadWindow {
   AlignedBuffer buf_;
   uint64_t file_ = 0;  // the InputFile whose bytes it holds (0: none)
   uint64_t off_ = 0, len_ = 0;
+  // What the last load-ahead loaded (0: the last load was for a large read).
+  // Load-ahead grows from this, not from a large read's load, so that a norm
+  // read after a large tensor does not pull in megabytes nobody asked for.
+  uint64_t ahead_ = 0;
 };
+
+// How a column window (`rows` pieces of `piece` bytes, `row_bytes` apart in
+// the file) is read under direct I/O, and what storage it costs. A piece of at
+// least kDirectPieceBytes is read directly on its own (its aligned cover, at
+// most two alignment units more: < 1%). A narrower piece shares its
+// alignment units with the neighbouring ranks' columns, so reading it
+// directly would read those columns too (a TP2 split of 1 KiB expert rows
+// read 2x); such windows are read through the page cache instead, whole row
+// spans at a time, where the ranks of a node share them: each byte then comes
+// from storage once per node, which is what `plan` reports.
+constexpr uint64_t kDirectPieceBytes = 1 << 20;
+inline bool column_window_direct(uint64_t piece, uint64_t row_bytes) {
+  return piece == row_bytes || piece >= kDirectPieceBytes;
+}
 
 // A file read by byte ranges. With direct I/O every read goes through the
 // caller's ReadWindow: a large read loads exactly the aligned superset of
 // what it needs, in window-sized requests; a small read that continues the
-// previous one forward loads twice the last load (up to the window), so
-// that sequential small reads cost few requests. Without direct I/O (or
+// previous small one forward loads twice what that one loaded (up to the
+// window), so that sequential small reads cost few requests. Without direct I/O (or
 // without a window) reads go through file(), the ordinary buffered handle.
 class InputFile {
  public:
@@ -113,6 +132,11 @@ class InputFile {
   // Reads exactly [offset, offset + n); a short file is an error naming `what`.
   void pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& window,
                    std::string_view what);
+  // Reads `rows` pieces of `piece` bytes, the first at `offset`, each
+  // `row_bytes` after the previous, to dst rows `dst_stride` apart. Direct
+  // or through the page cache as column_window_direct() says (see there).
+  void pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64_t piece, uint64_t offset,
+                  uint64_t row_bytes, ReadWindow& window, std::string_view what);
 
  private:
   File file_;
@@ -205,5 +229,24 @@ class RegionWriter {
   uint64_t filled_ = 0;       // bytes in buf_, for file bytes [pos_ - filled_, pos_)
   void flush();
 };
+
+// A whole-file copy with O_DIRECT on both sides, the storage floor that
+// `megabridge bench` measures conversions against: large aligned requests,
+// reads of block k+1 overlapping the write of block k (two buffers), the
+// last, partial unit written padded and the file then truncated to its exact
+// length, then fsync. Either side falls back to the page cache where the
+// filesystem refuses O_DIRECT (reported in the result).
+struct DirectCopyResult {
+  uint64_t bytes = 0;
+  bool direct_read = false, direct_write = false;
+};
+DirectCopyResult direct_copy_file(const std::filesystem::path& src,
+                                  const std::filesystem::path& dst,
+                                  uint64_t block_bytes = 64ull << 20);
+// Copies every regular file under `src` to the same relative path under
+// `dst` (created; directories fsynced) with direct_copy_file. Returns the
+// bytes copied; `all_direct` says whether every file went direct both ways.
+uint64_t direct_copy_tree(const std::filesystem::path& src, const std::filesystem::path& dst,
+                          uint64_t block_bytes = 64ull << 20, bool* all_direct = nullptr);
 
 }  // namespace mb

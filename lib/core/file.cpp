@@ -143,6 +143,11 @@ void File::pwrite_exact(const void* buf, uint64_t n, uint64_t offset) {
       throw Error("write error in {} at byte {}: {}", path_.string(), offset + done,
                   errno_text(errno));
     }
+    // pwrite returns 0 for a non-empty request only when the file cannot
+    // take more (some FUSE and network filesystems): retrying would spin.
+    if (r == 0)
+      throw Error("write error in {} at byte {}: the system accepted 0 of {} bytes", path_.string(),
+                  offset + done, n - done);
     done += static_cast<uint64_t>(r);
   }
 }

@@ -1,10 +1,19 @@
 #include "dist/mpi_context.hpp"
 
+#include <fcntl.h>
+#include <fmt/chrono.h>
+#include <fmt/format.h>
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
+#include <ctime>
+#include <thread>
 
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -119,6 +128,56 @@ uint64_t MpiContext::all_reduce_max(uint64_t v) const {
   uint64_t out = 0;
   check(MPI_Allreduce(&v, &out, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD), "allreduce");
   return out;
+}
+
+namespace {
+// Appends `text` to `path` and fsyncs it; false on any failure (the caller
+// is already failing: a second error must not hide the first).
+bool append_synced(const std::filesystem::path& path, const std::string& text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return false;
+  size_t done = 0;
+  bool ok = true;
+  while (done < text.size()) {
+    const ssize_t r = ::write(fd, text.data() + done, text.size() - done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      ok = false;
+      break;
+    }
+    done += static_cast<size_t>(r);
+  }
+  ok = ::fsync(fd) == 0 && ok;
+  return ::close(fd) == 0 && ok;
+}
+}  // namespace
+
+void MpiContext::fail(std::string_view message, const std::filesystem::path& staging) const {
+  log::error("{}", message);
+  std::string kept;
+  std::error_code ec;
+  if (!staging.empty() && std::filesystem::is_directory(staging, ec)) {
+    const std::filesystem::path dir = staging / kErrorLogDir;
+    std::filesystem::create_directory(dir, ec);
+    const std::filesystem::path file = dir / fmt::format("rank-{}.log", rank_);
+    char host[256] = {};
+    ::gethostname(host, sizeof host - 1);
+    const std::string text =
+        fmt::format("time {:%Y-%m-%d %H:%M:%S} UTC host {} pid {} rank {} of {}\nerror: {}\n",
+                    fmt::gmtime(std::time(nullptr)), host, static_cast<long>(::getpid()), rank_,
+                    size_, message);
+    if (append_synced(file, text)) kept = file.string();
+  }
+  if (!kept.empty())
+    log::error("rank {} stops the job; this error is also kept in {}", rank_, kept);
+  else
+    log::error("rank {} stops the job", rank_);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  // mpirun reads a rank's output asynchronously; MPI_Abort tears the job
+  // down at once, and output still in the pipe is lost. Give it time.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  abort(1);
 }
 
 void MpiContext::abort(int code) const {

@@ -3,10 +3,16 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace mb {
+
+// Where MpiContext::fail keeps each rank's fatal error inside a staging
+// directory; StagedOutput::commit leaves it out of a finished output.
+inline constexpr const char* kErrorLogDir = ".megabridge-errors";
 
 class MpiContext {
  public:
@@ -33,6 +39,14 @@ class MpiContext {
   // Ends every rank of the job now, with `code`. Used when a rank fails: the
   // others may be blocked in a collective and would otherwise hang.
   [[noreturn]] void abort(int code) const;
+
+  // A rank's fatal error, made impossible to lose, then abort(1): the error
+  // line goes to stderr (flushed) and into `<staging>/.megabridge-errors/
+  // rank-N.log` (fsynced) when a staging directory is given and exists; a
+  // last line names that file; then a pause lets mpirun forward the output
+  // before MPI_Abort kills the job (Open MPI drops what a process wrote just
+  // before it aborted: issue 11, finding 12).
+  [[noreturn]] void fail(std::string_view message, const std::filesystem::path& staging = {}) const;
 
  private:
   int rank_ = 0;

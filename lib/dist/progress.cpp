@@ -16,7 +16,23 @@ constexpr int kTag = 4242;
 using Clock = std::chrono::steady_clock;
 
 std::string gb(double b) { return fmt::format("{:.2f} GB", b / 1e9); }
+
+std::string mpi_error_text(int rc) {
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) return fmt::format("MPI error code {}", rc);
+  return std::string(msg, static_cast<size_t>(len));
+}
 }  // namespace
+
+// MPI_ERRORS_RETURN is set (mpi_context.cpp): a failed call returns a code.
+// A progress message that cannot be sent or received means MPI itself is
+// broken, and other ranks may wait on this one forever: fail the job.
+void Progress::check(int rc, const char* what) const {
+  if (rc != MPI_SUCCESS)
+    mpi_.fail(fmt::format("MPI {} failed while reporting {} progress: {}", what, label_,
+                          mpi_error_text(rc)));
+}
 
 Progress::Progress(MpiContext& mpi, std::string label, uint64_t total_bytes, uint64_t total_tensors)
     : mpi_(mpi), label_(std::move(label)), total_bytes_(total_bytes), total_tensors_(total_tensors) {
@@ -35,7 +51,7 @@ Progress::Progress(MpiContext& mpi, std::string label, uint64_t total_bytes, uin
 Progress::~Progress() {
   if (request_) {
     auto* r = static_cast<MPI_Request*>(request_);
-    if (*r != MPI_REQUEST_NULL) MPI_Wait(r, MPI_STATUS_IGNORE);
+    if (*r != MPI_REQUEST_NULL) check(MPI_Wait(r, MPI_STATUS_IGNORE), "wait");
     delete r;
   }
 }
@@ -68,28 +84,30 @@ void Progress::tick(bool force) {
   auto* r = static_cast<MPI_Request*>(request_);
   if (*r != MPI_REQUEST_NULL) {
     int done = 0;
-    MPI_Test(r, &done, MPI_STATUS_IGNORE);
+    check(MPI_Test(r, &done, MPI_STATUS_IGNORE), "test");
     if (!done) {
       if (!force) return;
-      MPI_Wait(r, MPI_STATUS_IGNORE);
+      check(MPI_Wait(r, MPI_STATUS_IGNORE), "wait");
     }
   }
   last_send_ = now;
   message_[0] = bytes_;
   message_[1] = tensors_;
   message_[2] = finished_ ? 1 : 0;
-  MPI_Isend(message_, 3, MPI_UINT64_T, 0, kTag, MPI_COMM_WORLD, r);
+  check(MPI_Isend(message_, 3, MPI_UINT64_T, 0, kTag, MPI_COMM_WORLD, r), "isend");
 }
 
 void Progress::poll() {
   int flag = 1;
   while (flag) {
     MPI_Status st;
-    MPI_Iprobe(MPI_ANY_SOURCE, kTag, MPI_COMM_WORLD, &flag, &st);
+    check(MPI_Iprobe(MPI_ANY_SOURCE, kTag, MPI_COMM_WORLD, &flag, &st), "iprobe");
     if (!flag) break;
     uint64_t m[3];
-    MPI_Recv(m, 3, MPI_UINT64_T, st.MPI_SOURCE, kTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    check(MPI_Recv(m, 3, MPI_UINT64_T, st.MPI_SOURCE, kTag, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+          "recv");
     const auto src = static_cast<size_t>(st.MPI_SOURCE);
+    if (src >= rank_done_.size()) continue;  // not one of ours: MPI gave a bad rank
     rank_bytes_[src] = m[0];
     rank_tensors_[src] = m[1];
     if (m[2]) rank_done_[src] = true;
@@ -125,7 +143,7 @@ void Progress::finish() {
   if (!mpi_.is_root()) {
     tick(true);
     auto* r = static_cast<MPI_Request*>(request_);
-    MPI_Wait(r, MPI_STATUS_IGNORE);
+    check(MPI_Wait(r, MPI_STATUS_IGNORE), "wait");
     return;
   }
   rank_done_[0] = true;

@@ -31,6 +31,7 @@ class Progress {
   void tick(bool force);
   void poll();
   void show(bool final_line);
+  void check(int rc, const char* what) const;  // fails the job on an MPI error
 
   MpiContext& mpi_;
   std::string label_;

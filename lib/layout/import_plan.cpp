@@ -367,9 +367,19 @@ void assign_shards_to_ranks(std::vector<ShardPlan>& shards, int world_size, bool
   }
 }
 
-ImportPlan build_import_plan(const ModelConfig& m, HfCatalog catalog, const PlanRequest& req) {
+ImportPlan build_import_plan(const ModelConfig& declared, HfCatalog catalog,
+                             const PlanRequest& req) {
+  const MtpPresence mtp = mtp_presence(declared, catalog);
+  const ModelConfig m = mtp.absent() ? without_mtp(declared) : declared;
+  if (mtp.absent())
+    log::warn(
+        "{}: config.json declares {} MTP layer{} (text_config.mtp_num_hidden_layers) but the "
+        "checkpoint has no mtp.* tensor (as transformers' save_pretrained writes it): "
+        "converting the model without MTP (mtp_num_layers 0)",
+        catalog.dir.string(), mtp.declared, mtp.declared > 1 ? "s" : "");
   validate_layout(req.layout, m);
   ImportPlan p;
+  p.mtp_not_converted = mtp.absent() ? mtp.declared : 0;
   p.config_json = m.raw;
   p.model = m;
   p.layout = req.layout;
@@ -472,6 +482,7 @@ nlohmann::json plan_to_json(const ImportPlan& p) {
                        {"mtp", expert_layout_name(p.experts.mtp)}}},
           {"cast", p.cast ? nlohmann::json(dtype_name(*p.cast)) : nlohmann::json(nullptr)},
           {"unconsumed", p.unconsumed},
+          {"mtp_not_converted", p.mtp_not_converted},
           {"world_size", p.world_size},
           {"shards", std::move(shards)}};
 }
@@ -486,6 +497,7 @@ ImportPlan plan_from_json(const nlohmann::json& j) {
   p.experts.mtp = expert_layout_from_name(j.at("experts").at("mtp").get<std::string>());
   if (!j.at("cast").is_null()) p.cast = dtype_from_name(j.at("cast").get<std::string>());
   p.unconsumed = j.at("unconsumed").get<std::vector<std::string>>();
+  p.mtp_not_converted = j.at("mtp_not_converted").get<uint64_t>();
   p.world_size = j.at("world_size").get<int>();
   for (const auto& sj : j.at("shards")) {
     ShardPlan s;

@@ -68,14 +68,20 @@ struct ImportPlan {
   std::optional<DType> cast;
   std::vector<ShardPlan> shards;
   std::vector<std::string> unconsumed;  // HF tensors left out (only when not strict)
+  // MTP layers config.json declared that the checkpoint does not hold (no
+  // mtp.* tensor at all, as transformers saves): `model` and `config_json`
+  // are then the model without MTP, which is what was converted.
+  uint64_t mtp_not_converted = 0;
   int world_size = 1;
 
   std::vector<size_t> shards_of_rank(int rank) const;
 };
 
-// Builds the plan. Throws on any accounting failure: a Megatron parameter with
-// no HF source, an HF tensor nothing consumes (unless !strict), or HF elements
-// that the canonical copies do not cover exactly once.
+// Builds the plan. A checkpoint without any mtp.* tensor whose config.json
+// declares an MTP layer is planned without MTP (one warning; see
+// ImportPlan::mtp_not_converted). Throws on any accounting failure: a
+// Megatron parameter with no HF source, an HF tensor nothing consumes (unless
+// !strict), or HF elements that the canonical copies do not cover exactly once.
 ImportPlan build_import_plan(const ModelConfig& m, HfCatalog catalog, const PlanRequest& req);
 
 // The tensors of one shard, without segments' bytes being read: used by the

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <utility>
+
 #include "core/error.hpp"
 
 namespace mb {
@@ -38,6 +40,11 @@ std::string stage_split_problem(const ParallelLayout& l, uint64_t L) {
     return {};
   }
   uint64_t fixed = 0, fixed_stages = 0;
+  // Each alone first, so that the sum below cannot wrap around.
+  for (const auto& [n, which] :
+       {std::pair{l.first_stage_layers, "first"}, std::pair{l.last_stage_layers, "last"}})
+    if (n && *n > L)
+      return fmt::format("the {} stage's {} layers exceed num_layers ({})", which, *n, L);
   if (l.first_stage_layers) {
     if (*l.first_stage_layers == 0) return "the first stage must hold at least one layer";
     fixed += *l.first_stage_layers;

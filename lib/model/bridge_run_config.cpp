@@ -6,7 +6,8 @@
 
 namespace mb {
 
-std::string bridge_run_config_yaml(const ModelConfig& m, const ParallelLayout& l) {
+std::string bridge_run_config_yaml(const ModelConfig& m, const ParallelLayout& l,
+                                   uint64_t mtp_not_converted) {
   YAML::Emitter y;
   y << YAML::Comment(
            "Written by megabridge: the parts of Megatron-Bridge's run configuration that its\n"
@@ -37,7 +38,7 @@ std::string bridge_run_config_yaml(const ModelConfig& m, const ParallelLayout& l
   y << YAML::Key << "fully_parallel_save" << YAML::Value << true;
   y << YAML::Key << "dist_ckpt_optim_fully_reshardable" << YAML::Value << true;
   y << YAML::EndMap;
-  y << YAML::Key << "megabridge" << YAML::Value << YAML::Load(megatron_config_yaml(m, l));
+  y << YAML::Key << "megabridge" << YAML::Value << YAML::Load(megatron_config_yaml(m, l, mtp_not_converted));
   y << YAML::EndMap;
   return std::string(y.c_str()) + "\n";
 }

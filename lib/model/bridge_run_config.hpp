@@ -5,6 +5,7 @@
 // ["save_optim"] and ["fully_parallel_save"] when resuming).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "layout/parallel_layout.hpp"
@@ -16,6 +17,8 @@ namespace mb {
 // Megatron-Bridge's ConfigContainer that its loader reads, with megabridge's full model
 // configuration (megatron_config.yaml) under `megabridge`. No `_target_` keys: this is not
 // a complete ConfigContainer and must not be instantiated as one.
-std::string bridge_run_config_yaml(const ModelConfig& m, const ParallelLayout& l);
+// `mtp_not_converted` as for megatron_config_yaml.
+std::string bridge_run_config_yaml(const ModelConfig& m, const ParallelLayout& l,
+                                   uint64_t mtp_not_converted = 0);
 
 }  // namespace mb

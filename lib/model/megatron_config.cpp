@@ -1,5 +1,6 @@
 #include "model/megatron_config.hpp"
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
 namespace mb {
@@ -12,7 +13,8 @@ uint64_t vocab_divisor(uint64_t v) {
 }
 }  // namespace
 
-std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l) {
+std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l,
+                                 uint64_t mtp_not_converted) {
   const TextConfig& t = m.text;
   YAML::Emitter y;
   y << YAML::Comment("Megatron-Core model configuration derived from the HF config.json by megabridge")
@@ -62,6 +64,16 @@ std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l) 
   if (t.mtp_layers > 0) {
     y << YAML::Key << "mtp_num_layers" << YAML::Value << t.mtp_layers;
     y << YAML::Key << "mtp_loss_scaling_factor" << YAML::Value << 0.1;
+  } else if (mtp_not_converted > 0 || m.raw.value("text_config", nlohmann::json::object())
+                                          .contains("mtp_num_hidden_layers")) {
+    // Megatron-Bridge maps text_config.mtp_num_hidden_layers to mtp_num_layers
+    // as is; 0 builds no MTP block (and no embedding on the last stage).
+    y << YAML::Key << "mtp_num_layers" << YAML::Value << 0;
+    if (mtp_not_converted > 0)  // on the same line, after the value
+      y << YAML::Comment(
+          fmt::format("config.json declared {} MTP layer(s) but the HF checkpoint "
+                      "held no mtp.* tensor: converted without MTP",
+                      mtp_not_converted));
   } else {
     y << YAML::Key << "mtp_num_layers" << YAML::Value << YAML::Null;
   }

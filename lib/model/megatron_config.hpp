@@ -2,6 +2,7 @@
 // (spec qwen35-mapping.md §8), written next to the shards as YAML.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "layout/parallel_layout.hpp"
@@ -10,7 +11,10 @@
 namespace mb {
 
 // The provider fields Megatron-Bridge derives for Qwen3.5 VL, plus the
-// parallel layout the shards were written for.
-std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l);
+// parallel layout the shards were written for. `mtp_not_converted`: MTP
+// layers the source config.json declared that the checkpoint did not hold (the
+// model `m` is then the one without them; the YAML says so in a comment).
+std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l,
+                                 uint64_t mtp_not_converted = 0);
 
 }  // namespace mb

@@ -1,5 +1,6 @@
 #include "model/qwen35_hf_schema.hpp"
 
+#include <algorithm>
 #include <map>
 #include <regex>
 #include <set>
@@ -193,6 +194,21 @@ ExpertLayouts detect_expert_layouts(const HfCatalog& c) {
   return l;
 }
 
+MtpPresence mtp_presence(const ModelConfig& m, const HfCatalog& c) {
+  MtpPresence p;
+  p.declared = m.text.mtp_layers;
+  for (const auto& t : c.tensors)
+    if (t.name.rfind("mtp.", 0) == 0) ++p.stored;
+  return p;
+}
+
+ModelConfig without_mtp(const ModelConfig& m) {
+  ModelConfig out = m;
+  out.text.mtp_layers = 0;
+  out.raw["text_config"]["mtp_num_hidden_layers"] = 0;
+  return out;
+}
+
 std::vector<std::string> check_hf_checkpoint(const ModelConfig& m, const HfCatalog& c,
                                              const ExpertLayouts& experts) {
   const bool has_head = c.find("lm_head.weight") != nullptr;
@@ -218,6 +234,24 @@ std::vector<std::string> check_hf_checkpoint(const ModelConfig& m, const HfCatal
     MB_CHECK(t->shape == s.shape,
              "{}: tensor '{}' in {} has shape {} but config.json implies {}", c.dir.string(),
              s.name, c.files[t->file], shape_str(t->shape), shape_str(s.shape));
+  }
+  const auto is_mtp = [](const std::string& n) { return n.rfind("mtp.", 0) == 0; };
+  if (!missing.empty() && std::all_of(missing.begin(), missing.end(), is_mtp)) {
+    // Only part of the MTP layer: a truncated copy or a half-done edit, not
+    // transformers' save_pretrained (which drops all of it).
+    size_t expected = 0;
+    for (const auto& s : schema) expected += is_mtp(s.name) ? 1 : 0;
+    std::string msg = fmt::format(
+        "{}: the MTP layer is incomplete: {} of the {} mtp.* tensors that config.json implies "
+        "(text_config.mtp_num_hidden_layers = {}) {} missing:",
+        c.dir.string(), missing.size(), expected, m.text.mtp_layers,
+        missing.size() > 1 ? "are" : "is");
+    for (size_t i = 0; i < missing.size() && i < 20; ++i) msg += "\n  - " + missing[i];
+    if (missing.size() > 20) msg += fmt::format("\n  ... and {} more", missing.size() - 20);
+    msg +=
+        "\nA checkpoint holds the whole MTP layer or none of it (then it is converted without "
+        "MTP); restore the missing tensors or remove every mtp.* tensor";
+    throw Error(msg);
   }
   if (!missing.empty()) {
     std::string msg = fmt::format("{}: {} tensor{} that config.json implies {} missing:",

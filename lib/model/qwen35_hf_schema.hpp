@@ -40,6 +40,26 @@ std::vector<HfTensorSpec> qwen35_hf_schema(const ModelConfig& m, const ExpertLay
 // both in one part is an error. Parts without experts get the defaults.
 ExpertLayouts detect_expert_layouts(const HfCatalog& c);
 
+// The MTP layer that config.json declares, against what the checkpoint holds.
+// transformers' save_pretrained drops every `mtp.*` tensor (it does not model
+// the layer) but keeps text_config.mtp_num_hidden_layers, so a model fine-tuned
+// and saved with transformers declares an MTP layer it does not have.
+struct MtpPresence {
+  uint64_t declared = 0;  // text_config.mtp_num_hidden_layers
+  uint64_t stored = 0;    // tensors named mtp.* in the checkpoint
+  // Declared but not a single tensor stored: converted without MTP. (Some
+  // tensors stored but not all is an incomplete checkpoint, refused by
+  // check_hf_checkpoint.)
+  bool absent() const { return declared > 0 && stored == 0; }
+};
+MtpPresence mtp_presence(const ModelConfig& m, const HfCatalog& c);
+
+// The model without its MTP layer: mtp_layers 0, and
+// text_config.mtp_num_hidden_layers 0 in the raw config.json that travels with
+// the conversion (manifest, hf/config.json, export), so that every later step
+// sees the model that was converted.
+ModelConfig without_mtp(const ModelConfig& m);
+
 // Checks the checkpoint against the schema: every expected tensor present with
 // the expected shape, lm_head.weight consistent with tie_word_embeddings, and
 // returns the names the schema does not know (unconsumed tensors).

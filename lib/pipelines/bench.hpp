@@ -1,6 +1,7 @@
-// `megabridge bench`: import and export of a synthetic checkpoint, timed
-// against a plain `cp -r` of the same checkpoint on the same filesystem in
-// the same run, with per-rank throughput, peak RSS and /proc/self/io bytes.
+// `megabridge bench`: import, export and reshard of a synthetic checkpoint,
+// timed against the storage floor measured in the same run on the same
+// filesystem: the faster of `cp -r` + sync and a direct-I/O copy of the same
+// files (direct_copy_tree). Per rank: throughput, peak RSS, /proc/self/io bytes.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +20,7 @@ struct BenchOptions {
   std::filesystem::path hf_config;  // configs/hf/<size>.json
   uint64_t layers = 4;
   std::optional<uint64_t> vision_depth;
-  std::filesystem::path dir;  // work directory: hf/, cp/, meg/, back/
+  std::filesystem::path dir;  // work directory: hf/, cp/, meg/, back/, resh/
   ParallelLayout layout;
   uint64_t buffer_bytes = 256ull << 20;
   std::string device = "cpu";  // copy engine for import and export: cpu, cuda or auto
@@ -31,6 +32,9 @@ struct BenchOptions {
   // before each phase, so that every phase reads from storage and the
   // storage counters show what was really read.
   bool cold = false;
+  // Target of the reshard phase (from the import's output). Default: TP2 from
+  // TP1·PP1·EP1; else TP and EP swapped (MoE) or TP and PP swapped (dense).
+  std::optional<ParallelLayout> reshard_layout;
 };
 
 int run_bench(const BenchOptions& opt, MpiContext& mpi);

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <future>
+#include <system_error>
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
+#include "transforms/cast_overflow.hpp"
 
 namespace mb {
 
@@ -58,6 +60,9 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
 
   Hasher hash;
   CopyResult result;
+  const bool check_overflow = !allow_overflow_ && cast_can_overflow(job.src_dtype, job.dst_dtype);
+  uint64_t overflow = 0, first_overflow = 0;
+  double first_overflow_value = 0;
   std::future<void> writing;  // the block handed to the sink, at most one at a time
   auto wait_writing = [&] {
     if (writing.valid()) writing.get();  // rethrows the sink's error
@@ -79,17 +84,45 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
         if (job.op != ElementOp::None && job.src_dtype == job.dst_dtype)
           result.not_invertible += count_not_invertible(job.op, job.src_dtype, in, n);
         transform_elements(job.op, job.src_dtype, in, job.dst_dtype, out, n);
+        if (check_overflow) {
+          uint64_t first = 0;
+          double value = 0;
+          const uint64_t found =
+              count_cast_overflow(job.src_dtype, in, job.dst_dtype, out, n, &first, &value);
+          if (found > 0 && overflow == 0) {
+            first_overflow = b0 * job.cols + first;
+            first_overflow_value = value;
+          }
+          overflow += found;
+        }
+      }
+      // After an overflow the rest is only counted: nothing more is written
+      // (the write in flight still finishes before its slot is reused).
+      if (overflow > 0) {
+        wait_writing();
+        continue;
       }
       hash.update(out, n * ds);
       // Blocks reach the sink in order: the previous write finishes first.
       wait_writing();
       report_block(n * ds);
-      if (n * ds >= kAsyncWriteBytes && b1 < job.rows)
-        writing = std::async(std::launch::async, [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
-      else
-        sink.write(b0, b1 - b0, out);
+      bool async = n * ds >= kAsyncWriteBytes && b1 < job.rows;
+      if (async) {
+        try {
+          writing = std::async(std::launch::async,
+                               [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
+        } catch (const std::system_error&) {
+          // No thread to be had (EAGAIN under load: thread or pid limits):
+          // the overlap is an optimisation, so write this block inline.
+          async = false;
+        }
+      }
+      if (!async) sink.write(b0, b1 - b0, out);
     }
     wait_writing();
+    if (overflow > 0)
+      throw Error("{}", cast_overflow_message({}, job.src_dtype, job.dst_dtype, overflow,
+                                              first_overflow, first_overflow_value, true));
   } catch (...) {
     if (writing.valid()) writing.wait();  // never leave a thread writing from our buffer
     throw;

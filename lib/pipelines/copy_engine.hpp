@@ -64,6 +64,11 @@ class CopyEngine {
   virtual std::string device() const { return "cpu"; }
 
   uint64_t buffer_bytes() const { return buffer_bytes_; }
+  // A cast that turns finite values into Inf (bf16 99840 -> fp16) fails the
+  // tensor, naming the count (nothing of it reaches the sink after the first
+  // overflowing block), unless allowed (--allow-overflow; verify allows it,
+  // since it recomputes what a conversion wrote).
+  void allow_overflow(bool allow) { allow_overflow_ = allow; }
   // Called after every block handed to a sink, with the bytes it held.
   void on_block(std::function<void(uint64_t)> f) { on_block_ = std::move(f); }
   // The largest staging footprint used so far (>= buffer only if one row alone is larger).
@@ -76,6 +81,7 @@ class CopyEngine {
 
   uint64_t buffer_bytes_;
   uint64_t peak_ = 0;
+  bool allow_overflow_ = false;
   std::vector<unsigned char> staging_;
   std::function<void(uint64_t)> on_block_;
 };

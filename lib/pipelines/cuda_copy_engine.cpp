@@ -1,5 +1,5 @@
 // The device copy engine (see cuda_copy_engine.hpp and docs/cuda.md). Host
-// code only: the CUDA work goes through the plain API of relayout_kernels.hpp.
+// code only: the CUDA work goes through the plain API of cuda/kernels.hpp.
 #include "pipelines/cuda_copy_engine.hpp"
 
 #include <algorithm>
@@ -11,12 +11,15 @@
 #include "core/error.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
-#include "transforms/cuda/relayout_kernels.hpp"
+#include "pipelines/block_packing.hpp"
+#include "transforms/cast_overflow.hpp"
+#include "transforms/cuda/kernels.hpp"
+#include "transforms/gather_rects.hpp"
 
 namespace mb {
 
 namespace cuda {
-// Declared in relayout_kernels.hpp; here because nvcc cannot compile fmt.
+// Declared in cuda/kernels.hpp; here because nvcc cannot compile fmt.
 void raise_error(const std::string& msg) {
   throw Error(msg);
 }
@@ -31,12 +34,8 @@ bool cuda_device_available(std::string* why) {
 
 namespace {
 
-// Each packed source rectangle starts on this boundary, so the gather kernel
-// can move 16-byte words whenever the rows allow it.
-constexpr uint64_t kAlign = 16;
-
 uint64_t align_up(uint64_t v) {
-  return (v + kAlign - 1) / kAlign * kAlign;
+  return (v + kPackAlign - 1) / kPackAlign * kPackAlign;
 }
 
 int local_rank_from_env() {
@@ -62,13 +61,14 @@ struct Slot {
   // Device memory: packed input | gathered block (when converting) | output.
   unsigned char* dev = nullptr;
   uint64_t dev_cap = 0;
-  cuda::GatherRect* h_rects = nullptr;
-  cuda::GatherRect* d_rects = nullptr;
+  GatherRect* h_rects = nullptr;
+  GatherRect* d_rects = nullptr;
   uint64_t rects_cap = 0;
   unsigned long long* h_count = nullptr;
   unsigned long long* d_count = nullptr;
   // The block in flight.
   bool busy = false;
+  uint64_t src_infinite = 0;  // ±Inf among its source elements (overflow check)
   uint64_t b0 = 0, b1 = 0;
   unsigned char* h_out = nullptr;
 };
@@ -80,7 +80,7 @@ struct CudaCopyEngine::Impl {
   uint64_t buffer_bytes = 0;
   uint64_t peak_device = 0;
   std::array<Slot, 2> slots;
-  std::vector<cuda::GatherRect> rects;
+  std::vector<GatherRect> rects;
 
   ~Impl() {
     for (Slot& s : slots) {
@@ -133,10 +133,8 @@ struct CudaCopyEngine::Impl {
       s.d_rects = nullptr;
       s.rects_cap = 0;
       const uint64_t cap = std::max<uint64_t>(n_rects, 256);
-      s.h_rects =
-          static_cast<cuda::GatherRect*>(cuda::pinned_alloc(cap * sizeof(cuda::GatherRect)));
-      s.d_rects =
-          static_cast<cuda::GatherRect*>(cuda::device_alloc(cap * sizeof(cuda::GatherRect)));
+      s.h_rects = static_cast<GatherRect*>(cuda::pinned_alloc(cap * sizeof(GatherRect)));
+      s.d_rects = static_cast<GatherRect*>(cuda::device_alloc(cap * sizeof(GatherRect)));
       s.rects_cap = cap;
     }
     peak_device = std::max(peak_device, slots[0].dev_cap + slots[1].dev_cap);
@@ -197,7 +195,7 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
   const uint64_t per_row = 2 * (src_row + dst_row);
   const uint64_t block_rows = std::max<uint64_t>(1, buffer_bytes_ / std::max<uint64_t>(per_row, 1));
   const uint64_t block = std::min(block_rows, std::max<uint64_t>(job.rows, 1));
-  const uint64_t in_cap = align_up(block * src_row + kAlign * segs.size());
+  const uint64_t in_cap = packed_capacity(block, src_row, segs.size());
   const uint64_t out_bytes = block * dst_row;
   const uint64_t host_need = in_cap + out_bytes;
   const uint64_t gather_off = in_cap;
@@ -210,11 +208,21 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
 
   Hasher hash;
   CopyResult result;
+  // Overflow to Inf, found on the host: a cast maps ±Inf to ±Inf and a
+  // finite value to a finite one or ±Inf, so the new infinities of a block
+  // are those of its output less those of its input.
+  const bool check_overflow = !allow_overflow_ && cast_can_overflow(job.src_dtype, job.dst_dtype);
+  uint64_t overflow = 0;
   auto finish = [&](Slot& s) {
     cuda::event_sync(s.event);
     s.busy = false;
     if (count) result.not_invertible += *s.h_count;
     const uint64_t n = (s.b1 - s.b0) * job.cols;
+    if (check_overflow) {
+      const uint64_t out_inf = count_infinite(job.dst_dtype, s.h_out, n);
+      if (out_inf > s.src_infinite) overflow += out_inf - s.src_infinite;
+    }
+    if (overflow > 0) return;  // counted only: nothing more is written
     hash.update(s.h_out, n * ds);
     report_block(n * ds);
     sink.write(s.b0, s.b1 - s.b0, s.h_out);
@@ -225,31 +233,27 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
   for (uint64_t b0 = 0; b0 < job.rows; b0 += block, ++k) {
     const uint64_t b1 = std::min(job.rows, b0 + block);
     Slot& s = m.slots[k % 2];  // free: its previous block was finished below
-    // Read every source rectangle of the block, packed one after the other.
-    m.rects.clear();
-    uint64_t off = 0;
-    for (const auto& g : segs) {
-      const uint64_t r0 = std::max(b0, g.dst_row), r1 = std::min(b1, g.dst_row + g.rows);
-      if (r0 >= r1) continue;
-      src.read(g.src, g.src_row + (r0 - g.dst_row), r1 - r0, g.src_col, g.cols, s.host + off,
-               g.cols * ss);
-      m.rects.push_back({off / ss, g.cols, r0 - b0, g.dst_col, r1 - r0, g.cols});
-      off = align_up(off + (r1 - r0) * g.cols * ss);
-    }
+    // Read every source rectangle of the block, packed one after the other
+    // (block_packing.hpp, tested on the CPU with the same index math).
+    const uint64_t off = pack_block(segs, b0, b1, ss, src, s.host, m.rects);
+    s.src_infinite = 0;
+    if (check_overflow)  // packed rectangles are contiguous: stride == cols
+      for (const auto& r : m.rects)
+        s.src_infinite += count_infinite(job.src_dtype, s.host + r.src_offset * ss, r.rows * r.cols);
     const uint64_t n = (b1 - b0) * job.cols;
     uint64_t dst_cols = job.cols;
-    const size_t word = cuda::widen_rects(m.rects, dst_cols, ss);
+    const size_t word = widen_rects(m.rects, dst_cols, ss);
     uint64_t max_words = 0;
     for (const auto& r : m.rects) max_words = std::max(max_words, r.rows * r.cols);
     const auto n_rects = static_cast<uint32_t>(m.rects.size());
-    if (n_rects) std::memcpy(s.h_rects, m.rects.data(), n_rects * sizeof(cuda::GatherRect));
+    if (n_rects) std::memcpy(s.h_rects, m.rects.data(), n_rects * sizeof(GatherRect));
 
     // Device: upload, place, convert, download.
     unsigned char* d_in = s.dev;
     unsigned char* d_gathered = s.dev + gather_off;
     unsigned char* d_out = s.dev + out_off;
     cuda::copy_to_device(d_in, s.host, off, s.stream);
-    cuda::copy_to_device(s.d_rects, s.h_rects, n_rects * sizeof(cuda::GatherRect), s.stream);
+    cuda::copy_to_device(s.d_rects, s.h_rects, n_rects * sizeof(GatherRect), s.stream);
     cuda::segment_gather(s.d_rects, n_rects, max_words, d_in, d_gathered, dst_cols, word, s.stream);
     if (convert) {
       if (count) cuda::memset_device(s.d_count, 0, sizeof(unsigned long long), s.stream);
@@ -268,6 +272,9 @@ CopyResult CudaCopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink
     in_flight = &s;
   }
   if (in_flight) finish(*in_flight);
+  if (overflow > 0)
+    throw Error("{}",
+                cast_overflow_message({}, job.src_dtype, job.dst_dtype, overflow, 0, 0, false));
   result.xxh3 = hash.digest();
   return result;
 }

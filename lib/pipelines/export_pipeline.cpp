@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <future>
 #include <map>
 #include <numeric>
 #include <set>
+#include <system_error>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -39,7 +41,13 @@ uint64_t parse_size(const std::string& s) {
       {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
   auto it = units.find(unit);
   MB_CHECK(it != units.end() && v > 0, "bad size '{}' (expected e.g. 5GB, 500MB or a byte count)", s);
-  return static_cast<uint64_t>(v * it->second);
+  // Checked in floating point first: converting a double outside uint64's
+  // range is undefined behaviour ("99999999999999999999GB", "inf", "nan").
+  const double bytes = v * it->second;
+  constexpr double kMax = 4611686018427387904.0;  // 2^62 bytes (4 EiB)
+  MB_CHECK(std::isfinite(bytes) && bytes >= 1 && bytes <= kMax,
+           "size '{}' is out of range: expected 1 byte to 4 EiB (e.g. 5GB)", s);
+  return static_cast<uint64_t>(bytes);
 }
 
 namespace {
@@ -64,6 +72,9 @@ struct ExportPlan {
   std::vector<std::string> headers;  // the safetensors prefix of each file
   std::vector<ExportTensor> tensors;
   std::vector<LocalTensorRef> refs;
+  // model.safetensors.index.json, unless the source had none and the export
+  // keeps its single file (transformers' save_pretrained of a small model).
+  bool write_index = true;
 };
 
 // Byte offsets inside each file, in the reference writer's order, and each
@@ -92,12 +103,16 @@ json to_json(const ExportPlan& p) {
                   {"offset", t.offset}, {"rank", t.rank}, {"segments", segments_to_json(t.segments)}});
   json refs = json::array();
   for (const auto& r : p.refs) refs.push_back({r.shard, r.tensor});
-  return {{"files", p.files}, {"tensors", std::move(ts)}, {"refs", std::move(refs)}};
+  return {{"files", p.files},
+          {"tensors", std::move(ts)},
+          {"refs", std::move(refs)},
+          {"write_index", p.write_index}};
 }
 
 ExportPlan from_json(const json& j) {
   ExportPlan p;
   p.files = j.at("files").get<std::vector<std::string>>();
+  p.write_index = j.at("write_index").get<bool>();
   for (const auto& t : j.at("tensors")) {
     ExportTensor x;
     x.name = t.at("name").get<std::string>();
@@ -153,6 +168,11 @@ json target_tensors(const MegatronCheckpoint& ck, const ExpertLayouts& target, b
 }
 
 ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& opt, int world) {
+  if (ck.foreign && ck.mtp_not_converted > 0)
+    log::warn(
+        "{}: {} declares {} MTP layer(s) but the checkpoint holds no MTP key: exporting the "
+        "model without MTP (config.json with mtp_num_hidden_layers 0)",
+        ck.dir.string(), opt.hf_config.string(), ck.mtp_not_converted);
   ExpertLayouts target = ck.experts;
   if (opt.experts) target.main = *opt.experts;
   if (opt.mtp_experts) target.mtp = *opt.mtp_experts;
@@ -180,6 +200,7 @@ ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& 
   std::vector<uint32_t> file_of(cat.tensors.size(), 0);
   if (same_files && !opt.max_shard_bytes && !src_files.empty()) {
     plan.files = src_files;
+    plan.write_index = src_files.size() > 1 || ck.manifest.at("source").value("has_index", true);
     for (size_t i = 0; i < cat.tensors.size(); ++i) file_of[i] = cat.tensors[i].file;
   } else {
     const uint64_t limit = opt.max_shard_bytes.value_or(5ull << 30);
@@ -310,9 +331,15 @@ class ExportStep : public Step {
     uint64_t total_bytes = 0;
     for (const auto& t : plan_.tensors) total_bytes += t.nbytes();
     progress_.emplace(mpi, "export", total_bytes, plan_.tensors.size());
-    if (opt_.verify_checksums)
-      checksums_ = std::async(std::launch::async,
-                              [this, &mpi] { return checksum_problems(*ck_, mpi.rank(), mpi.size()); });
+    if (opt_.verify_checksums) {
+      auto check = [this, &mpi] { return checksum_problems(*ck_, mpi.rank(), mpi.size()); };
+      try {
+        checksums_ = std::async(std::launch::async, check);
+      } catch (const std::system_error&) {
+        // No thread under load: the checksums run after the conversion (settle).
+        checksums_ = std::async(std::launch::deferred, check);
+      }
+    }
   }
 
   void execute(MpiContext& mpi) override;
@@ -328,6 +355,9 @@ class ExportStep : public Step {
         corrupt = e.what();
       }
     }
+    // Tensor bytes each rank wrote into each file, summed over ranks before
+    // commit: every byte of every file must have been written.
+    file_written_all_ = mpi.gather(json(file_written_).dump());
     total_written_ = mpi.all_reduce_sum(written_);
     total_tensors_ = mpi.all_reduce_sum(tensors_);
     max_rss_ = mpi.all_reduce_max(peak_rss_bytes());
@@ -340,6 +370,8 @@ class ExportStep : public Step {
   }
 
   void commit(MpiContext&) override;
+
+  fs::path staging() const override { return out_.staging(); }
 
   std::string summary(const std::string& blob, int world) const override {
     const ExportPlan p = from_json(json::from_msgpack(blob));
@@ -360,6 +392,8 @@ class ExportStep : public Step {
   std::optional<Progress> progress_;
   std::future<std::vector<std::string>> checksums_;
   uint64_t written_ = 0, tensors_ = 0, total_written_ = 0, total_tensors_ = 0, max_rss_ = 0;
+  std::vector<uint64_t> file_written_;          // this rank's tensor bytes per output file
+  std::vector<std::string> file_written_all_;  // rank 0: every rank's, gathered in settle
 
 };
 
@@ -370,7 +404,9 @@ void ExportStep::execute(MpiContext& mpi) {
   const int io_buffers = (ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
                          (opt_.io != IoMode::Buffered ? 1 : 0);
   const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
+  engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
+  file_written_.assign(plan_.files.size(), 0);
   const auto source = open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes));
   std::map<uint32_t, RegionFile> files;
   AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
@@ -391,6 +427,7 @@ void ExportStep::execute(MpiContext& mpi) {
     } catch (...) {
       rethrow_with_context(fmt::format("exporting {}", t.name));
     }
+    file_written_[t.file] += t.nbytes();
     written_ += t.nbytes();
     ++tensors_;
     progress_->add_tensor();
@@ -408,8 +445,28 @@ void ExportStep::commit(MpiContext&) {
   }
   MB_CHECK(total_tensors_ == plan_.tensors.size(), "internal: {} of {} tensors written",
            total_tensors_, plan_.tensors.size());
+  // Every byte of every file written, and each file of its final size.
+  std::vector<uint64_t> done(plan_.files.size(), 0), want(plan_.files.size(), 0),
+      end(plan_.files.size(), 0);
+  for (const auto& g : file_written_all_) {
+    const auto v = json::parse(g).get<std::vector<uint64_t>>();
+    for (size_t f = 0; f < v.size() && f < done.size(); ++f) done[f] += v[f];
+  }
+  for (const auto& t : plan_.tensors) {
+    want[t.file] += t.nbytes();
+    end[t.file] = std::max(end[t.file], t.offset + t.nbytes());
+  }
+  for (size_t f = 0; f < plan_.files.size(); ++f) {
+    end[f] = std::max<uint64_t>(end[f], plan_.headers[f].size());
+    const fs::path path = out_.staging() / plan_.files[f];
+    MB_CHECK(done[f] == want[f], "internal: {}: {} of its {} tensor bytes were written; not committed",
+             path.string(), done[f], want[f]);
+    MB_CHECK(fs::file_size(path) == end[f], "internal: {} has {} bytes, expected {}; not committed",
+             path.string(), fs::file_size(path), end[f]);
+  }
   const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-  write_file_atomic(out_.staging() / "model.safetensors.index.json", index.dump(2) + "\n");
+  if (plan_.write_index)
+    write_file_atomic(out_.staging() / "model.safetensors.index.json", index.dump(2) + "\n");
   write_file_atomic(out_.staging() / "config.json",
                     ck_->manifest.at("model").at("hf_config").dump(2) + "\n");
   for (const auto& f : ck_->source.extra_files) {

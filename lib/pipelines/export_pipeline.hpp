@@ -30,6 +30,9 @@ struct ExportOptions {
   IoMode io = IoMode::Auto;  // O_DIRECT for large transfers where the filesystem takes it (direct_io.hpp)
   bool verify_checksums = true;
   bool overwrite = false;
+  // A --dtype cast that turns finite values into Inf fails the job unless
+  // this is set (--allow-overflow).
+  bool allow_overflow = false;
   // For a torch_dist checkpoint written by another tool (no megabridge
   // manifest): the model's HF config.json.
   std::filesystem::path hf_config;

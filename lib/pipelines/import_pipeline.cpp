@@ -19,6 +19,7 @@
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/job_config.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/manifest_check.hpp"
 #include "pipelines/rank_shards.hpp"
 #include "pipelines/read_once.hpp"
 #include "dist/forwarder.hpp"
@@ -145,6 +146,7 @@ class ImportStep : public Step {
     const bool direct = opt_.io != IoMode::Buffered;
     const auto engine = make_copy_engine(
         opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct ? 0 : dist_ ? 2 : 1));
+    engine->allow_overflow(opt_.allow_overflow);
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     SafetensorsSource source(plan_.catalog, io);
     if (dist_)
@@ -175,12 +177,15 @@ class ImportStep : public Step {
                (plan_.catalog.dir / name).string());
     copy_hf_side_files(plan_, out_.staging());
     write_file_atomic(out_.staging() / "megatron_config.yaml",
-                      megatron_config_yaml(plan_.model, plan_.layout));
+                      megatron_config_yaml(plan_.model, plan_.layout, plan_.mtp_not_converted));
+    check_files_complete(out_.staging(), l.files);
     const json manifest = build_manifest(plan_, opt_.format, l.files, source_description(plan_));
     write_file_atomic(out_.staging() / kManifestName, manifest.dump(1) + "\n");
     out_.commit();
     report(l);
   }
+
+  fs::path staging() const override { return out_.staging(); }
 
   std::string summary(const std::string& blob, int) const override {
     const ImportPlan p = plan_from_json(json::from_msgpack(blob));
@@ -237,7 +242,7 @@ class ImportStep : public Step {
     ReadOnceStats stats;
     results_ = run_read_once_hdf5(plan_, mpi, *forwarder, out_.staging(),
                                   engine_buffer_bytes(opt_.buffer_bytes, direct ? 1 : 0), io,
-                                  *progress_, stats);
+                                  *progress_, stats, opt_.allow_overflow);
     log::debug("read-once: read {} from storage, sent {}, received {}",
                human_bytes(static_cast<double>(stats.storage_bytes)),
                human_bytes(static_cast<double>(stats.sent_bytes)),

@@ -38,6 +38,9 @@ struct ImportOptions {
   // Each HF byte read from storage by one rank and forwarded to the others
   // (HDF5 output; torch_dist output reads each byte once anyway).
   bool read_once = false;
+  // A --dtype cast that turns finite values into Inf fails the job unless
+  // this is set (--allow-overflow).
+  bool allow_overflow = false;
 };
 
 // The dtype every floating-point tensor is converted to (nullopt: kept as stored in HF).

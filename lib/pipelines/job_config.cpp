@@ -57,13 +57,19 @@ std::optional<DType> parse_dtype_option(const std::string& s) {
   return t;
 }
 
+uint64_t buffer_mb_to_bytes(uint64_t mb, const std::string& option) {
+  MB_CHECK(mb >= 1 && mb <= kMaxBufferMb, "{} {} is out of range: expected 1 to {} (MiB)", option,
+           mb, kMaxBufferMb);
+  return mb << 20;
+}
+
 ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
   const std::string file = yaml_path.string();
   const YAML::Node root = load_yaml(file);
   ImportOptions o;
   check_keys(root,
              {"source", "target", "parallel", "dtype", "buffer_mb", "strict", "overwrite", "resume",
-              "read_once", "device", "io"},
+              "read_once", "device", "io", "allow_overflow"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"hf_path"}, "source", file);
@@ -88,7 +94,10 @@ ImportOptions load_import_job(const std::filesystem::path& yaml_path) {
       o.layout.last_stage_layers = get<uint64_t>(p, "last_stage_layers", file);
   }
   if (root["dtype"]) set_import_dtype(o, get<std::string>(root, "dtype", file));
-  if (root["buffer_mb"]) o.buffer_bytes = get<uint64_t>(root, "buffer_mb", file) << 20;
+  if (root["buffer_mb"])
+    o.buffer_bytes =
+        buffer_mb_to_bytes(get<uint64_t>(root, "buffer_mb", file), file + ": buffer_mb");
+  if (root["allow_overflow"]) o.allow_overflow = get<bool>(root, "allow_overflow", file);
   if (root["strict"]) o.strict = get<bool>(root, "strict", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
   if (root["resume"]) o.resume = get<bool>(root, "resume", file);
@@ -103,7 +112,8 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
   const YAML::Node root = load_yaml(file);
   ExportOptions o;
   check_keys(root,
-             {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite", "device", "io"},
+             {"source", "target", "dtype", "buffer_mb", "verify_checksums", "overwrite", "device",
+              "io", "allow_overflow"},
              "the job file", file);
   if (root["source"]) {
     check_keys(root["source"], {"megatron_path"}, "source", file);
@@ -116,10 +126,19 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path) {
     if (t["hf_path"]) o.hf_path = get<std::string>(t, "hf_path", file);
     if (t["experts"]) o.experts = expert_layout_from_name(get<std::string>(t, "experts", file));
     if (t["mtp_experts"]) o.mtp_experts = expert_layout_from_name(get<std::string>(t, "mtp_experts", file));
-    if (t["max_shard_size"]) o.max_shard_bytes = parse_size(get<std::string>(t, "max_shard_size", file));
+    if (t["max_shard_size"]) {
+      try {
+        o.max_shard_bytes = parse_size(get<std::string>(t, "max_shard_size", file));
+      } catch (const Error& e) {
+        throw Error("{}: target.max_shard_size: {}", file, e.what());
+      }
+    }
   }
   if (root["dtype"]) o.dtype = parse_dtype_option(get<std::string>(root, "dtype", file));
-  if (root["buffer_mb"]) o.buffer_bytes = get<uint64_t>(root, "buffer_mb", file) << 20;
+  if (root["buffer_mb"])
+    o.buffer_bytes =
+        buffer_mb_to_bytes(get<uint64_t>(root, "buffer_mb", file), file + ": buffer_mb");
+  if (root["allow_overflow"]) o.allow_overflow = get<bool>(root, "allow_overflow", file);
   if (root["verify_checksums"]) o.verify_checksums = get<bool>(root, "verify_checksums", file);
   if (root["overwrite"]) o.overwrite = get<bool>(root, "overwrite", file);
   if (root["device"]) o.device = get<std::string>(root, "device", file);

@@ -18,4 +18,10 @@ ExportOptions load_export_job(const std::filesystem::path& yaml_path);
 // Parses a dtype option: "keep" (or empty) keeps source dtypes.
 std::optional<DType> parse_dtype_option(const std::string& s);
 
+// Staging memory options in MiB: 1 to kMaxBufferMb (1 TiB), so that the
+// conversion to bytes cannot overflow. `option` names it in the error
+// ("--buffer-mb", "buffer_mb in job.yaml").
+inline constexpr uint64_t kMaxBufferMb = 1ull << 20;
+uint64_t buffer_mb_to_bytes(uint64_t mb, const std::string& option);
+
 }  // namespace mb

@@ -70,6 +70,24 @@ json manifest_files(const std::vector<ShardResult>& results) {
   return files;
 }
 
+json mtp_record(const ImportPlan& plan) {
+  const uint64_t converted = plan.model.text.mtp_layers;
+  json r = {{"declared", converted + plan.mtp_not_converted}, {"converted", converted}};
+  if (plan.mtp_not_converted > 0)
+    r["note"] =
+        "the source config.json declared MTP but the checkpoint held no mtp.* tensor (as "
+        "transformers' save_pretrained writes it): converted without MTP; hf_config says "
+        "mtp_num_hidden_layers 0";
+  return r;
+}
+
+uint64_t mtp_not_converted(const json& manifest) {
+  const json& model = manifest.at("model");
+  if (!model.contains("mtp")) return 0;  // manifests written before the record existed
+  const json& r = model.at("mtp");
+  return r.at("declared").get<uint64_t>() - r.at("converted").get<uint64_t>();
+}
+
 json build_manifest(const ImportPlan& plan, const std::string& shard_format, json files,
                     const json& source) {
   uint64_t count = 0, bytes = 0;
@@ -88,7 +106,8 @@ json build_manifest(const ImportPlan& plan, const std::string& shard_format, jso
           {"model",
            {{"architecture", plan.model.architecture},
             {"hf_config", plan.config_json},
-            {"megatron_config", "megatron_config.yaml"}}},
+            {"megatron_config", "megatron_config.yaml"},
+            {"mtp", mtp_record(plan)}}},
           {"layout", layout_to_json(plan.layout)},
           {"dtype", plan.cast ? json(dtype_name(*plan.cast)) : json("keep")},
           {"source", source},

@@ -45,6 +45,12 @@ nlohmann::json source_description(const ImportPlan& plan);
 // The manifest's entry for each HDF5 shard file.
 nlohmann::json manifest_files(const std::vector<ShardResult>& results);
 
+// model.mtp: the MTP layers the source config.json declared and those
+// converted (fewer when the checkpoint held no mtp.* tensor), with a note.
+nlohmann::json mtp_record(const ImportPlan& plan);
+// Declared minus converted, from a manifest (0 for manifests without the record).
+uint64_t mtp_not_converted(const nlohmann::json& manifest);
+
 // `files`: one entry per data file, each with at least path, bytes, xxh3 and
 // tensor_count (see manifest_files and torch_dist_output.hpp).
 nlohmann::json build_manifest(const ImportPlan& plan, const std::string& shard_format,

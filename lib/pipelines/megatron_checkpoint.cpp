@@ -1,15 +1,18 @@
 #include "pipelines/megatron_checkpoint.hpp"
 
 #include <algorithm>
+#include <iterator>
+#include <memory>
 #include <numeric>
 #include <set>
 
 #include "core/error.hpp"
+#include "core/file.hpp"
 #include "core/hash.hpp"
 #include "dist/mpi_context.hpp"
-#include "core/file.hpp"
 #include "model/qwen35_dist_keys.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/manifest_check.hpp"
 #include "pipelines/torch_dist_source.hpp"
 
 namespace mb {
@@ -124,6 +127,18 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
     ck.iter_dir = find_iter_dir(dir);
     ck.dcp = load_dcp(ck.iter_dir);
     ck.model = load_model_config(foreign->hf_config);
+    // A model built without MTP (mtp_num_layers 0, as megabridge imports a
+    // checkpoint that transformers saved) next to a config.json that declares
+    // it: read it as the model it is.
+    const bool any_mtp =
+        std::any_of(ck.dcp.tensors.begin(), ck.dcp.tensors.end(),
+                    [](const auto& kv) {
+                      return kv.first.rfind("mtp.", 0) == 0 || kv.first.find(".mtp.") != std::string::npos;
+                    });
+    if (ck.model.text.mtp_layers > 0 && !any_mtp) {
+      ck.mtp_not_converted = ck.model.text.mtp_layers;
+      ck.model = without_mtp(ck.model);
+    }
     ck.experts = foreign->experts;
     json tensors = json::array();
     for (const auto& t : qwen35_hf_schema(ck.model, ck.experts, !ck.model.tied))
@@ -155,6 +170,7 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
     ck.format = m.at("shard_format").get<std::string>();
     MB_CHECK(ck.format == "hdf5" || ck.format == "torch_dist", "unknown shard format '{}'", ck.format);
     ck.model = parse_model_config(m.at("model").at("hf_config"), where + " (model.hf_config)");
+    ck.mtp_not_converted = mtp_not_converted(m);
     ck.layout = layout_from_json(m.at("layout"));
     const std::string dtype = m.at("dtype").get<std::string>();
     if (dtype != "keep") ck.cast = dtype_from_name(dtype);
@@ -167,6 +183,8 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
   } catch (const json::exception& e) {
     throw Error("{}: malformed manifest: {}", where, e.what());
   }
+  if (const std::string p = model_config_mismatch(ck.model, ck.source, ck.experts); !p.empty())
+    throw Error("{}: {}: the manifest was edited or does not belong to these shards", where, p);
   validate_layout(ck.layout, ck.model);
   std::set<std::string> listed;
   for (const auto& f : m.at("files")) listed.insert(f.at("path").get<std::string>());
@@ -183,11 +201,28 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
     ck.dcp = load_dcp(ck.iter_dir);
     return ck;
   }
-  MB_CHECK(listed == expected,
-           "{}: lists {} shard files, but layout {} has {} shards ({}); the manifest does not "
-           "match the checkpoint",
-           where, listed.size(), ck.layout.describe(), expected.size(),
-           listed.size() > expected.size() ? "extra files listed" : "files missing from the list");
+  if (listed != expected) {
+    // Name the files: equal counts with other names (a layout field edited
+    // from TP4 to PP4) must not read as "4 files, but 4 shards".
+    std::vector<std::string> extra, missing;
+    std::set_difference(listed.begin(), listed.end(), expected.begin(), expected.end(),
+                        std::back_inserter(extra));
+    std::set_difference(expected.begin(), expected.end(), listed.begin(), listed.end(),
+                        std::back_inserter(missing));
+    std::string detail;
+    if (!extra.empty())
+      detail +=
+          fmt::format("it lists {} ({} file{} in all) that layout {} does not have", extra.front(),
+                      extra.size(), extra.size() == 1 ? "" : "s", ck.layout.describe());
+    if (!missing.empty())
+      detail += fmt::format("{}it does not list {} ({} file{} in all) that layout {} needs",
+                            detail.empty() ? "" : ", and ", missing.front(), missing.size(),
+                            missing.size() == 1 ? "" : "s", ck.layout.describe());
+    throw Error(
+        "{}: the recorded layout does not match the listed shard files: {}; the manifest "
+        "was edited or does not belong to these shards",
+        where, detail);
+  }
   return ck;
 }
 
@@ -287,21 +322,42 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
     MB_CHECK(fs::exists(path), "shard file {} is missing", path.string());
     require_regular_file(path, "shard file");
     MB_CHECK(entry != nullptr, "{} is not listed in the manifest", path.string());
+    // Which rank the file says it holds, checked before its size and
+    // checksum: two swapped shard files would otherwise read as "truncated
+    // or replaced", or as "a shard from a different layout" of this layout.
+    std::unique_ptr<Hdf5ShardReader> reader;
+    try {
+      reader = std::make_unique<Hdf5ShardReader>(path);
+    } catch (const std::exception&) {
+      // Unreadable: the size and checksum checks below say why.
+    }
+    if (reader) {
+      const ShardFileInfo& fi = reader->file_info();
+      const bool same_layout = fi.tp_size == ck.layout.tp && fi.pp_size == ck.layout.pp &&
+                               fi.ep_size == ck.layout.ep && fi.etp_size == ck.layout.etp;
+      const bool same_rank =
+          fi.tp_rank == s.coord.tp && fi.pp_rank == s.coord.pp && fi.ep_rank == s.coord.ep;
+      MB_CHECK(!same_layout || same_rank,
+               "{} holds the shard of rank (tp {}, pp {}, ep {}), whose file is {}, but its name "
+               "is that "
+               "of rank (tp {}, pp {}, ep {}): shard files were renamed or swapped",
+               path.string(), fi.tp_rank, fi.pp_rank, fi.ep_rank,
+               ShardCoord{fi.tp_rank, fi.pp_rank, fi.ep_rank}.file_name(), s.coord.tp, s.coord.pp,
+               s.coord.ep);
+      MB_CHECK(same_layout,
+               "{} was written for rank (tp {}, pp {}, ep {}) of TP{}·PP{}·EP{}·ETP{}, but this "
+               "checkpoint's layout is {}: a shard from a different layout",
+               path.string(), fi.tp_rank, fi.pp_rank, fi.ep_rank, fi.tp_size, fi.pp_size,
+               fi.ep_size, fi.etp_size, ck.layout.describe());
+    }
     MB_CHECK(fs::file_size(path) == entry->at("bytes").get<uint64_t>(),
              "{} has {} bytes but the manifest recorded {}: truncated or replaced", path.string(),
              fs::file_size(path), entry->at("bytes").get<uint64_t>());
     if (checksums) {
       if (auto p = checksum_mismatch(path, *entry); !p.empty()) problems.push_back(std::move(p));
     }
-    Hdf5ShardReader r(path);
-    const ShardFileInfo& fi = r.file_info();
-    MB_CHECK(fi.tp_rank == s.coord.tp && fi.pp_rank == s.coord.pp && fi.ep_rank == s.coord.ep &&
-                 fi.tp_size == ck.layout.tp && fi.pp_size == ck.layout.pp &&
-                 fi.ep_size == ck.layout.ep && fi.etp_size == ck.layout.etp,
-             "{} was written for rank (tp {}, pp {}, ep {}) of TP{}·PP{}·EP{}·ETP{}, but this "
-             "checkpoint's layout is {}: a shard from a different layout",
-             path.string(), fi.tp_rank, fi.pp_rank, fi.ep_rank, fi.tp_size, fi.pp_size, fi.ep_size,
-             fi.etp_size, ck.layout.describe());
+    if (!reader) reader = std::make_unique<Hdf5ShardReader>(path);  // throws why it cannot be read
+    const Hdf5ShardReader& r = *reader;
     std::set<std::string> want;
     for (const auto& t : s.tensors) {
       want.insert(t.name);

@@ -35,6 +35,7 @@ struct MegatronCheckpoint {
   ParallelLayout layout;
   std::optional<DType> cast;
   ExpertLayouts experts;           // of the HF source
+  uint64_t mtp_not_converted = 0;  // MTP layers the source declared, not held (manifest model.mtp)
   HfCatalog source;                // names, dtypes, shapes, file names (no offsets)
   std::vector<ShardPlan> shards;   // what each shard file holds; segments index `source`
 };

@@ -1,28 +1,91 @@
 #include "pipelines/plan_report.hpp"
 
-#include "pipelines/read_once.hpp"
+#include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
+#include <set>
+#include <vector>
 
-#include <fmt/format.h>
+#include "pipelines/read_once.hpp"
 
 namespace mb {
 namespace {
-std::string gib(uint64_t b) { return fmt::format("{:.3f} GiB", static_cast<double>(b) / (1ull << 30)); }
+std::string gib(uint64_t b) {
+  return fmt::format("{:.3f} GiB", static_cast<double>(b) / (1ull << 30));
+}
+uint64_t cover(uint64_t begin, uint64_t end, uint64_t a) {  // aligned cover of [begin, end)
+  return begin == end ? 0 : (end + a - 1) / a * a - begin / a * a;
+}
+
+// Merges row intervals and returns how many rows they cover.
+uint64_t union_rows(std::vector<std::pair<uint64_t, uint64_t>> v) {
+  std::sort(v.begin(), v.end());
+  uint64_t n = 0, b = 0, e = 0;
+  bool open = false;
+  for (const auto& [r0, r1] : v) {
+    if (open && r0 <= e) {
+      e = std::max(e, r1);
+      continue;
+    }
+    if (open) n += e - b;
+    b = r0, e = r1, open = true;
+  }
+  if (open) n += e - b;
+  return n;
+}
 }  // namespace
 
-std::string plan_report(const ImportPlan& plan, bool per_shard) {
+StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t align) {
+  StorageReads out;
+  // Page-cache reads per HF tensor: the row intervals of every rank, and of
+  // each rank alone (SafetensorsSource reads narrow windows in whole row spans).
+  std::map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>> node;
+  std::map<std::pair<int, uint32_t>, std::vector<std::pair<uint64_t, uint64_t>>> per_rank;
+  for (const auto& s : plan.shards)
+    for (const auto& t : s.tensors)
+      for (const auto& g : t.segments) {
+        const HfTensor& h = plan.catalog.tensors.at(g.src);
+        const uint64_t es = dtype_size(h.dtype), rb = h.row_bytes(), piece = g.cols * es;
+        const uint64_t base = h.offset + g.src_row * rb + g.src_col * es;
+        const bool full = piece == rb;
+        if (mode != IoMode::Buffered && full) {
+          out.direct += cover(base, base + g.rows * rb, align);
+        } else if (mode != IoMode::Buffered && column_window_direct(piece, rb)) {
+          for (uint64_t r = 0; r < g.rows; ++r)
+            out.direct += cover(base + r * rb, base + r * rb + piece, align);
+        } else {
+          node[g.src].push_back({g.src_row, g.src_row + g.rows});
+          per_rank[{s.rank, g.src}].push_back({g.src_row, g.src_row + g.rows});
+        }
+      }
+  for (auto& [id, v] : node)
+    out.page_cache_one_node += union_rows(v) * plan.catalog.tensors.at(id).row_bytes();
+  for (auto& [key, v] : per_rank)
+    out.page_cache_node_per_rank += union_rows(v) * plan.catalog.tensors.at(key.second).row_bytes();
+  return out;
+}
+
+std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, bool read_once) {
   std::string out;
   const ModelConfig& m = plan.model;
-  out += fmt::format("model      {} ({} layers, hidden {}, {})\n", m.architecture,
-                     m.text.num_layers, m.text.hidden,
-                     m.is_moe() ? fmt::format("{} experts", m.text.experts) : "dense");
+  out +=
+      fmt::format("model      {} ({} layers, hidden {}, {})\n", m.architecture, m.text.num_layers,
+                  m.text.hidden, m.is_moe() ? fmt::format("{} experts", m.text.experts) : "dense");
   out += fmt::format("source     {} ({} tensors in {} files, {})\n", plan.catalog.dir.string(),
                      plan.catalog.tensors.size(), plan.catalog.files.size(),
                      gib(plan.catalog.total_bytes()));
+  const std::string mtp_experts =
+      m.text.mtp_layers > 0 ? std::string(expert_layout_name(plan.experts.mtp)) : "none";
   if (m.is_moe())
     out += fmt::format("experts    decoder {}, MTP {}\n", expert_layout_name(plan.experts.main),
-                       expert_layout_name(plan.experts.mtp));
+                       mtp_experts);
+  if (m.text.mtp_layers > 0)
+    out += fmt::format("mtp        {} layer\n", m.text.mtp_layers);
+  else if (plan.mtp_not_converted > 0)
+    out += fmt::format("mtp        none: config.json declares {}, the checkpoint holds no mtp.* "
+                       "tensor\n",
+                       plan.mtp_not_converted);
   out += fmt::format("layout     {} = {} shards on {} ranks\n", plan.layout.describe(),
                      plan.shards.size(), plan.world_size);
   const auto stages = stage_layers(plan.layout, m.text.num_layers);
@@ -55,10 +118,23 @@ std::string plan_report(const ImportPlan& plan, bool per_shard) {
                      static_cast<double>(total_r) /
                          static_cast<double>(std::max<uint64_t>(plan.catalog.total_bytes(), 1)),
                      gib(sum_w));
-  out += fmt::format("storage    direct mode reads {}, read-once mode {} ({:.3f}x the checkpoint)\n",
-                     gib(direct_mode_read_bytes(plan)), gib(read_once_read_bytes(plan)),
-                     static_cast<double>(read_once_read_bytes(plan)) /
-                         static_cast<double>(std::max<uint64_t>(plan.catalog.total_bytes(), 1)));
+  const double total = static_cast<double>(std::max<uint64_t>(plan.catalog.total_bytes(), 1));
+  const auto x = [&](uint64_t b) { return static_cast<double>(b) / total; };
+  if (read_once) {
+    out += fmt::format("storage    --read-once: {} ({:.3f}x the checkpoint), each byte once\n",
+                       gib(read_once_read_bytes(plan)), x(read_once_read_bytes(plan)));
+  } else {
+    const StorageReads r = import_storage_reads(plan, mode);
+    out += fmt::format(
+        "storage    --io {}: {} ({:.3f}x the checkpoint) with the ranks on one node, {} ({:.3f}x) "
+        "with a node per rank; {} direct, {} through the page cache (once per node)\n",
+        io_mode_name(mode), gib(r.one_node()), x(r.one_node()), gib(r.node_per_rank()),
+        x(r.node_per_rank()), gib(r.direct), gib(r.page_cache_one_node));
+    out += fmt::format(
+        "           (HDF5 output; --read-once, and torch_dist output, which stores every "
+        "element once, read {}, {:.3f}x)\n",
+        gib(read_once_read_bytes(plan)), x(read_once_read_bytes(plan)));
+  }
   out += fmt::format("balance    busiest rank writes {:.2f}x the mean\n",
                      mean > 0 ? static_cast<double>(max_w) / mean : 1.0);
   return out;

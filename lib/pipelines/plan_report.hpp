@@ -3,10 +3,27 @@
 
 #include <string>
 
+#include "core/direct_io.hpp"
 #include "layout/import_plan.hpp"
 
 namespace mb {
 
-std::string plan_report(const ImportPlan& plan, bool per_shard);
+// What an import in `mode` reads from storage, from the plan alone (the
+// reads SafetensorsSource makes, direct_io.hpp): bytes read directly (each
+// read's aligned cover, 4 KiB alignment assumed), and bytes read through the
+// page cache (narrow column windows; everything under --io buffered), which
+// the ranks of one node share: counted once when all ranks share one node,
+// once per rank when each rank has a node of its own.
+struct StorageReads {
+  uint64_t direct = 0;
+  uint64_t page_cache_one_node = 0;
+  uint64_t page_cache_node_per_rank = 0;
+  uint64_t one_node() const { return direct + page_cache_one_node; }
+  uint64_t node_per_rank() const { return direct + page_cache_node_per_rank; }
+};
+StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t align = 4096);
+
+std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode = IoMode::Auto,
+                        bool read_once = false);
 
 }  // namespace mb

@@ -16,6 +16,7 @@
 #include "dist/test_hooks.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
 #include "pipelines/safetensors_source.hpp"
+#include "transforms/cast_overflow.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -107,7 +108,8 @@ uint64_t read_once_read_bytes(const ImportPlan& plan) {
 
 std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& mpi, Forwarder& fwd,
                                             const fs::path& staging, uint64_t buffer_bytes,
-                                            const IoConfig& io, Progress& progress, ReadOnceStats& stats) {
+                                            const IoConfig& io, Progress& progress,
+                                            ReadOnceStats& stats, bool allow_overflow) {
   const int me = mpi.rank();
   const Schedule sched = make_schedule(plan);
   SafetensorsSource source(plan.catalog, io);
@@ -149,6 +151,15 @@ std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& 
         if (t.op != ElementOp::None && t.dtype == src_dtype)
           not_invertible += count_not_invertible(t.op, src_dtype, data, n);
         transform_elements(t.op, src_dtype, data, t.dtype, converted.data(), n);
+        uint64_t first = 0;
+        double value = 0;
+        if (!allow_overflow && cast_can_overflow(src_dtype, t.dtype))
+          if (const uint64_t k = count_cast_overflow(src_dtype, data, t.dtype, converted.data(), n,
+                                                     &first, &value))
+            throw Error(
+                "{} (counted in the first rectangle that overflowed, e.g. {:.8g})",
+                cast_overflow_message(t.global_name, src_dtype, t.dtype, k, first, value, false),
+                value);
         out = converted.data();
       }
       files.at(d->shard)->write_rect(d->tensor, d->seg.dst_row + (r.row0 - d->seg.src_row), r.rows,

@@ -30,8 +30,9 @@ struct ReadOnceStats {
 
 std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& mpi, Forwarder& fwd,
                                             const std::filesystem::path& staging,
-                                            uint64_t buffer_bytes, const IoConfig& io, Progress& progress,
-                                            ReadOnceStats& stats);
+                                            uint64_t buffer_bytes, const IoConfig& io,
+                                            Progress& progress, ReadOnceStats& stats,
+                                            bool allow_overflow = false);
 
 // Bytes all ranks read from storage in each mode.
 uint64_t direct_mode_read_bytes(const ImportPlan& plan);

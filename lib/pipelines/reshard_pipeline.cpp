@@ -13,6 +13,7 @@
 #include "dist/test_hooks.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/manifest.hpp"
+#include "pipelines/manifest_check.hpp"
 #include "pipelines/megatron_checkpoint.hpp"
 #include "pipelines/rank_shards.hpp"
 #include "pipelines/shard_writer.hpp"
@@ -32,6 +33,7 @@ ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout
   ImportPlan p;
   p.config_json = ck.manifest.at("model").at("hf_config");
   p.model = ck.model;
+  p.mtp_not_converted = ck.mtp_not_converted;
   p.layout = target;
   p.catalog = ck.source;
   p.experts = ck.experts;
@@ -154,9 +156,10 @@ class ReshardStep : public Step {
       }
     }
     write_file_atomic(out_.staging() / "megatron_config.yaml",
-                      megatron_config_yaml(plan_.model, plan_.layout));
-    const json manifest =
-        build_manifest(plan_, "hdf5", manifest_files(gathered_.results), ck_->manifest.at("source"));
+                      megatron_config_yaml(plan_.model, plan_.layout, plan_.mtp_not_converted));
+    const json files = manifest_files(gathered_.results);
+    check_files_complete(out_.staging(), files);
+    const json manifest = build_manifest(plan_, "hdf5", files, ck_->manifest.at("source"));
     write_file_atomic(out_.staging() / kManifestName, manifest.dump(1) + "\n");
     out_.commit();
     uint64_t bytes = 0;
@@ -169,6 +172,8 @@ class ReshardStep : public Step {
   }
 
   // Not plan_report(): a reshard plan's segments index the source shards, not HF tensors.
+  fs::path staging() const override { return out_.staging(); }
+
   std::string summary(const std::string& blob, int world) const override {
     const ImportPlan p = plan_from_json(json::from_msgpack(blob));
     std::vector<uint64_t> load(static_cast<size_t>(world), 0);

@@ -38,9 +38,8 @@ void SafetensorsSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t
     std::vector<iovec> iov(rows);
     for (uint64_t r = 0; r < rows; ++r) iov[r] = {d + r * dst_stride, chunk};
     in.file().preadv_exact(iov, base, t.name);
-  } else {  // row by row (with direct I/O, mostly served from the window)
-    for (uint64_t r = 0; r < rows; ++r)
-      in.pread_exact(d + r * dst_stride, chunk, base + r * row_bytes, window_, t.name);
+  } else {  // a column window: direct pieces, or narrow ones through the page cache
+    in.pread_rows(d, dst_stride, rows, chunk, base, row_bytes, window_, t.name);
   }
   bytes_read_ += rows * chunk;
 }

@@ -2,7 +2,10 @@
 // pread: whole-row ranges in one call, column windows row by row. With
 // direct I/O (direct_io.hpp) the reads go through one ReadWindow, which
 // rounds each load to the alignment and loads ahead for small reads going
-// forward; otherwise nothing outside the requested bytes is asked for.
+// forward; column windows narrower than kDirectPieceBytes go through the
+// page cache in whole row spans instead (InputFile::pread_rows), so that
+// ranks of one node do not each read the others' columns from storage.
+// Without direct I/O nothing outside the requested bytes is asked for.
 #pragma once
 
 #include <map>

@@ -14,6 +14,7 @@
 #include "core/log.hpp"
 #include "core/output_lock.hpp"
 #include "dist/test_hooks.hpp"
+#include "dist/mpi_context.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -208,6 +209,7 @@ void StagedOutput::commit() const {
   std::error_code ec;
   // The resume bookkeeping does not belong in the finished output.
   fs::remove(staging_ / kJobFile, ec);
+  fs::remove_all(staging_ / kErrorLogDir, ec);  // a resumed run's earlier errors
   std::vector<fs::path> done;
   for (const auto& e : fs::recursive_directory_iterator(staging_))
     if (e.path().extension() == ".done") done.push_back(e.path());

@@ -58,13 +58,12 @@ bool no_problem(MpiContext& mpi, const std::string& mine) {
 }
 
 // Once ranks work independently a failing rank cannot wait for the others:
-// it logs its error and ends the whole job.
-void or_abort(MpiContext& mpi, const std::function<void()>& work) {
+// it ends the whole job, its error logged and kept where it cannot be lost.
+void or_abort(MpiContext& mpi, const Step& step, const std::function<void()>& work) {
   try {
     work();
   } catch (const std::exception& e) {
-    log::error("{}", e.what());
-    mpi.abort(1);
+    mpi.fail(e.what(), step.staging());
   }
 }
 
@@ -78,7 +77,7 @@ int run_step(Step& step, MpiContext& mpi) {
   if (!on_root(mpi, [&] { step.prepare(mpi); })) return 2;
   mpi.broadcast(blob);
   step.receive(std::move(blob), mpi);
-  or_abort(mpi, [&] { step.execute(mpi); });
+  or_abort(mpi, step, [&] { step.execute(mpi); });
   const std::string problem = step.settle(mpi);
   bool any = false;
   std::string first;
@@ -94,7 +93,7 @@ int run_step(Step& step, MpiContext& mpi) {
   }
   std::string code = "0";
   if (mpi.is_root())
-    or_abort(mpi, [&] {
+    or_abort(mpi, step, [&] {
       step.commit(mpi);
       code = std::to_string(step.exit_code());
     });

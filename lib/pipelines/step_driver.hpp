@@ -18,6 +18,8 @@
 // once ranks work independently, a failure aborts the MPI job.
 #pragma once
 
+#include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -42,13 +44,17 @@ class Step {
   virtual void commit(MpiContext& mpi) = 0;
   // Rank 0, after commit: the step's exit code (verify: 1 when it found differences).
   virtual int exit_code() const { return 0; }
+  // The staging directory a failing rank keeps its error in
+  // (MpiContext::fail); empty for a step that writes nothing.
+  virtual std::filesystem::path staging() const { return {}; }
   // Rank 0, for --dry-run: what the plan (as returned by plan()) does on `world` ranks.
   virtual std::string summary(const std::string& blob, int world) const = 0;
 };
 
 // Runs every phase. Returns the exit code: rank 0's exit_code() after the
 // commit, or 2 when the step stopped before converting (the error is logged by rank 0). Aborts the MPI job on a
-// failure while converting or committing.
+// failure while converting or committing, through MpiContext::fail (the
+// error is also kept in the step's staging directory).
 int run_step(Step& step, MpiContext& mpi);
 
 // open and plan only. Returns 0 and, on rank 0, the plan summary in `summary`;

@@ -37,9 +37,10 @@ void TensorCompare::add(const void* a, const void* b, uint64_t n, uint64_t first
       y = bv[i];
       if (exact_)
         differs = std::memcmp(ap + i * as, bp + i * bs, as) != 0;
+      else if (!std::isfinite(x) || !std::isfinite(y))
+        differs = !(x == y || (std::isnan(x) && std::isnan(y)));  // non-finite: only itself
       else
-        differs = !(std::fabs(x - y) <= atol_ + rtol_ * std::fabs(y)) &&
-                  !(std::isnan(x) && std::isnan(y));
+        differs = !(std::fabs(x - y) <= atol_ + rtol_ * std::fabs(y));
     } else {
       differs = std::memcmp(ap + i * as, bp + i * bs, as) != 0;
     }
@@ -50,7 +51,13 @@ void TensorCompare::add(const void* a, const void* b, uint64_t n, uint64_t first
       first_b_ = y;
     }
     ++differing_;
-    if (floats && std::isfinite(x - y)) max_abs_ = std::max(max_abs_, std::fabs(x - y));
+    if (!floats) continue;
+    if (std::isnan(x) || std::isnan(y))
+      ++nan_pairs_;
+    else if (std::isinf(x) || std::isinf(y))
+      ++inf_pairs_;
+    else
+      max_abs_ = std::max(max_abs_, std::fabs(x - y));
   }
 }
 
@@ -62,8 +69,22 @@ std::string TensorCompare::describe(const Shape& shape) const {
     idx[d] = shape[d] ? rest % shape[d] : 0;
     rest = shape[d] ? rest / shape[d] : 0;
   }
-  return fmt::format("{} of {} elements differ, max abs diff {:.6g}, first at [{}] (A {:.8g}, B {:.8g})",
-                     differing_, numel(shape), max_abs_, fmt::join(idx, ", "), first_a_, first_b_);
+  std::string max = fmt::format("{:.6g}", max_abs_);
+  if (nan_pairs_ + inf_pairs_ > 0) {
+    std::vector<std::string> kinds;
+    if (nan_pairs_)
+      kinds.push_back(
+          fmt::format("{} pair{} NaN against a value", nan_pairs_, nan_pairs_ == 1 ? "" : "s"));
+    if (inf_pairs_)
+      kinds.push_back(fmt::format("{} pair{} Inf against another value", inf_pairs_,
+                                  inf_pairs_ == 1 ? "" : "s"));
+    const bool all = nan_pairs_ + inf_pairs_ == differing_;
+    max = fmt::format("{} ({}{})", nan_pairs_ ? "nan" : "inf", fmt::join(kinds, ", "),
+                      all ? "" : fmt::format("; finite pairs differ by at most {:.6g}", max_abs_));
+  }
+  return fmt::format(
+      "{} of {} elements differ, max abs diff {}, first at [{}] (A {:.8g}, B {:.8g})", differing_,
+      numel(shape), max, fmt::join(idx, ", "), first_a_, first_b_);
 }
 
 }  // namespace mb

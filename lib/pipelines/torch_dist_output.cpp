@@ -185,7 +185,8 @@ void finish_torch_dist(const ImportPlan& plan, const std::vector<DistFileResult>
   write_file_atomic(iter / "metadata.json",
                     R"({"sharded_backend": "torch_dist", "sharded_backend_version": 1, )"
                     R"("common_backend": "torch", "common_backend_version": 1})");
-  write_file_atomic(iter / "run_config.yaml", bridge_run_config_yaml(plan.model, plan.layout));
+  write_file_atomic(iter / "run_config.yaml",
+                    bridge_run_config_yaml(plan.model, plan.layout, plan.mtp_not_converted));
   write_file_atomic(out_dir / "latest_checkpointed_iteration.txt", "0");
   // .metadata last: its presence is what makes the directory a DCP checkpoint.
   write_file_atomic(iter / ".metadata", write_dcp_metadata(md));

@@ -28,6 +28,18 @@ namespace {
 
 bool is_megatron(const fs::path& p) { return fs::exists(p / kManifestName) || is_torch_dist_dir(p); }
 
+// A staging directory (staged_output.hpp): "<out>.partial", or anything
+// holding the job file that a staging directory carries until commit.
+bool is_unfinished_output(const fs::path& p) {
+  fs::path name = p.lexically_normal();
+  if (!name.has_filename()) name = name.parent_path();
+  const std::string n = name.filename().string();
+  const std::string suffix = ".partial";
+  return (n.size() > suffix.size() &&
+          n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0) ||
+         fs::exists(p / ".megabridge-job");
+}
+
 // Balances items over ranks by size, largest first.
 std::vector<int> assign(const std::vector<uint64_t>& sizes, int world) {
   std::vector<size_t> order(sizes.size());
@@ -153,11 +165,13 @@ class StoredCompareSink : public RowSink {
 std::string plan_hf_megatron(const fs::path& hf, const MegatronCheckpoint& ck, bool hf_is_a, int world,
                              std::string& notes) {
   const ModelConfig model = load_model_config(hf / "config.json");
-  if (model.raw != ck.manifest.at("model").at("hf_config"))
-    notes += fmt::format("CONFIG  {}/config.json differs from the config the checkpoint was "
-                         "converted from\n", hf.string());
   const ImportPlan plan =
       build_import_plan(model, read_hf_catalog(hf), {ck.layout, ck.cast, /*strict=*/false, world});
+  // The config as an import of this HF checkpoint records it (without MTP
+  // when the checkpoint holds none), against the one the checkpoint records.
+  if (plan.config_json != ck.manifest.at("model").at("hf_config"))
+    notes += fmt::format("CONFIG  {}/config.json differs from the config the checkpoint was "
+                         "converted from\n", hf.string());
   for (const auto& u : plan.unconsumed)
     notes += fmt::format("{} {}: in the HF checkpoint only\n", hf_is_a ? "MISSING" : "EXTRA  ", u);
   const auto packed = json::to_msgpack(plan_to_json(plan));
@@ -171,6 +185,7 @@ void compare_hf_megatron(const VerifyOptions& opt, const fs::path& meg, bool hf_
   SafetensorsSource source(plan.catalog);
   const auto engine_ptr = make_copy_engine(opt.device, opt.buffer_bytes);
   CopyEngine& engine = *engine_ptr;
+  engine.allow_overflow(true);  // it recomputes what a conversion wrote, Inf included
   if (ck->format == "torch_dist") {
     // One copy of every element is stored: compare the canonical tensors.
     for (const auto& p : check_torch_dist(*ck, opt.verify_checksums, mpi.rank(), mpi.size()))
@@ -240,8 +255,14 @@ class VerifyStep : public Step {
   explicit VerifyStep(const VerifyOptions& opt) : opt_(opt) {}
 
   void open(MpiContext&) override {
-    for (const auto& p : {opt_.a, opt_.b})
+    for (const auto& p : {opt_.a, opt_.b}) {
       MB_CHECK(fs::is_directory(p), "{} is not a directory", p.string());
+      MB_CHECK(!is_unfinished_output(p),
+               "{} is an unfinished output, the staging directory of an interrupted or failed "
+               "job: resume it (the same import with --resume) or run the job again; verify "
+               "reads finished outputs only",
+               p.string());
+    }
     const bool am = is_megatron(opt_.a), bm = is_megatron(opt_.b);
     MB_CHECK(!(am && bm),
              "both {} and {} are Megatron checkpoints; verify compares HF with HF or HF with "

@@ -1,8 +1,8 @@
 // The CUDA kernels and the device copy engine against the CPU path, on random
-// data: every re-layout kernel against relayout.hpp's RowMaps applied with
-// apply_segments(), the segment gather against apply_segments(), the op/cast
-// kernel against transform_elements() and count_not_invertible(), and
-// CudaCopyEngine against CopyEngine (bytes, checksum, counts, blocks).
+// data: the segment gather against apply_segments() and gather_rects_host(),
+// the op/cast kernel against transform_elements() and count_not_invertible(),
+// and CudaCopyEngine against CopyEngine (bytes, checksum, counts, blocks) on
+// random tilings and on the segment lists of the real Qwen3.5 re-layouts.
 //
 // Every test skips when no CUDA device is present (ctest -L gpu passes on a
 // machine without one); with MEGABRIDGE_REQUIRE_GPU=1 it fails instead, so a
@@ -19,7 +19,8 @@
 #include "core/hash.hpp"
 #include "pipelines/copy_engine.hpp"
 #include "pipelines/cuda_copy_engine.hpp"
-#include "transforms/cuda/relayout_kernels.hpp"
+#include "transforms/cuda/kernels.hpp"
+#include "transforms/gather_rects.hpp"
 #include "transforms/elementwise.hpp"
 #include "transforms/relayout.hpp"
 #include "transforms/segment.hpp"
@@ -63,26 +64,6 @@ Bytes download(const cuda::DeviceBuffer& d, size_t n) {
   return b;
 }
 
-// The CPU reference of a re-layout: its RowMap through row_map_segments and
-// apply_segments, as the import plan and the CPU engine do it.
-Bytes cpu_apply(const RowMap& map, const std::vector<const Bytes*>& srcs, uint64_t cols,
-                size_t elem, uint64_t col0 = 0, uint64_t ncols = 0, uint64_t src_cols = 0) {
-  if (ncols == 0) ncols = cols;
-  if (src_cols == 0) src_cols = cols;
-  const auto segs = row_map_segments(map, col0, ncols);
-  std::vector<const void*> ptrs;
-  std::vector<uint64_t> sc;
-  for (const Bytes* s : srcs) {
-    ptrs.push_back(s->data());
-    sc.push_back(src_cols);
-  }
-  Bytes out(total_rows(map) * ncols * elem, 0xab);
-  apply_segments(segs, ptrs, sc, out.data(), ncols, elem);
-  return out;
-}
-
-const uint64_t kParts[] = {1, 2, 4, 8};
-
 }  // namespace
 
 TEST(CudaKernels, DeviceIsReported) {
@@ -92,146 +73,6 @@ TEST(CudaKernels, DeviceIsReported) {
   CudaCopyEngine engine(1 << 20);
   EXPECT_EQ(engine.device().rfind("cuda:", 0), 0u);
   EXPECT_FALSE(cuda::device_name(cuda::current_device()).empty());
-}
-
-TEST(CudaKernels, QkvgInterleave) {
-  NEED_GPU();
-  struct G {
-    uint64_t heads, kv_heads, head_dim;
-  };
-  const G geoms[] = {{4, 2, 3}, {16, 2, 8}, {8, 8, 4}, {24, 4, 5}, {32, 2, 16}};
-  uint32_t seed = 1;
-  for (const G& g : geoms)
-    for (uint64_t cols : {1, 5, 8, 64})
-      for (size_t elem : {2, 4}) {
-        const Bytes q = random_bytes(2 * g.heads * g.head_dim * cols * elem, seed++);
-        const Bytes k = random_bytes(g.kv_heads * g.head_dim * cols * elem, seed++);
-        const Bytes v = random_bytes(g.kv_heads * g.head_dim * cols * elem, seed++);
-        auto dq = upload(q), dk = upload(k), dv = upload(v);
-        const RowMap full =
-            qkvg_full({0, 0, 2 * g.heads * g.head_dim}, {1, 0, g.kv_heads * g.head_dim},
-                      {2, 0, g.kv_heads * g.head_dim}, g.heads, g.kv_heads, g.head_dim);
-        for (uint64_t T : kParts) {
-          if (g.heads % T || total_rows(full) % T) continue;
-          for (uint64_t t = 0; t < T; ++t) {
-            const Bytes want = cpu_apply(chunk_rows(full, T, t), {&q, &k, &v}, cols, elem);
-            cuda::DeviceBuffer out(want.size());
-            cuda::qkvg_interleave(dq.get(), dk.get(), dv.get(), out.get(), cols, elem, g.heads,
-                                  g.kv_heads, g.head_dim, T, t);
-            ASSERT_EQ(download(out, want.size()), want)
-                << "nh " << g.heads << " ng " << g.kv_heads << " hd " << g.head_dim << " T " << T
-                << " t " << t << " cols " << cols << " elem " << elem;
-          }
-        }
-      }
-}
-
-TEST(CudaKernels, GdnInProjAndConv) {
-  NEED_GPU();
-  struct G {
-    uint64_t nk, nv, dk, dv;
-  };
-  const G geoms[] = {{2, 4, 3, 2}, {4, 8, 2, 3}, {16, 32, 2, 2}, {8, 8, 4, 4}, {4, 12, 2, 1}};
-  uint32_t seed = 100;
-  for (const G& g : geoms)
-    for (uint64_t cols : {1, 4, 7, 32})
-      for (size_t elem : {2, 4}) {
-        const uint64_t Kd = g.nk * g.dk, Vd = g.nv * g.dv;
-        const Bytes qkv = random_bytes((2 * Kd + Vd) * cols * elem, seed++);
-        const Bytes z = random_bytes(Vd * cols * elem, seed++);
-        const Bytes b = random_bytes(g.nv * cols * elem, seed++);
-        const Bytes a = random_bytes(g.nv * cols * elem, seed++);
-        auto dqkv = upload(qkv), dz = upload(z), db = upload(b), da = upload(a);
-        for (uint64_t T : kParts) {
-          if (g.nk % T || g.nv % T) continue;
-          for (uint64_t t = 0; t < T; ++t) {
-            const Bytes want =
-                cpu_apply(gdn_in_proj_local({0, 0, 2 * Kd + Vd}, {1, 0, Vd}, {2, 0, g.nv},
-                                            {3, 0, g.nv}, Kd, Vd, T, t),
-                          {&qkv, &z, &b, &a}, cols, elem);
-            cuda::DeviceBuffer out(want.size());
-            cuda::gdn_in_proj(dqkv.get(), dz.get(), db.get(), da.get(), out.get(), cols, elem, Kd,
-                              Vd, g.nv, T, t);
-            ASSERT_EQ(download(out, want.size()), want) << "in_proj T " << T << " t " << t;
-            const Bytes want_conv =
-                cpu_apply(gdn_conv_local({0, 0, 2 * Kd + Vd}, Kd, Vd, T, t), {&qkv}, cols, elem);
-            cuda::DeviceBuffer conv(want_conv.size());
-            cuda::gdn_conv(dqkv.get(), conv.get(), cols, elem, Kd, Vd, T, t);
-            ASSERT_EQ(download(conv, want_conv.size()), want_conv) << "conv T " << T << " t " << t;
-          }
-        }
-      }
-}
-
-TEST(CudaKernels, GluAndVisionQkv) {
-  NEED_GPU();
-  uint32_t seed = 200;
-  for (uint64_t ffn : {8, 24, 64})
-    for (uint64_t cols : {3, 16})
-      for (size_t elem : {2, 4}) {
-        const Bytes gate = random_bytes(ffn * cols * elem, seed++);
-        const Bytes up = random_bytes(ffn * cols * elem, seed++);
-        auto dg = upload(gate), du = upload(up);
-        for (uint64_t N : kParts) {
-          if (ffn % N) continue;
-          for (uint64_t t = 0; t < N; ++t) {
-            const Bytes want =
-                cpu_apply(glu_local({0, 0, ffn}, {1, 0, ffn}, N, t), {&gate, &up}, cols, elem);
-            cuda::DeviceBuffer out(want.size());
-            cuda::glu_concat(dg.get(), du.get(), out.get(), cols, elem, ffn, N, t);
-            ASSERT_EQ(download(out, want.size()), want) << "glu ffn " << ffn << " N " << N;
-          }
-        }
-      }
-  for (uint64_t heads : {1, 4, 16})
-    for (uint64_t hd : {1, 3, 8})
-      for (uint64_t cols : {1, 12}) {
-        const size_t elem = 2;
-        const Bytes qkv = random_bytes(3 * heads * hd * cols * elem, seed++);
-        auto d = upload(qkv);
-        const RowMap full = vision_qkv_full({0, 0, 3 * heads * hd}, heads, hd);
-        for (uint64_t T : kParts) {
-          if (heads % T) continue;
-          for (uint64_t t = 0; t < T; ++t) {
-            const Bytes want = cpu_apply(chunk_rows(full, T, t), {&qkv}, cols, elem);
-            cuda::DeviceBuffer out(want.size());
-            cuda::vision_qkv_interleave(d.get(), out.get(), cols, elem, heads, hd, T, t);
-            ASSERT_EQ(download(out, want.size()), want) << "vision heads " << heads << " T " << T;
-          }
-        }
-      }
-}
-
-TEST(CudaKernels, ExpertScatterFromFusedSlabs) {
-  NEED_GPU();
-  uint32_t seed = 300;
-  for (uint64_t E : {1, 4})
-    for (uint64_t I : {8, 24})
-      for (uint64_t H : {6, 16})
-        for (size_t elem : {2, 4}) {
-          const Bytes gate_up = random_bytes(E * 2 * I * H * elem, seed++);  // [E, 2I, H]
-          const Bytes down = random_bytes(E * H * I * elem, seed++);         // [E, H, I]
-          auto dgu = upload(gate_up), dd = upload(down);
-          for (uint64_t N : kParts) {
-            if (I % N) continue;
-            for (uint64_t g = 0; g < E; ++g)
-              for (uint64_t s = 0; s < N; ++s) {
-                const RowRun slab{0, g * 2 * I, 2 * I};
-                const Bytes want1 = cpu_apply(
-                    glu_local(sub_run(slab, 0, I), sub_run(slab, I, I), N, s), {&gate_up}, H, elem);
-                cuda::DeviceBuffer fc1(want1.size());
-                cuda::expert_fc1_from_slab(dgu.get(), fc1.get(), H, elem, g, I, N, s);
-                ASSERT_EQ(download(fc1, want1.size()), want1)
-                    << "fc1 g " << g << " N " << N << " s " << s;
-                const Bytes want2 =
-                    cpu_apply({RowRun{0, g * H, H}}, {&down}, I, elem, s * (I / N), I / N, I);
-                cuda::DeviceBuffer fc2(want2.size());
-                cuda::expert_fc2_from_slab(dd.get(), fc2.get(), H, elem, g, I, N, s);
-                ASSERT_EQ(download(fc2, want2.size()), want2)
-                    << "fc2 g " << g << " N " << N << " s " << s;
-              }
-          }
-        }
 }
 
 TEST(CudaKernels, SegmentGatherMatchesApplySegments) {
@@ -275,7 +116,7 @@ TEST(CudaKernels, SegmentGatherMatchesApplySegments) {
         base.push_back(all.size() / elem);
         all.insert(all.end(), s.begin(), s.end());
       }
-      std::vector<cuda::GatherRect> rects;
+      std::vector<GatherRect> rects;
       for (const auto& g : segs)
         rects.push_back({base[g.src] + g.src_row * src_cols[g.src] + g.src_col, src_cols[g.src],
                          g.dst_row, g.dst_col, g.rows, g.cols});
@@ -283,23 +124,14 @@ TEST(CudaKernels, SegmentGatherMatchesApplySegments) {
       cuda::DeviceBuffer d_dst(want.size());
       cuda::segment_gather_sync(rects, d_src.get(), d_dst.get(), dst_cols, elem);
       ASSERT_EQ(download(d_dst, want.size()), want) << "elem " << elem << " trial " << trial;
+      // The same table on the CPU, through the same index functions.
+      uint64_t words = dst_cols;
+      const size_t w = widen_rects(rects, words, elem);
+      Bytes host(want.size());
+      gather_rects_host(rects, all.data(), host.data(), words, w);
+      ASSERT_EQ(host, want) << "elem " << elem << " trial " << trial;
     }
   }
-}
-
-TEST(CudaKernels, GatherUsesWideWordsWhenAligned) {
-  std::vector<cuda::GatherRect> r{{8, 64, 0, 8, 3, 16}};
-  uint64_t dst_cols = 64;
-  EXPECT_EQ(cuda::widen_rects(r, dst_cols, 2), 16u);
-  EXPECT_EQ(r[0].src_offset, 1u);
-  EXPECT_EQ(r[0].src_stride, 8u);
-  EXPECT_EQ(r[0].dst_col, 1u);
-  EXPECT_EQ(r[0].cols, 2u);
-  EXPECT_EQ(dst_cols, 8u);
-  std::vector<cuda::GatherRect> odd{{1, 5, 0, 0, 2, 5}};
-  uint64_t dc = 5;
-  EXPECT_EQ(cuda::widen_rects(odd, dc, 2), 2u);
-  EXPECT_EQ(odd[0].src_offset, 1u);
 }
 
 namespace {
@@ -449,6 +281,10 @@ EngineRun run_engine(CopyEngine& engine, const CopyJob& job, MemSource& src) {
 void expect_same(const CopyJob& job, MemSource& src, uint64_t buffer) {
   CopyEngine cpu(buffer);
   CudaCopyEngine gpu(buffer);
+  // Random bit patterns overflow narrowing casts; these tests compare the
+  // bytes written, Inf included (the refusal is tested below).
+  cpu.allow_overflow(true);
+  gpu.allow_overflow(true);
   const EngineRun a = run_engine(cpu, job, src);
   const EngineRun b = run_engine(gpu, job, src);
   ASSERT_EQ(a.out.size(), b.out.size()) << job.what << " buffer " << buffer;
@@ -508,6 +344,38 @@ TEST(CudaCopyEngine, NormOffsetCastsAndCounts) {
         for (uint64_t buffer : {4096ull, 1ull << 20})
           expect_same({"norm", &segs, n, 1, from, to, op}, src, buffer);
       }
+  }
+}
+
+TEST(CudaCopyEngine, RefusesAnOverflowingCastLikeTheCpuEngine) {
+  NEED_GPU();
+  // Random bf16 patterns: many exceed fp16's 65504 (and some are Inf or
+  // NaN already, which do not count). Both engines refuse the job by
+  // default with the same count; the CPU engine also names an example.
+  MemSource src;
+  src.elem = 2;
+  const uint64_t n = 20000;
+  src.data = {value_bytes(DType::BF16, n, 91)};
+  src.cols = {1};
+  const std::vector<Segment> segs{{0, 0, 0, 0, 0, n, 1}};
+  const CopyJob job{"overflow", &segs, n, 1, DType::BF16, DType::F16, ElementOp::None};
+  auto message = [&](CopyEngine& e) -> std::string {
+    MemSink sink;
+    try {
+      e.run(job, src, sink);
+    } catch (const std::exception& ex) {
+      return ex.what();
+    }
+    return "accepted";
+  };
+  for (uint64_t buffer : {4096ull, 1ull << 20}) {
+    CopyEngine cpu(buffer);
+    CudaCopyEngine gpu(buffer);
+    const std::string a = message(cpu), b = message(gpu);
+    const std::string key = " when cast from BF16 to F16";
+    ASSERT_NE(a.find(key), std::string::npos) << a;
+    ASSERT_NE(b.find(key), std::string::npos) << b;
+    EXPECT_EQ(a.substr(0, a.find(key)), b.substr(0, b.find(key)));
   }
 }
 

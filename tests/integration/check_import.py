@@ -7,7 +7,7 @@ read with h5py, a generic reader: bf16 datasets must come back as bf16 values
 (h5py widens them to float32) and never be misread as float16. The manifest's
 file list, tensor counts and xxh3 checksums are checked too.
 
-usage: check_import.py HF_DIR OUT_DIR --tp N --pp N --ep N --etp N [--first N] [--last N] [--dtype D]
+usage: check_import.py HF_DIR OUT_DIR --tp N --pp N --ep N --etp N [--first N] [--last N] [--dtype D] [--no-mtp]
 """
 
 import argparse
@@ -42,9 +42,11 @@ def main():
     ap.add_argument("--first", type=int)
     ap.add_argument("--last", type=int)
     ap.add_argument("--dtype", default=None, help="BF16/F16/F32 if the import cast")
+    ap.add_argument("--no-mtp", action="store_true",
+                    help="the import left the MTP layer out (config.json declares it, the checkpoint has none)")
     a = ap.parse_args()
     layout = Layout(a.tp, a.pp, a.ep, a.etp, a.first, a.last)
-    ref = Reference(a.hf, layout, a.dtype)
+    ref = Reference(a.hf, layout, a.dtype, mtp=False if a.no_mtp else None)
     errors = []
     checked = 0
 

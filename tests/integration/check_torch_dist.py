@@ -9,7 +9,8 @@
   the expected one; chunks must tile every key; metadata.json, common.pt and the
   tracker file must be what Megatron-Core reads.
 
-usage: check_torch_dist.py HF_DIR OUT_DIR
+usage: check_torch_dist.py HF_DIR OUT_DIR [--no-mtp]
+  --no-mtp: the import left the MTP layer out (config.json declares it, the checkpoint has none)
 """
 
 import io
@@ -93,6 +94,7 @@ def tensor_of(z, root, obj):
 
 def main():
     hf, out = sys.argv[1:3]
+    no_mtp = "--no-mtp" in sys.argv[3:]
     errors = []
     iter_dir = os.path.join(out, "iter_0000000")
     if open(os.path.join(out, "latest_checkpointed_iteration.txt")).read() != "0":
@@ -111,7 +113,7 @@ def main():
     assert type(md).__name__ == "Metadata", type(md)
     storage = {(k.fqn, tuple(k.offset) if k.offset is not None else None): v for k, v in md.storage_data.items()}
 
-    want, ref = expected_keys(hf)
+    want, ref = expected_keys(hf, mtp=False if no_mtp else None)
     want_objects = expected_objects(want, ref)
     tensors = {k: v for k, v in md.state_dict_metadata.items() if type(v).__name__ == "TensorStorageMetadata"}
     objects = {k for k, v in md.state_dict_metadata.items() if type(v).__name__ == "BytesStorageMetadata"}

@@ -15,9 +15,10 @@ import numpy as np
 from qwen35_reference import Layout, Reference
 
 
-def expected_keys(hf_dir):
-    """{key: numpy array (global tensor)} and the expected ShardedObject keys."""
-    ref = Reference(hf_dir, Layout())
+def expected_keys(hf_dir, mtp=None):
+    """{key: numpy array (global tensor)} and the expected ShardedObject keys.
+    mtp=False: the checkpoint was converted without its MTP layer."""
+    ref = Reference(hf_dir, Layout(), mtp=mtp)
     local = ref.shard(0, 0, 0)
     t = ref.t
     kd = t["linear_num_key_heads"] * t["linear_key_head_dim"]

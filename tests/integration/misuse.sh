@@ -82,7 +82,7 @@ m = json.load(open(sys.argv[1]))
 m["layout"]["tp"] = 4
 json.dump(m, open(sys.argv[1], "w"))
 PY
-expect 2 "manifest does not match the checkpoint" -- run export --megatron-path "$work/badmanifest" --hf-path "$work/x4"
+expect 2 "the recorded layout does not match the listed shard files: it does not list mp_rank_02_000_000.h5" -- run export --megatron-path "$work/badmanifest" --hf-path "$work/x4"
 no_output "$work/x4"
 
 # Not a megabridge output at all.

@@ -91,7 +91,10 @@ def norm_minus_one(x, dst_dtype):
 class Reference:
     """Expected Megatron tensors per shard, computed from the HF tensors."""
 
-    def __init__(self, hf_dir, layout, cast=None):
+    def __init__(self, hf_dir, layout, cast=None, mtp=None):
+        """mtp: whether the MTP layer is converted; None: as config.json declares.
+        A checkpoint saved by transformers declares it but holds no mtp.* tensor,
+        and is converted without it (the caller says so; nothing is inferred here)."""
         self.cfg, self.hf = read_hf(hf_dir)
         self.t = self.cfg["text_config"]
         self.v = self.cfg["vision_config"]
@@ -105,6 +108,7 @@ class Reference:
             every = self.t.get("full_attention_interval", 4)
             lt = ["full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(n)]
         self.layer_types = lt
+        self.mtp = self.t.get("mtp_num_hidden_layers", 0) > 0 if mtp is None else mtp
 
     # -- helpers ---------------------------------------------------------------------------
     def get(self, name):
@@ -296,7 +300,7 @@ class Reference:
         T, P = self.layout.tp, self.layout.pp
         out = {}
         first, last = p == 0, p == P - 1
-        mtp = self.t.get("mtp_num_hidden_layers", 0) > 0
+        mtp = self.mtp
         d, emb = self.get("model.language_model.embed_tokens.weight")
         if first or (last and mtp):
             self.emit(out, "language_model.embedding.word_embeddings.weight",

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A real, private, single-node Slurm cluster on loopback, for the duration of the
 # test:
-#   1. installs Debian's slurmctld, slurmd and slurm-client (which bring the
-#      PMIx MPI plugin, slurm-wlm-basic-plugins) with apt-get if missing;
+#   1. needs Debian's slurmctld, slurmd, slurm-client and slurm-wlm-basic-plugins
+#      (the PMIx MPI plugin), which scripts/setup.sh installs; skips without them;
 #   2. writes a slurm.conf into a temporary directory (auth/none, no munge, no
 #      cgroups, no systemd, free random ports) and starts slurmctld and slurmd
 #      in the foreground as background jobs of this script;
@@ -18,7 +18,7 @@
 #   6. always stops the daemons (trap) and removes the directory.
 #   local_slurm_test.sh MEGABRIDGE_BIN TESTS_DATA_DIR
 # Needs root (slurmd runs job steps as root here). Exits 77 (skipped) when not
-# root and Slurm is not installed.
+# root or Slurm is not installed.
 set -euo pipefail
 bin="$(realpath "$1")"
 data="$(realpath "$2")"
@@ -33,19 +33,10 @@ have_slurm() {
     command -v srun >/dev/null && command -v sbatch >/dev/null &&
     compgen -G '/usr/lib/*/slurm-wlm/mpi_pmix*.so' >/dev/null
 }
+# Installing system packages is scripts/setup.sh's job, never a test's.
 if ! have_slurm; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "SKIP: Slurm is not installed and this is not root"; exit 77
-  fi
-  pkgs=(slurmctld slurmd slurm-client slurm-wlm-basic-plugins)
-  log "installing ${pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1; then
-    log "apt-get install failed; apt-get update and again"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-  fi
-  have_slurm || { echo "FAIL: Slurm still missing after apt-get install"; exit 1; }
+  echo "SKIP: Slurm is not installed (scripts/setup.sh installs slurmctld, slurmd, slurm-client and slurm-wlm-basic-plugins)"
+  exit 77
 fi
 if [ "$(id -u)" -ne 0 ]; then echo "SKIP: needs root to run slurmd"; exit 77; fi
 

@@ -1,4 +1,6 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 
 #include <cstring>
 #include <string>
@@ -254,4 +256,146 @@ TEST(DirectIo, RegionsFilledByInterleavedWritersMatch) {
     EXPECT_EQ(read_all(p), bytes) << p;
   }
   if (!direct) GTEST_SKIP() << tmp.path << " refuses O_DIRECT: only the buffered path was checked";
+}
+
+// The bench's storage floor: a direct copy must give the same bytes for any
+// size, aligned or not, across several blocks, and empty files.
+TEST(DirectIo, DirectCopyIsByteIdenticalForEverySize) {
+  TempDir tmp;
+  const bool direct = direct_supported(tmp.path);
+  const uint64_t block = 64 << 10;
+  const std::vector<uint64_t> sizes = {0,
+                                       1,
+                                       511,
+                                       4095,
+                                       4096,
+                                       4097,
+                                       block - 1,
+                                       block,
+                                       block + 1,
+                                       2 * block,
+                                       3 * block + 123,
+                                       5 * block + 4096 + 7};
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::string data = pattern(sizes[i], i + 3);
+    const fs::path src = tmp.path / fmt::format("src{}", i),
+                   dst = tmp.path / fmt::format("dst{}", i);
+    write_bytes(src, data);
+    write_bytes(dst, std::string(3 * block, 'z'));  // an existing longer file is replaced
+    const DirectCopyResult r = direct_copy_file(src, dst, block);
+    EXPECT_EQ(r.bytes, sizes[i]);
+    EXPECT_EQ(fs::file_size(dst), sizes[i]) << "size " << sizes[i];
+    EXPECT_TRUE(read_all(dst) == data) << "size " << sizes[i];
+    EXPECT_EQ(r.direct_read, direct) << "size " << sizes[i];
+    EXPECT_EQ(r.direct_write, direct) << "size " << sizes[i];
+  }
+  if (!direct) GTEST_SKIP() << tmp.path << " refuses O_DIRECT: only the buffered path was checked";
+}
+
+TEST(DirectIo, DirectCopyTreeCopiesEveryFile) {
+  TempDir tmp;
+  const fs::path src = tmp.path / "src", dst = tmp.path / "dst";
+  fs::create_directories(src / "sub" / "deeper");
+  const std::vector<std::pair<std::string, uint64_t>> files = {
+      {"a.safetensors", 100000}, {"empty", 0}, {"sub/b.json", 77}, {"sub/deeper/c", 8192 + 1}};
+  uint64_t total = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    write_bytes(src / files[i].first, pattern(files[i].second, 40 + i));
+    total += files[i].second;
+  }
+  bool all_direct = false;
+  EXPECT_EQ(direct_copy_tree(src, dst, 16 << 10, &all_direct), total);
+  for (size_t i = 0; i < files.size(); ++i)
+    EXPECT_TRUE(read_all(dst / files[i].first) == pattern(files[i].second, 40 + i))
+        << files[i].first;
+  EXPECT_EQ(all_direct, direct_supported(tmp.path));
+}
+
+TEST(DirectIo, DirectCopyOfAMissingFileNamesIt) {
+  TempDir tmp;
+  try {
+    direct_copy_file(tmp.path / "nope", tmp.path / "out");
+    FAIL() << "copied a missing file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nope"), std::string::npos) << e.what();
+  }
+}
+
+namespace {
+// How many of the file's pages [begin, end) are in the page cache.
+uint64_t resident_pages(const fs::path& p, uint64_t begin, uint64_t end) {
+  const File f(p, File::Mode::Read);
+  const uint64_t size = f.size();
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, f.fd(), 0);
+  EXPECT_NE(m, MAP_FAILED);
+  const uint64_t pages = (size + 4095) / 4096;
+  std::vector<unsigned char> v(pages);
+  EXPECT_EQ(::mincore(m, size, v.data()), 0);
+  ::munmap(m, size);
+  uint64_t n = 0;
+  for (uint64_t i = begin / 4096; i < std::min(pages, (end + 4095) / 4096); ++i) n += v[i] & 1;
+  return n;
+}
+void evict(const fs::path& p) {
+  File f(p, File::Mode::Read);
+  f.fsync();  // dirty pages would stay
+  ::posix_fadvise(f.fd(), 0, 0, POSIX_FADV_DONTNEED);
+}
+}  // namespace
+
+// InputFile::pread_rows, every path: one contiguous range, contiguous rows to
+// strided memory, wide pieces read directly one by one, narrow pieces through
+// the page cache in batches of row spans (and one by one when a row span is
+// larger than the window), at offsets and sizes that are not aligned.
+TEST(DirectIo, RowReadsGiveTheFileBytesOnEveryPath) {
+  TempDir tmp;
+  const bool direct = direct_supported(tmp.path);
+  const fs::path p = tmp.path / "rows";
+  const uint64_t size = 9 * (1 << 20) + 12345;
+  const std::string bytes = pattern(size, 9);
+  write_bytes(p, bytes);
+  struct Case {
+    uint64_t offset, row_bytes, piece, rows, dst_stride;
+  };
+  const std::vector<Case> cases = {
+      {100, 1000, 1000, 500, 1000},                          // contiguous, packed
+      {4096, 1000, 1000, 700, 1003},                         // contiguous rows, strided memory
+      {77, 3 * (1 << 20), (1 << 20) + 5, 2, (1 << 20) + 9},  // wide pieces: direct
+      {13, 1024, 512, 2000, 512},                            // expert-fc2-like: narrow
+      {5000, 8192, 4096, 300, 4100},                         // o_proj-like: narrow
+      {1, 1 << 20, 1000, 8, 1000},                           // narrow piece, wide rows
+      {0, 7, 3, 1, 3},                                       // one tiny row
+      {3, 600000, 300000, 5, 300000},  // narrow, but a row span larger than a small window
+  };
+  for (IoMode mode : {IoMode::Buffered, IoMode::Direct})
+    for (uint64_t window : {uint64_t{256} << 10, uint64_t{8} << 20}) {
+      InputFile in(p, mode);
+      ReadWindow w(window);
+      for (const Case& c : cases) {
+        ASSERT_LE(c.offset + (c.rows - 1) * c.row_bytes + c.piece, size);
+        std::string got(c.rows * c.dst_stride, '\0'), want = got;
+        for (uint64_t r = 0; r < c.rows; ++r)
+          want.replace(r * c.dst_stride, c.piece,
+                       bytes.substr(c.offset + r * c.row_bytes, c.piece));
+        in.pread_rows(got.data(), c.dst_stride, c.rows, c.piece, c.offset, c.row_bytes, w, "t");
+        ASSERT_TRUE(got == want) << io_mode_name(mode) << " window " << window << " rows " << c.rows
+                                 << " piece " << c.piece << " of " << c.row_bytes;
+      }
+    }
+  if (!direct) GTEST_SKIP() << tmp.path << " refuses O_DIRECT: only the buffered path was checked";
+
+  // Where the bytes come from: a wide window bypasses the page cache, a
+  // narrow one goes through it (where the node's other ranks find it).
+  InputFile in(p, IoMode::Direct);
+  ReadWindow w(8 << 20);
+  std::string buf(4 << 20, '\0');
+  evict(p);
+  in.pread_rows(buf.data(), (1 << 20) + 1, 2, (1 << 20) + 1, 0, 4 << 20, w, "wide");
+  EXPECT_EQ(resident_pages(p, 0, 8 << 20), 0u);
+  EXPECT_FALSE(column_window_direct(512, 1024));
+  EXPECT_TRUE(column_window_direct(1024, 1024));
+  EXPECT_TRUE(column_window_direct(kDirectPieceBytes, 4 * kDirectPieceBytes));
+  evict(p);
+  in.pread_rows(buf.data(), 512, 2048, 512, 0, 1024, w, "narrow");
+  EXPECT_EQ(resident_pages(p, 0, 2 << 20), 512u);  // the 2 MiB row span, once
 }

@@ -5,8 +5,9 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
-#include <vector>
 #include <mutex>
+#include <string_view>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
@@ -50,16 +51,48 @@ std::string hdf5_error_detail() {
   return out + ")";
 }
 
+// An HDF5 identifier, closed with `close` when it goes out of scope, so that
+// an error thrown half way through a sequence of calls leaks nothing.
+class Hid {
+ public:
+  Hid(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~Hid() {
+    if (id_ >= 0) close_(id_);
+  }
+  Hid(const Hid&) = delete;
+  Hid& operator=(const Hid&) = delete;
+  operator hid_t() const { return id_; }  // NOLINT: used where HDF5 takes a hid_t
+  hid_t release() {
+    const hid_t id = id_;
+    id_ = -1;
+    return id;
+  }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+// Every HDF5 call is checked: a negative identifier or status becomes an
+// error naming what was being done, with HDF5's own reason.
+hid_t must_id(hid_t id, std::string_view what) {
+  if (id < 0) throw Error("{} failed{}", what, hdf5_error_detail());
+  return id;
+}
+void must_ok(herr_t rc, std::string_view what) {
+  if (rc < 0) throw Error("{} failed{}", what, hdf5_error_detail());
+}
+
 // A custom HDF5 float type: the library and h5py convert it by its fields.
 hid_t make_float_type(size_t bytes, size_t sign_pos, size_t exp_pos, size_t exp_bits,
                       size_t man_bits, size_t bias) {
-  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
-  H5Tset_fields(t, sign_pos, exp_pos, exp_bits, 0, man_bits);
-  H5Tset_offset(t, 0);
-  H5Tset_precision(t, bytes * 8);
-  H5Tset_size(t, bytes);
-  H5Tset_ebias(t, bias);
-  return t;
+  Hid t(must_id(H5Tcopy(H5T_IEEE_F32LE), "HDF5 H5Tcopy of a float type"), H5Tclose);
+  must_ok(H5Tset_fields(t, sign_pos, exp_pos, exp_bits, 0, man_bits), "HDF5 H5Tset_fields");
+  must_ok(H5Tset_offset(t, 0), "HDF5 H5Tset_offset");
+  must_ok(H5Tset_precision(t, bytes * 8), "HDF5 H5Tset_precision");
+  must_ok(H5Tset_size(t, bytes), "HDF5 H5Tset_size");
+  must_ok(H5Tset_ebias(t, bias), "HDF5 H5Tset_ebias");
+  return t.release();
 }
 
 struct TypeHandle {
@@ -93,77 +126,65 @@ TypeHandle type_for(DType t) {
 
 // Variable-length UTF-8, which h5py returns as str (fixed-length comes back as bytes).
 void put_string_attr(hid_t obj, const char* name, const std::string& value) {
-  hid_t type = H5Tcopy(H5T_C_S1);
-  H5Tset_size(type, H5T_VARIABLE);
-  H5Tset_cset(type, H5T_CSET_UTF8);
-  hid_t space = H5Screate(H5S_SCALAR);
-  hid_t attr = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  const std::string what = fmt::format("writing HDF5 attribute '{}'", name);
+  Hid type(must_id(H5Tcopy(H5T_C_S1), what), H5Tclose);
+  must_ok(H5Tset_size(type, H5T_VARIABLE), what);
+  must_ok(H5Tset_cset(type, H5T_CSET_UTF8), what);
+  Hid space(must_id(H5Screate(H5S_SCALAR), what), H5Sclose);
+  Hid attr(must_id(H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT), what), H5Aclose);
   const char* p = value.c_str();
-  herr_t rc = attr < 0 ? -1 : H5Awrite(attr, type, &p);
-  if (attr >= 0) H5Aclose(attr);
-  H5Sclose(space);
-  H5Tclose(type);
-  MB_CHECK(rc >= 0, "cannot write HDF5 attribute '{}'", name);
+  must_ok(H5Awrite(attr, type, &p), what);
 }
 
 void put_u64_attr(hid_t obj, const char* name, const std::vector<uint64_t>& values, bool scalar) {
+  const std::string what = fmt::format("writing HDF5 attribute '{}'", name);
   hsize_t n = values.size();
-  hid_t space = scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr);
-  hid_t attr = H5Acreate2(obj, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = attr < 0 ? -1 : H5Awrite(attr, H5T_NATIVE_UINT64, values.data());
-  if (attr >= 0) H5Aclose(attr);
-  H5Sclose(space);
-  MB_CHECK(rc >= 0, "cannot write HDF5 attribute '{}'", name);
+  Hid space(must_id(scalar ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, &n, nullptr), what),
+            H5Sclose);
+  Hid attr(must_id(H5Acreate2(obj, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT), what),
+           H5Aclose);
+  must_ok(H5Awrite(attr, H5T_NATIVE_UINT64, values.data()), what);
 }
 
 bool has_attr(hid_t obj, const char* name) { return H5Aexists(obj, name) > 0; }
 
 std::string get_string_attr(hid_t obj, const char* name, const std::string& where) {
   MB_CHECK(has_attr(obj, name), "{}: missing attribute '{}'", where, name);
-  hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
-  hid_t ftype = H5Aget_type(attr);
-  std::string out;
-  if (H5Tis_variable_str(ftype) > 0) {
-    hid_t mtype = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mtype, H5T_VARIABLE);
-    H5Tset_cset(mtype, H5Tget_cset(ftype));  // HDF5 does not convert between ASCII and UTF-8
+  const std::string what = fmt::format("{}: reading attribute '{}'", where, name);
+  Hid attr(must_id(H5Aopen(obj, name, H5P_DEFAULT), what), H5Aclose);
+  Hid ftype(must_id(H5Aget_type(attr), what), H5Tclose);
+  MB_CHECK(H5Tget_class(ftype) == H5T_STRING, "{}: attribute '{}' is not a string", where, name);
+  const H5T_cset_t cset = H5Tget_cset(ftype);
+  must_ok(cset < 0 ? -1 : 0, what);
+  Hid mtype(must_id(H5Tcopy(H5T_C_S1), what), H5Tclose);
+  must_ok(H5Tset_cset(mtype, cset), what);  // HDF5 does not convert between ASCII and UTF-8
+  const htri_t variable = H5Tis_variable_str(ftype);
+  must_ok(variable < 0 ? -1 : 0, what);
+  if (variable > 0) {
+    must_ok(H5Tset_size(mtype, H5T_VARIABLE), what);
     char* p = nullptr;
-    const herr_t rc = H5Aread(attr, mtype, &p);
-    if (rc >= 0 && p) {
-      out = p;
-      H5free_memory(p);
-    }
-    H5Tclose(mtype);
-    if (rc < 0) {
-      H5Tclose(ftype);
-      H5Aclose(attr);
-      throw Error("{}: cannot read attribute '{}'", where, name);
-    }
-  } else {
-    size_t n = H5Tget_size(ftype);
-    std::vector<char> buf(n + 1, '\0');
-    hid_t mtype = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mtype, n);
-    H5Tset_cset(mtype, H5Tget_cset(ftype));
-    H5Aread(attr, mtype, buf.data());
-    H5Tclose(mtype);
-    out.assign(buf.data(), strnlen(buf.data(), n));
+    must_ok(H5Aread(attr, mtype, &p), what);
+    std::string out = p ? p : "";
+    if (p) H5free_memory(p);
+    return out;
   }
-  H5Tclose(ftype);
-  H5Aclose(attr);
-  return out;
+  const size_t n = H5Tget_size(ftype);
+  MB_CHECK(n > 0, "{}: attribute '{}' has no size", where, name);
+  std::vector<char> buf(n + 1, '\0');
+  must_ok(H5Tset_size(mtype, n), what);
+  must_ok(H5Aread(attr, mtype, buf.data()), what);
+  return std::string(buf.data(), strnlen(buf.data(), n));
 }
 
 std::vector<uint64_t> get_u64_attr(hid_t obj, const char* name, const std::string& where) {
   MB_CHECK(has_attr(obj, name), "{}: missing attribute '{}'", where, name);
-  hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
-  hid_t space = H5Aget_space(attr);
-  hssize_t n = H5Sget_simple_extent_npoints(space);
-  std::vector<uint64_t> v(static_cast<size_t>(std::max<hssize_t>(n, 0)));
-  herr_t rc = v.empty() ? 0 : H5Aread(attr, H5T_NATIVE_UINT64, v.data());
-  H5Sclose(space);
-  H5Aclose(attr);
-  MB_CHECK(rc >= 0, "{}: cannot read attribute '{}'", where, name);
+  const std::string what = fmt::format("{}: reading attribute '{}'", where, name);
+  Hid attr(must_id(H5Aopen(obj, name, H5P_DEFAULT), what), H5Aclose);
+  Hid space(must_id(H5Aget_space(attr), what), H5Sclose);
+  const hssize_t n = H5Sget_simple_extent_npoints(space);
+  MB_CHECK(n >= 0 && n <= (1 << 20), "{}: attribute '{}' has {} elements", where, name, n);
+  std::vector<uint64_t> v(static_cast<size_t>(n));
+  if (!v.empty()) must_ok(H5Aread(attr, H5T_NATIVE_UINT64, v.data()), what);
   return v;
 }
 
@@ -174,15 +195,17 @@ std::vector<hsize_t> dims_of(const Shape& s) {
 
 // Selects rows [r0, r1) x cols [c0, c1) of the 2-D view in an N-D dataspace,
 // as a union of hyperslabs.
+// A failed selection would read or write another region than asked for.
 void select_rows(hid_t space, const std::vector<hsize_t>& dims, uint64_t r0, uint64_t r1,
-                 uint64_t c0, uint64_t c1) {
+                 uint64_t c0, uint64_t c1, std::string_view where) {
   const Shape shape(dims.begin(), dims.end());
   bool first = true;
   for (const Box& b : rows_to_boxes(shape, r0, r1, c0, c1)) {
     const std::vector<hsize_t> start(b.offsets.begin(), b.offsets.end());
     const std::vector<hsize_t> count(b.sizes.begin(), b.sizes.end());
-    H5Sselect_hyperslab(space, first ? H5S_SELECT_SET : H5S_SELECT_OR, start.data(), nullptr,
-                        count.data(), nullptr);
+    must_ok(H5Sselect_hyperslab(space, first ? H5S_SELECT_SET : H5S_SELECT_OR, start.data(),
+                                nullptr, count.data(), nullptr),
+            fmt::format("{}: selecting rows [{}, {}) cols [{}, {})", where, r0, r1, c0, c1));
     first = false;
   }
 }
@@ -191,24 +214,29 @@ void select_rows(hid_t space, const std::vector<hsize_t>& dims, uint64_t r0, uin
 int64_t hdf5_type_for(DType t) {
   MB_HDF5_LOCK;
   TypeHandle h = type_for(t);
-  return h.owned ? H5Tcopy(h.id) : h.id;
+  return h.owned ? must_id(H5Tcopy(h.id), "HDF5 H5Tcopy") : h.id;
 }
 
 Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info) : path_(path) {
   MB_HDF5_LOCK;
   silence_hdf5();
-  file_ = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  MB_CHECK(file_ >= 0, "cannot create HDF5 file {}", path.string());
-  put_string_attr(file_, "format", info.format);
-  put_u64_attr(file_, "tp_rank", {info.tp_rank}, true);
-  put_u64_attr(file_, "pp_rank", {info.pp_rank}, true);
-  put_u64_attr(file_, "ep_rank", {info.ep_rank}, true);
-  put_u64_attr(file_, "etp_rank", {info.etp_rank}, true);
-  put_u64_attr(file_, "tp_size", {info.tp_size}, true);
-  put_u64_attr(file_, "pp_size", {info.pp_size}, true);
-  put_u64_attr(file_, "ep_size", {info.ep_size}, true);
-  put_u64_attr(file_, "etp_size", {info.etp_size}, true);
-  for (const auto& [k, v] : info.extra) put_string_attr(file_, k.c_str(), v);
+  Hid file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+  MB_CHECK(file >= 0, "cannot create HDF5 file {}{}", path.string(), hdf5_error_detail());
+  try {
+    put_string_attr(file, "format", info.format);
+    put_u64_attr(file, "tp_rank", {info.tp_rank}, true);
+    put_u64_attr(file, "pp_rank", {info.pp_rank}, true);
+    put_u64_attr(file, "ep_rank", {info.ep_rank}, true);
+    put_u64_attr(file, "etp_rank", {info.etp_rank}, true);
+    put_u64_attr(file, "tp_size", {info.tp_size}, true);
+    put_u64_attr(file, "pp_size", {info.pp_size}, true);
+    put_u64_attr(file, "ep_size", {info.ep_size}, true);
+    put_u64_attr(file, "etp_size", {info.etp_size}, true);
+    for (const auto& [k, v] : info.extra) put_string_attr(file, k.c_str(), v);
+  } catch (...) {
+    rethrow_with_context(path.string());
+  }
+  file_ = file.release();  // the destructor closes it from here on
 }
 
 Hdf5ShardWriter::~Hdf5ShardWriter() {
@@ -221,37 +249,38 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
   MB_HDF5_LOCK;
   MB_CHECK(dset_ < 0, "internal: dataset {} still open in {}", cur_.name, path_.string());
   cur_ = info;
+  const std::string what = fmt::format("{}: creating dataset '{}'", path_.string(), info.name);
   const auto dims = dims_of(info.shape);
-  hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  Hid space(must_id(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what),
+            H5Sclose);
   TypeHandle type = type_for(info.dtype);
   // No modification times in object headers: the same tensors give the same
   // file bytes, so outputs can be compared with cmp (reshard vs import).
-  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-  H5Pset_obj_track_times(dcpl, false);
-  dset_ = H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-  const std::string detail = dset_ < 0 ? hdf5_error_detail() : std::string();
-  H5Pclose(dcpl);
-  H5Sclose(space);
-  MB_CHECK(dset_ >= 0, "{}: cannot create dataset '{}'{}", path_.string(), info.name, detail);
-  put_string_attr(dset_, "global_name", info.global_name);
-  put_u64_attr(dset_, "global_shape", info.global_shape, false);
-  put_string_attr(dset_, "dtype", std::string(dtype_torch_name(info.dtype)));
+  Hid dcpl(must_id(H5Pcreate(H5P_DATASET_CREATE), what), H5Pclose);
+  must_ok(H5Pset_obj_track_times(dcpl, false), what);
+  dset_ = must_id(
+      H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), what);
+  // From here the dataset is dset_, closed by the destructor on any error.
+  try {
+    put_string_attr(dset_, "global_name", info.global_name);
+    put_u64_attr(dset_, "global_shape", info.global_shape, false);
+    put_string_attr(dset_, "dtype", std::string(dtype_torch_name(info.dtype)));
+  } catch (...) {
+    rethrow_with_context(what);
+  }
 }
 
 void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data) {
   MB_HDF5_LOCK;
+  const std::string what = fmt::format("{}: writing rows [{}, {}) of dataset '{}'", path_.string(),
+                                       row0, row0 + rows, cur_.name);
   const auto dims = dims_of(cur_.shape);
-  hid_t fspace = H5Dget_space(dset_);
-  select_rows(fspace, dims, row0, row0 + rows, 0, cols_2d(cur_.shape));
+  Hid fspace(must_id(H5Dget_space(dset_), what), H5Sclose);
+  select_rows(fspace, dims, row0, row0 + rows, 0, cols_2d(cur_.shape), what);
   hsize_t n = rows * cols_2d(cur_.shape);
-  hid_t mspace = H5Screate_simple(1, &n, nullptr);
+  Hid mspace(must_id(H5Screate_simple(1, &n, nullptr), what), H5Sclose);
   TypeHandle type = type_for(cur_.dtype);
-  herr_t rc = H5Dwrite(dset_, type.id, mspace, fspace, H5P_DEFAULT, data);
-  const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();  // before the next call clears it
-  H5Sclose(mspace);
-  H5Sclose(fspace);
-  MB_CHECK(rc >= 0, "{}: writing rows [{}, {}) of dataset '{}' failed{}", path_.string(), row0,
-           row0 + rows, cur_.name, detail);
+  must_ok(H5Dwrite(dset_, type.id, mspace, fspace, H5P_DEFAULT, data), what);
 }
 
 void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
@@ -283,25 +312,31 @@ Hdf5ShardUpdater::Hdf5ShardUpdater(const fs::path& path, const ShardFileInfo& in
     Hdf5ShardWriter w(path, info);  // the file and its attributes
     w.close();
   }
-  file_ = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-  MB_CHECK(file_ >= 0, "cannot reopen {} for writing{}", path.string(), hdf5_error_detail());
-  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-  H5Pset_obj_track_times(dcpl, false);
+  Hid file(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose);
+  MB_CHECK(file >= 0, "cannot reopen {} for writing{}", path.string(), hdf5_error_detail());
+  // Every identifier is owned by a Hid: an attribute that cannot be written
+  // (disk full) throws without leaking the property list, the dataset or
+  // the file.
+  Hid dcpl(must_id(H5Pcreate(H5P_DATASET_CREATE), path.string() + ": H5Pcreate"), H5Pclose);
+  must_ok(H5Pset_obj_track_times(dcpl, false), path.string() + ": H5Pset_obj_track_times");
   for (const auto& d : datasets) {
+    const std::string what = fmt::format("{}: creating dataset '{}'", path.string(), d.name);
     const auto dims = dims_of(d.shape);
-    hid_t space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+    Hid space(must_id(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what),
+              H5Sclose);
     TypeHandle type = type_for(d.dtype);
-    hid_t id = H5Dcreate2(file_, d.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    const std::string detail = id < 0 ? hdf5_error_detail() : std::string();
-    H5Sclose(space);
-    if (id < 0) H5Pclose(dcpl);
-    MB_CHECK(id >= 0, "{}: cannot create dataset '{}'{}", path.string(), d.name, detail);
-    put_string_attr(id, "global_name", d.global_name);
-    put_u64_attr(id, "global_shape", d.global_shape, false);
-    put_string_attr(id, "dtype", std::string(dtype_torch_name(d.dtype)));
-    H5Dclose(id);
+    Hid id(must_id(H5Dcreate2(file, d.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
+                   what),
+           H5Dclose);
+    try {
+      put_string_attr(id, "global_name", d.global_name);
+      put_u64_attr(id, "global_shape", d.global_shape, false);
+      put_string_attr(id, "dtype", std::string(dtype_torch_name(d.dtype)));
+    } catch (...) {
+      rethrow_with_context(what);
+    }
   }
-  H5Pclose(dcpl);
+  file_ = file.release();
 }
 
 int64_t OneOpenDataset::get(int64_t file, const std::string& name, const fs::path& path) {
@@ -329,18 +364,16 @@ void Hdf5ShardUpdater::write_rect(size_t dataset, uint64_t row0, uint64_t rows, 
                                   uint64_t cols, const void* data) {
   MB_HDF5_LOCK;
   const ShardDatasetInfo& d = info_.at(dataset);
+  const std::string what =
+      fmt::format("{}: writing rows [{}, {}) cols [{}, {}) of dataset '{}'", path_.string(), row0,
+                  row0 + rows, col0, col0 + cols, d.name);
   const hid_t dset = open_.get(file_, d.name, path_);
-  hid_t fspace = H5Dget_space(dset);
-  select_rows(fspace, dims_of(d.shape), row0, row0 + rows, col0, col0 + cols);
+  Hid fspace(must_id(H5Dget_space(dset), what), H5Sclose);
+  select_rows(fspace, dims_of(d.shape), row0, row0 + rows, col0, col0 + cols, what);
   hsize_t n = rows * cols;
-  hid_t mspace = H5Screate_simple(1, &n, nullptr);
+  Hid mspace(must_id(H5Screate_simple(1, &n, nullptr), what), H5Sclose);
   TypeHandle type = type_for(d.dtype);
-  herr_t rc = H5Dwrite(dset, type.id, mspace, fspace, H5P_DEFAULT, data);
-  const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
-  H5Sclose(mspace);
-  H5Sclose(fspace);
-  MB_CHECK(rc >= 0, "{}: writing rows [{}, {}) cols [{}, {}) of dataset '{}' failed{}", path_.string(),
-           row0, row0 + rows, col0, col0 + cols, d.name, detail);
+  must_ok(H5Dwrite(dset, type.id, mspace, fspace, H5P_DEFAULT, data), what);
 }
 
 std::string Hdf5ShardUpdater::finish_dataset(size_t dataset, uint64_t block_bytes) {
@@ -355,15 +388,12 @@ std::string Hdf5ShardUpdater::finish_dataset(size_t dataset, uint64_t block_byte
   const hid_t dset = open_.get(file_, d.name, path_);
   for (uint64_t r0 = 0; r0 < rows; r0 += block) {
     const uint64_t n = std::min(block, rows - r0);
-    hid_t fspace = H5Dget_space(dset);
-    select_rows(fspace, dims_of(d.shape), r0, r0 + n, 0, cols);
+    const std::string what = fmt::format("{}: reading back dataset '{}'", path_.string(), d.name);
+    Hid fspace(must_id(H5Dget_space(dset), what), H5Sclose);
+    select_rows(fspace, dims_of(d.shape), r0, r0 + n, 0, cols, what);
     hsize_t count = n * cols;
-    hid_t mspace = H5Screate_simple(1, &count, nullptr);
-    herr_t rc = H5Dread(dset, type.id, mspace, fspace, H5P_DEFAULT, buf.data());
-    const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
-    H5Sclose(mspace);
-    H5Sclose(fspace);
-    MB_CHECK(rc >= 0, "{}: reading back dataset '{}' failed{}", path_.string(), d.name, detail);
+    Hid mspace(must_id(H5Screate_simple(1, &count, nullptr), what), H5Sclose);
+    must_ok(H5Dread(dset, type.id, mspace, fspace, H5P_DEFAULT, buf.data()), what);
     h.update(buf.data(), n * cols * es);
   }
   const std::string hex = hash_hex(h.digest());
@@ -388,8 +418,9 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
   MB_CHECK(fs::exists(path), "shard file {} does not exist", path.string());
   // HDF5 opens with a blocking open(2): a FIFO would hang every rank.
   require_regular_file(path, "shard file");
-  file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  MB_CHECK(file_ >= 0, "{} is not a readable HDF5 file", path.string());
+  Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  MB_CHECK(file >= 0, "{} is not a readable HDF5 file", path.string());
+  file_ = file;  // owned by `file` until the end: a constructor that throws runs no destructor
   const std::string where = path.string();
   info_.format = get_string_attr(file_, "format", where);
   info_.tp_rank = get_u64_attr(file_, "tp_rank", where).at(0);
@@ -402,13 +433,14 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
   info_.etp_size = get_u64_attr(file_, "etp_size", where).at(0);
 
   std::vector<std::string> names;
-  H5Literate(
-      file_, H5_INDEX_NAME, H5_ITER_INC, nullptr,
-      [](hid_t, const char* name, const H5L_info_t*, void* op) -> herr_t {
-        static_cast<std::vector<std::string>*>(op)->emplace_back(name);
-        return 0;
-      },
-      &names);
+  must_ok(H5Literate(
+              file_, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+              [](hid_t, const char* name, const H5L_info_t*, void* op) -> herr_t {
+                static_cast<std::vector<std::string>*>(op)->emplace_back(name);
+                return 0;
+              },
+              &names),
+          where + ": listing the datasets");
   for (const auto& n : names) {
     hid_t d = H5Dopen2(file_, n.c_str(), H5P_DEFAULT);
     MB_CHECK(d >= 0, "{}: '{}' is not a dataset", where, n);
@@ -417,12 +449,15 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
     const std::string dwhere = fmt::format("{}: dataset '{}'", where, n);
     ShardDatasetInfo info;
     info.name = n;
-    hid_t space = H5Dget_space(d);
-    int nd = H5Sget_simple_extent_ndims(space);
-    std::vector<hsize_t> dims(static_cast<size_t>(std::max(nd, 0)));
-    H5Sget_simple_extent_dims(space, dims.data(), nullptr);
-    H5Sclose(space);
-    info.shape.assign(dims.begin(), dims.end());
+    {
+      Hid space(must_id(H5Dget_space(d), dwhere + ": H5Dget_space"), H5Sclose);
+      const int nd = H5Sget_simple_extent_ndims(space);
+      MB_CHECK(nd >= 0 && nd <= 32, "{}: unreadable rank ({})", dwhere, nd);
+      std::vector<hsize_t> dims(static_cast<size_t>(nd));
+      must_ok(H5Sget_simple_extent_dims(space, dims.data(), nullptr),
+              dwhere + ": reading its shape");
+      info.shape.assign(dims.begin(), dims.end());
+    }
     info.global_name = get_string_attr(d, "global_name", dwhere);
     info.global_shape = get_u64_attr(d, "global_shape", dwhere);
     const std::string dt = get_string_attr(d, "dtype", dwhere);
@@ -431,13 +466,13 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
     info.dtype = *parsed;
     if (has_attr(d, "xxh3")) info.xxh3 = get_string_attr(d, "xxh3", dwhere);
     // The stored type must have the dtype's width, or reading raw bytes would be wrong.
-    hid_t ftype = H5Dget_type(d);
+    const Hid ftype(must_id(H5Dget_type(d), dwhere + ": H5Dget_type"), H5Tclose);
     const size_t stored = H5Tget_size(ftype);
-    H5Tclose(ftype);
     MB_CHECK(stored == dtype_size(info.dtype),
              "{}: stored element size {} does not match dtype {}", dwhere, stored, dt);
     datasets_.push_back(std::move(info));
   }
+  file.release();  // the destructor closes file_ from here on
 }
 
 Hdf5ShardReader::~Hdf5ShardReader() {
@@ -461,22 +496,20 @@ void Hdf5ShardReader::read(const std::string& name, uint64_t row0, uint64_t rows
   MB_CHECK(row0 + rows <= rows_2d(info->shape) && col0 + cols <= cols_2d(info->shape),
            "{}: dataset '{}' {} has no rows [{}, {}) cols [{}, {})", path_.string(), name,
            shape_str(info->shape), row0, row0 + rows, col0, col0 + cols);
+  const std::string what = fmt::format("{}: reading rows [{}, {}) cols [{}, {}) of dataset '{}'",
+                                       path_.string(), row0, row0 + rows, col0, col0 + cols, name);
   const hid_t d = open_.get(file_, name, path_);
-  hid_t fspace = H5Dget_space(d);
-  select_rows(fspace, dims_of(info->shape), row0, row0 + rows, col0, col0 + cols);
+  Hid fspace(must_id(H5Dget_space(d), what), H5Sclose);
+  select_rows(fspace, dims_of(info->shape), row0, row0 + rows, col0, col0 + cols, what);
   // Memory: a 2-D block inside a buffer whose rows are dst_stride bytes apart.
   MB_CHECK(dst_stride % esize == 0, "internal: unaligned destination stride");
   hsize_t mdims[2] = {rows, dst_stride / esize};
-  hid_t mspace = H5Screate_simple(2, mdims, nullptr);
+  Hid mspace(must_id(H5Screate_simple(2, mdims, nullptr), what), H5Sclose);
   hsize_t mstart[2] = {0, 0}, mcount[2] = {rows, cols};
-  H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart, nullptr, mcount, nullptr);
+  must_ok(H5Sselect_hyperslab(mspace, H5S_SELECT_SET, mstart, nullptr, mcount, nullptr), what);
   TypeHandle type = type_for(info->dtype);
-  herr_t rc = H5Dread(d, type.id, mspace, fspace, H5P_DEFAULT, dst);
-  const std::string detail = rc < 0 ? hdf5_error_detail() : std::string();
-  H5Sclose(mspace);
-  H5Sclose(fspace);
-  MB_CHECK(rc >= 0, "{}: reading dataset '{}' failed{} (file corrupt or truncated?)",
-           path_.string(), name, detail);
+  const herr_t rc = H5Dread(d, type.id, mspace, fspace, H5P_DEFAULT, dst);
+  MB_CHECK(rc >= 0, "{} failed{} (file corrupt or truncated?)", what, hdf5_error_detail());
 }
 
 }  // namespace mb

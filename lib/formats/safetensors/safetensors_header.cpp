@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <limits>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -68,7 +68,19 @@ SafetensorsHeader parse_safetensors_header(std::string_view json_text, uint64_t 
            file, h.header_bytes, file_size);
   json j;
   try {
-    j = json::parse(json_text);
+    // nlohmann keeps the last of two equal keys silently; a duplicated
+    // tensor would then surface as a "gap" before some unrelated tensor.
+    std::set<std::string> keys;
+    j = json::parse(json_text, [&](int depth, json::parse_event_t event, json& parsed) {
+      if (depth == 1 && event == json::parse_event_t::key) {
+        const std::string& k = parsed.get_ref<const std::string&>();
+        MB_CHECK(keys.insert(k).second,
+                 "{}: the header lists '{}' twice (a duplicated key): the file is corrupt or was "
+                 "not written by a safetensors writer",
+                 file, k);
+      }
+      return true;
+    });
   } catch (const json::parse_error& e) {
     throw Error("{}: malformed safetensors header JSON: {}", file, e.what());
   }

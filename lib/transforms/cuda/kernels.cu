@@ -1,5 +1,5 @@
-// CUDA kernels: the re-layouts of relayout_index.hpp, the segment gather and
-// the element op/cast of dtype_convert.hpp. See relayout_kernels.hpp.
+// CUDA kernels: the segment gather of gather_rects.hpp and the element op/cast
+// of dtype_convert.hpp. See kernels.hpp.
 //
 // This file is compiled by nvcc, which cannot compile fmt's headers (Debian's
 // fmt 9: consteval format strings and constexpr helpers fail in nvcc's host
@@ -12,8 +12,8 @@
 #include <string>
 
 #include "core/dtype_convert.hpp"
-#include "transforms/cuda/relayout_kernels.hpp"
-#include "transforms/relayout_index.hpp"
+#include "transforms/cuda/kernels.hpp"
+#include "transforms/gather_rects.hpp"
 
 namespace mb::cuda {
 namespace {
@@ -40,159 +40,11 @@ unsigned blocks_for(uint64_t work) {
   return static_cast<unsigned>(std::clamp<uint64_t>(b, 1, kMaxBlocks));
 }
 
-template <size_t W>
-struct WordOf;
-template <>
-struct WordOf<1> {
-  using type = uint8_t;
-};
-template <>
-struct WordOf<2> {
-  using type = uint16_t;
-};
-template <>
-struct WordOf<4> {
-  using type = uint32_t;
-};
-template <>
-struct WordOf<8> {
-  using type = unsigned long long;
-};
-template <>
-struct WordOf<16> {
-  using type = uint4;
-};
-
-// The widest word (<= 16 bytes) dividing `v` (0 divides by everything).
-size_t word_for(uint64_t v) {
-  for (size_t w : {16, 8, 4, 2})
-    if (v % w == 0) return w;
-  return 1;
-}
-
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     fail(std::string("launching the ") + what + " kernel failed: " + cudaGetErrorName(e) + ": " +
          cudaGetErrorString(e));
-}
-
-// ---- whole-row re-layouts ----------------------------------------------------
-
-struct Sources {
-  const unsigned char* p[4] = {nullptr, nullptr, nullptr, nullptr};
-};
-
-template <typename W, typename Origin>
-__global__ void rows_kernel(Sources s, W* dst, uint64_t rows, uint64_t row_words, Origin origin) {
-  const uint64_t total = rows * row_words;
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += stride) {
-    const uint64_t r = i / row_words, c = i - r * row_words;
-    const RowOrigin o = origin(r);
-    // Selected without indexing the parameter array (which would put it in local memory).
-    const unsigned char* base = o.tensor == 0   ? s.p[0]
-                                : o.tensor == 1 ? s.p[1]
-                                : o.tensor == 2 ? s.p[2]
-                                                : s.p[3];
-    dst[i] = reinterpret_cast<const W*>(base)[o.row * row_words + c];
-  }
-}
-
-struct QkvgOrigin {
-  uint64_t heads, kv_heads, head_dim, n_parts, part;
-  __device__ RowOrigin operator()(uint64_t j) const {
-    return qkvg_local_origin(j, heads, kv_heads, head_dim, n_parts, part);
-  }
-};
-struct GdnInProjOrigin {
-  uint64_t key_dim, value_dim, value_heads, n_parts, part;
-  __device__ RowOrigin operator()(uint64_t j) const {
-    return gdn_in_proj_origin(j, key_dim, value_dim, value_heads, n_parts, part);
-  }
-};
-struct GdnConvOrigin {
-  uint64_t key_dim, value_dim, n_parts, part;
-  __device__ RowOrigin operator()(uint64_t j) const {
-    return gdn_conv_origin(j, key_dim, value_dim, n_parts, part);
-  }
-};
-struct GluOrigin {
-  uint64_t ffn, n_parts, part;
-  __device__ RowOrigin operator()(uint64_t j) const { return glu_origin(j, ffn, n_parts, part); }
-};
-struct VisionQkvOrigin {
-  uint64_t heads, head_dim, n_parts, part;
-  __device__ RowOrigin operator()(uint64_t j) const {
-    return vision_qkv_local_origin(j, heads, head_dim, n_parts, part);
-  }
-};
-struct ExpertFc1Origin {
-  uint64_t expert, ffn, n_parts, part;
-  __device__ RowOrigin operator()(uint64_t j) const {
-    return {0, expert_fc1_slab_row(expert, j, ffn, n_parts, part)};
-  }
-};
-
-template <typename Origin>
-void launch_rows(const char* what, Sources s, int n_src, void* d_dst, uint64_t rows, uint64_t cols,
-                 size_t elem, Origin origin, void* stream) {
-  const uint64_t row_bytes = cols * elem;
-  if (rows == 0 || row_bytes == 0) return;
-  uint64_t align = row_bytes | reinterpret_cast<uintptr_t>(d_dst);
-  for (int i = 0; i < n_src; ++i) align |= reinterpret_cast<uintptr_t>(s.p[i]);
-  const size_t w = word_for(align);
-  const uint64_t row_words = row_bytes / w;
-  const unsigned grid = blocks_for(rows * row_words);
-  cudaStream_t st = as_stream(stream);
-  switch (w) {
-    case 16:
-      rows_kernel<<<grid, kThreads, 0, st>>>(s, static_cast<uint4*>(d_dst), rows, row_words,
-                                             origin);
-      break;
-    case 8:
-      rows_kernel<<<grid, kThreads, 0, st>>>(s, static_cast<unsigned long long*>(d_dst), rows,
-                                             row_words, origin);
-      break;
-    case 4:
-      rows_kernel<<<grid, kThreads, 0, st>>>(s, static_cast<uint32_t*>(d_dst), rows, row_words,
-                                             origin);
-      break;
-    case 2:
-      rows_kernel<<<grid, kThreads, 0, st>>>(s, static_cast<uint16_t*>(d_dst), rows, row_words,
-                                             origin);
-      break;
-    default:
-      rows_kernel<<<grid, kThreads, 0, st>>>(s, static_cast<uint8_t*>(d_dst), rows, row_words,
-                                             origin);
-      break;
-  }
-  check_launch(what);
-}
-
-void require(bool cond, const std::string& msg) {
-  if (!cond) fail("internal: " + msg);
-}
-
-const unsigned char* bytes(const void* p) {
-  return static_cast<const unsigned char*>(p);
-}
-
-// ---- column window (row-parallel fc2) -------------------------------------------
-
-template <typename W>
-__global__ void fc2_kernel(const W* src, W* dst, uint64_t rows, uint64_t dst_words,
-                           uint64_t src_pitch_words, size_t word, size_t elem, uint64_t expert,
-                           uint64_t hidden, uint64_t ffn, uint64_t n_parts, uint64_t part) {
-  const uint64_t total = rows * dst_words;
-  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += stride) {
-    const uint64_t r = i / dst_words, c = i - r * dst_words;
-    const ElemOrigin o = expert_fc2_slab_origin(expert, r, 0, hidden, ffn, n_parts, part);
-    dst[i] = src[o.row * src_pitch_words + o.col * elem / word + c];
-  }
 }
 
 // ---- segment gather ---------------------------------------------------------------
@@ -206,9 +58,7 @@ __global__ void gather_kernel(const GatherRect* rects, uint32_t n, const W* src,
     const uint64_t total = r.rows * r.cols;
     for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
          i += stride) {
-      const uint64_t row = i / r.cols, col = i - row * r.cols;
-      dst[(r.dst_row + row) * dst_cols + r.dst_col + col] =
-          src[r.src_offset + row * r.src_stride + col];
+      dst[gather_dst_word(r, i, dst_cols)] = src[gather_src_word(r, i)];
     }
   }
 }
@@ -394,132 +244,7 @@ void check_last_error(const char* what) {
     fail(std::string(what) + ": " + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
 }
 
-// ---- the re-layouts ---------------------------------------------------------------------
-
-void qkvg_interleave(const void* d_q, const void* d_k, const void* d_v, void* d_dst, uint64_t cols,
-                     size_t elem, uint64_t heads, uint64_t kv_heads, uint64_t head_dim,
-                     uint64_t n_parts, uint64_t part, void* stream) {
-  require(kv_heads > 0 && heads % kv_heads == 0 && n_parts > 0 && part < n_parts &&
-              qkvg_rows(heads, kv_heads, head_dim) % n_parts == 0,
-          "QKVG kernel: bad geometry");
-  Sources s;
-  s.p[0] = bytes(d_q);
-  s.p[1] = bytes(d_k);
-  s.p[2] = bytes(d_v);
-  launch_rows("QKVG", s, 3, d_dst, qkvg_rows(heads, kv_heads, head_dim) / n_parts, cols, elem,
-              QkvgOrigin{heads, kv_heads, head_dim, n_parts, part}, stream);
-}
-
-void gdn_in_proj(const void* d_qkv, const void* d_z, const void* d_b, const void* d_a, void* d_dst,
-                 uint64_t cols, size_t elem, uint64_t key_dim, uint64_t value_dim,
-                 uint64_t value_heads, uint64_t n_parts, uint64_t part, void* stream) {
-  require(n_parts > 0 && part < n_parts && key_dim % n_parts == 0 && value_dim % n_parts == 0 &&
-              value_heads % n_parts == 0,
-          "GDN in_proj kernel: bad geometry");
-  Sources s;
-  s.p[0] = bytes(d_qkv);
-  s.p[1] = bytes(d_z);
-  s.p[2] = bytes(d_b);
-  s.p[3] = bytes(d_a);
-  launch_rows("GDN in_proj", s, 4, d_dst,
-              gdn_in_proj_local_rows(key_dim, value_dim, value_heads, n_parts), cols, elem,
-              GdnInProjOrigin{key_dim, value_dim, value_heads, n_parts, part}, stream);
-}
-
-void gdn_conv(const void* d_conv, void* d_dst, uint64_t cols, size_t elem, uint64_t key_dim,
-              uint64_t value_dim, uint64_t n_parts, uint64_t part, void* stream) {
-  require(n_parts > 0 && part < n_parts && key_dim % n_parts == 0 && value_dim % n_parts == 0,
-          "GDN conv kernel: bad geometry");
-  Sources s;
-  s.p[0] = bytes(d_conv);
-  launch_rows("GDN conv1d", s, 1, d_dst, (2 * key_dim + value_dim) / n_parts, cols, elem,
-              GdnConvOrigin{key_dim, value_dim, n_parts, part}, stream);
-}
-
-void glu_concat(const void* d_gate, const void* d_up, void* d_dst, uint64_t cols, size_t elem,
-                uint64_t ffn, uint64_t n_parts, uint64_t part, void* stream) {
-  require(n_parts > 0 && part < n_parts && ffn % n_parts == 0, "GLU kernel: bad geometry");
-  Sources s;
-  s.p[0] = bytes(d_gate);
-  s.p[1] = bytes(d_up);
-  launch_rows("GLU", s, 2, d_dst, 2 * ffn / n_parts, cols, elem, GluOrigin{ffn, n_parts, part},
-              stream);
-}
-
-void vision_qkv_interleave(const void* d_qkv, void* d_dst, uint64_t cols, size_t elem,
-                           uint64_t heads, uint64_t head_dim, uint64_t n_parts, uint64_t part,
-                           void* stream) {
-  require(n_parts > 0 && part < n_parts && (3 * heads * head_dim) % n_parts == 0,
-          "vision QKV kernel: bad geometry");
-  Sources s;
-  s.p[0] = bytes(d_qkv);
-  launch_rows("vision QKV", s, 1, d_dst, 3 * heads * head_dim / n_parts, cols, elem,
-              VisionQkvOrigin{heads, head_dim, n_parts, part}, stream);
-}
-
-void expert_fc1_from_slab(const void* d_gate_up, void* d_dst, uint64_t hidden, size_t elem,
-                          uint64_t expert, uint64_t ffn, uint64_t n_parts, uint64_t part,
-                          void* stream) {
-  require(n_parts > 0 && part < n_parts && ffn % n_parts == 0, "expert fc1 kernel: bad geometry");
-  Sources s;
-  s.p[0] = bytes(d_gate_up);
-  launch_rows("expert fc1", s, 1, d_dst, 2 * ffn / n_parts, hidden, elem,
-              ExpertFc1Origin{expert, ffn, n_parts, part}, stream);
-}
-
-void expert_fc2_from_slab(const void* d_down, void* d_dst, uint64_t hidden, size_t elem,
-                          uint64_t expert, uint64_t ffn, uint64_t n_parts, uint64_t part,
-                          void* stream) {
-  require(n_parts > 0 && part < n_parts && ffn % n_parts == 0, "expert fc2 kernel: bad geometry");
-  const uint64_t ncols = ffn / n_parts;
-  if (hidden == 0 || ncols == 0 || elem == 0) return;
-  const size_t w =
-      word_for(ncols * elem | ffn * elem | part * ncols * elem |
-               reinterpret_cast<uintptr_t>(d_down) | reinterpret_cast<uintptr_t>(d_dst));
-  const uint64_t dst_words = ncols * elem / w, pitch = ffn * elem / w;
-  const unsigned grid = blocks_for(hidden * dst_words);
-  cudaStream_t st = as_stream(stream);
-#define MB_FC2(W)                                                                               \
-  fc2_kernel<<<grid, kThreads, 0, st>>>(static_cast<const W*>(d_down), static_cast<W*>(d_dst),  \
-                                        hidden, dst_words, pitch, w, elem, expert, hidden, ffn, \
-                                        n_parts, part)
-  switch (w) {
-    case 16:
-      MB_FC2(uint4);
-      break;
-    case 8:
-      MB_FC2(unsigned long long);
-      break;
-    case 4:
-      MB_FC2(uint32_t);
-      break;
-    case 2:
-      MB_FC2(uint16_t);
-      break;
-    default:
-      MB_FC2(uint8_t);
-      break;
-  }
-#undef MB_FC2
-  check_launch("expert fc2");
-}
-
 // ---- segment gather -----------------------------------------------------------------------
-
-size_t widen_rects(std::vector<GatherRect>& rects, uint64_t& dst_cols, size_t elem) {
-  uint64_t all = dst_cols * elem;
-  for (const auto& r : rects)
-    all |= r.src_offset * elem | r.src_stride * elem | r.dst_col * elem | r.cols * elem;
-  const size_t w = word_for(all);
-  for (auto& r : rects) {
-    r.src_offset = r.src_offset * elem / w;
-    r.src_stride = r.src_stride * elem / w;
-    r.dst_col = r.dst_col * elem / w;
-    r.cols = r.cols * elem / w;
-  }
-  dst_cols = dst_cols * elem / w;
-  return w;
-}
 
 void segment_gather(const GatherRect* d_rects, uint32_t n, uint64_t max_rect_words,
                     const void* d_src, void* d_dst, uint64_t dst_cols, size_t word, void* stream) {

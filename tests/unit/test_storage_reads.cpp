@@ -1,0 +1,72 @@
+// import_storage_reads(), what `plan --io MODE` reports and `bench` compares the
+// measured storage reads with, on the 35B-A3B geometry (4 layers), against
+// sums over the HF catalogue: which tensors a TP2 rank reads as narrow column
+// windows follows from the spec (the row-parallel layers), not from the code.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "layout/import_plan.hpp"
+#include "pipelines/plan_report.hpp"
+#include "test_util.hpp"
+
+using namespace mb;
+
+namespace {
+bool has(const std::string& s, const char* part) {
+  return s.find(part) != std::string::npos;
+}
+// Row-parallel weights (split by columns at TP > 1): attention and GDN output
+// projections, the MLPs' down projections (dense, shared expert, experts), the
+// vision blocks' attention projection and second MLP layer, and the second
+// layer of the vision merger (Megatron's projector MLP: RowParallelLinear).
+bool row_parallel(const std::string& n) {
+  if (has(n, "experts.down_proj")) return true;  // fused [E, H, I]
+  if (n.size() < 7 || n.compare(n.size() - 7, 7, ".weight") != 0) return false;
+  if (has(n, "visual.")) return has(n, ".attn.proj.") || has(n, ".linear_fc2.");
+  return has(n, "o_proj.") || has(n, "down_proj.") || has(n, "out_proj.");
+}
+}  // namespace
+
+TEST(StorageReads, NarrowColumnWindowsAreReadOncePerNode) {
+  const ModelConfig m = small("qwen3.5-35b-a3b.json", 4);
+  const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
+  ParallelLayout l;
+  l.tp = 2, l.etp = 2;
+  const ImportPlan p = build_import_plan(m, c, PlanRequest{l, std::nullopt, true, 2});
+  uint64_t total = 0, narrow = 0;
+  for (const auto& t : c.tensors) {
+    total += t.nbytes;
+    if (row_parallel(t.name)) narrow += t.nbytes;
+  }
+  ASSERT_GT(narrow, total / 10);  // the expert down_proj alone is a third of the experts
+  const StorageReads auto_reads = import_storage_reads(p, IoMode::Auto);
+  // Each of the two ranks needs half of every row of every row-parallel
+  // tensor: once per node through the page cache, twice with a node per rank.
+  EXPECT_EQ(auto_reads.page_cache_one_node, narrow);
+  EXPECT_EQ(auto_reads.page_cache_node_per_rank, 2 * narrow);
+  // The rest is read directly: every other byte at least once (replicated
+  // tensors twice), each read's 4 KiB cover.
+  EXPECT_GE(auto_reads.direct, total - narrow);
+  EXPECT_LE(auto_reads.one_node(), total + total / 100);
+  // Buffered: all through the page cache, so once per node.
+  const StorageReads buffered = import_storage_reads(p, IoMode::Buffered);
+  EXPECT_EQ(buffered.direct, 0u);
+  EXPECT_EQ(buffered.page_cache_one_node, total);
+}
+
+TEST(StorageReads, OneRankReadsEachByteOnceDirectly) {
+  const ModelConfig m = small("qwen3.5-35b-a3b.json", 2);
+  const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
+  const ImportPlan p =
+      build_import_plan(m, c, PlanRequest{ParallelLayout{}, std::nullopt, true, 1});
+  uint64_t total = 0;
+  for (const auto& t : c.tensors) total += t.nbytes;
+  const StorageReads r = import_storage_reads(p, IoMode::Auto);
+  EXPECT_EQ(r.page_cache_one_node, 0u);  // TP1: no column windows
+  EXPECT_GE(r.direct, total);
+  uint64_t segments = 0;
+  for (const auto& s : p.shards)
+    for (const auto& t : s.tensors) segments += t.segments.size();
+  EXPECT_LE(r.direct, total + 2 * 4096 * segments);  // at most a unit more at each end
+}
