@@ -19,14 +19,7 @@ std::string bridge_run_config_yaml(const ModelConfig& m, const ParallelLayout& l
   y << YAML::Key << "provider" << YAML::Value
     << (std::string("megatron.bridge.models.qwen_vl.qwen35_vl_provider.") +
         (m.is_moe() ? "Qwen35VLMoEModelProvider" : "Qwen35VLModelProvider"));
-  y << YAML::Key << "tensor_model_parallel_size" << YAML::Value << l.tp;
-  y << YAML::Key << "pipeline_model_parallel_size" << YAML::Value << l.pp;
-  y << YAML::Key << "expert_model_parallel_size" << YAML::Value << l.ep;
-  y << YAML::Key << "expert_tensor_parallel_size" << YAML::Value << l.etp;
-  if (l.first_stage_layers)
-    y << YAML::Key << "num_layers_in_first_pipeline_stage" << YAML::Value << *l.first_stage_layers;
-  if (l.last_stage_layers)
-    y << YAML::Key << "num_layers_in_last_pipeline_stage" << YAML::Value << *l.last_stage_layers;
+  emit_parallel_sizes(y, l);
   y << YAML::Key << "bf16" << YAML::Value << (m.dtype == DType::BF16);
   y << YAML::Key << "fp16" << YAML::Value << (m.dtype == DType::F16);
   y << YAML::EndMap;

@@ -13,6 +13,17 @@ uint64_t vocab_divisor(uint64_t v) {
 }
 }  // namespace
 
+void emit_parallel_sizes(YAML::Emitter& y, const ParallelLayout& l) {
+  y << YAML::Key << "tensor_model_parallel_size" << YAML::Value << l.tp;
+  y << YAML::Key << "pipeline_model_parallel_size" << YAML::Value << l.pp;
+  y << YAML::Key << "expert_model_parallel_size" << YAML::Value << l.ep;
+  y << YAML::Key << "expert_tensor_parallel_size" << YAML::Value << l.etp;
+  if (l.first_stage_layers)
+    y << YAML::Key << "num_layers_in_first_pipeline_stage" << YAML::Value << *l.first_stage_layers;
+  if (l.last_stage_layers)
+    y << YAML::Key << "num_layers_in_last_pipeline_stage" << YAML::Value << *l.last_stage_layers;
+}
+
 std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l,
                                  uint64_t mtp_not_converted) {
   const TextConfig& t = m.text;
@@ -130,14 +141,7 @@ std::string megatron_config_yaml(const ModelConfig& m, const ParallelLayout& l,
   y << YAML::EndMap;
 
   y << YAML::Key << "parallelism" << YAML::Value << YAML::BeginMap;
-  y << YAML::Key << "tensor_model_parallel_size" << YAML::Value << l.tp;
-  y << YAML::Key << "pipeline_model_parallel_size" << YAML::Value << l.pp;
-  y << YAML::Key << "expert_model_parallel_size" << YAML::Value << l.ep;
-  y << YAML::Key << "expert_tensor_parallel_size" << YAML::Value << l.etp;
-  if (l.first_stage_layers)
-    y << YAML::Key << "num_layers_in_first_pipeline_stage" << YAML::Value << *l.first_stage_layers;
-  if (l.last_stage_layers)
-    y << YAML::Key << "num_layers_in_last_pipeline_stage" << YAML::Value << *l.last_stage_layers;
+  emit_parallel_sizes(y, l);
   y << YAML::EndMap;
   y << YAML::EndMap;
   return std::string(y.c_str()) + "\n";

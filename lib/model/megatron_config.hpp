@@ -8,7 +8,15 @@
 #include "layout/parallel_layout.hpp"
 #include "model/qwen35_config.hpp"
 
+namespace YAML {
+class Emitter;
+}
+
 namespace mb {
+
+// The layout under Megatron-Core's argument names, as keys of the open map:
+// megatron_config.yaml's `parallelism` and run_config.yaml's `model` say the same.
+void emit_parallel_sizes(YAML::Emitter& y, const ParallelLayout& l);
 
 // The provider fields Megatron-Bridge derives for Qwen3.5 VL, plus the
 // parallel layout the shards were written for. `mtp_not_converted`: MTP
