@@ -59,6 +59,26 @@ grep -q "\[rank 1\] error: \[2/3 reshard\] .*injected failure on rank 1" <<<"$ou
 [ ! -e "$work/a3" ] && [ ! -e "$work/a3.partial" ] || fail "step 3 ran"
 echo "ok: a rank failing in step 2 aborted the job in $(( $(date +%s) - start )) s (exit $code) with its error naming the step"
 
+# kill_mid_step YAML PARTIAL LOG WHAT: runs the pipeline slowed down, SIGKILLs a
+# rank once PARTIAL holds a committed shard, and requires a non-zero exit.
+kill_mid_step() {
+  local yaml="$1" partial="$2" log="$3" what="$4" job victim code
+  MEGABRIDGE_TEST_DELAY_MS=40 "${mpi[@]}" "$bin" run "$yaml" >"$log" 2>&1 &
+  job=$!
+  for _ in $(seq 1 1200); do
+    ls "$partial"/*.done >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  ls "$partial"/*.done >/dev/null 2>&1 || { cat "$log"; fail "$what"; }
+  victim="$(pgrep -f "megabridge run $yaml" | grep -v "^$job\$" | tail -1)"
+  kill -9 "$victim"
+  set +e
+  wait "$job"
+  code=$?
+  set -e
+  [ "$code" -ne 0 ] || fail "the killed job exited 0"
+}
+
 # --- 3. SIGKILL in the middle step, then --resume ----------------------------------
 "${mpi[@]}" "$bin" import --quiet --hf-path "$fixture" --out "$work/reference" --tp 2 --pp 2
 cat >"$work/r.yaml" <<YAML
@@ -68,20 +88,7 @@ steps:
   - import: {hf_path: "\${hf}", out: $work/r2, tp: 2, pp: 2}
   - verify: {a: "\${hf}", b: $work/r2}
 YAML
-MEGABRIDGE_TEST_DELAY_MS=40 "${mpi[@]}" "$bin" run "$work/r.yaml" >"$work/killed.log" 2>&1 &
-job=$!
-for _ in $(seq 1 1200); do
-  ls "$work"/r2.partial/*.done >/dev/null 2>&1 && break
-  sleep 0.05
-done
-ls "$work"/r2.partial/*.done >/dev/null 2>&1 || { cat "$work/killed.log"; fail "step 2 committed no shard"; }
-victim="$(pgrep -f "megabridge run $work/r.yaml" | grep -v "^$job\$" | tail -1)"
-kill -9 "$victim"
-set +e
-wait "$job"
-code=$?
-set -e
-[ "$code" -ne 0 ] || fail "the killed job exited 0"
+kill_mid_step "$work/r.yaml" "$work/r2.partial" "$work/killed.log" "step 2 committed no shard"
 [ -e "$work/r1/.megabridge-step.json" ] || fail "step 1 should be committed with its stamp"
 [ ! -e "$work/r2" ] || fail "step 2 committed after SIGKILL"
 kept_before=$(ls "$work"/r2.partial/*.h5 2>/dev/null | wc -l)
@@ -116,20 +123,7 @@ steps:
   - reshard: {megatron_path: $work/k1, out: $work/k2, pp: 4}
   - export: {megatron_path: $work/k2, hf_path: $work/k3}
 YAML
-MEGABRIDGE_TEST_DELAY_MS=40 "${mpi[@]}" "$bin" run "$work/k.yaml" >"$work/k.log" 2>&1 &
-job=$!
-for _ in $(seq 1 1200); do
-  ls "$work"/k2.partial/*.done >/dev/null 2>&1 && break
-  sleep 0.05
-done
-ls "$work"/k2.partial/*.done >/dev/null 2>&1 || { cat "$work/k.log"; fail "the reshard committed no shard"; }
-victim="$(pgrep -f "megabridge run $work/k.yaml" | grep -v "^$job\$" | tail -1)"
-kill -9 "$victim"
-set +e
-wait "$job"
-code=$?
-set -e
-[ "$code" -ne 0 ] || fail "the killed job exited 0"
+kill_mid_step "$work/k.yaml" "$work/k2.partial" "$work/k.log" "the reshard committed no shard"
 [ ! -e "$work/k2" ] && [ ! -e "$work/k3" ] || fail "output committed after SIGKILL"
 log="$("${mpi[@]}" "$bin" run --resume "$work/k.yaml" 2>&1)" || { echo "$log"; fail "--resume failed"; }
 grep -q "\[1/4 import\] skipped: $work/k1 is committed" <<<"$log" || { echo "$log"; fail "step 1 not skipped"; }
