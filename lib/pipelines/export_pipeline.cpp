@@ -382,6 +382,12 @@ class ExportStep : public Step {
            balance_report(load, "writes");
   }
 
+  std::vector<fs::path> sources() const override {
+    std::vector<fs::path> s = checkpoint_sources(*ck_);
+    if (!opt_.hf_config.empty()) s.push_back(opt_.hf_config);
+    return s;
+  }
+
  private:
   const ExportOptions& opt_;
   const StagedOutput out_;

@@ -117,6 +117,9 @@ class ImportStep : public Step {
       files.push_back({plan.catalog.dir / name, "source file"});
     out_.check_apart_from(files);
     source_ids_ = source_identities(plan.catalog);
+    // The directory too: its listing decides which side files are copied.
+    sources_ = {plan.catalog.dir};
+    for (const auto& f : files) sources_.push_back(f.path);
     const auto packed = json::to_msgpack(plan_to_json(plan));
     return std::string(packed.begin(), packed.end());
   }
@@ -186,6 +189,7 @@ class ImportStep : public Step {
   }
 
   fs::path staging() const override { return out_.staging(); }
+  std::vector<fs::path> sources() const override { return sources_; }
 
   std::string summary(const std::string& blob, int) const override {
     const ImportPlan p = plan_from_json(json::from_msgpack(blob));
@@ -316,6 +320,7 @@ class ImportStep : public Step {
   const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
   std::string fingerprint_;
   json source_ids_;  // rank 0: the identity of every source file when the job planned
+  std::vector<fs::path> sources_;  // rank 0: what the import reads, for sources()
   ImportPlan plan_;
   std::optional<Progress> progress_;
   std::vector<ShardResult> results_;

@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
+#include "core/output_lock.hpp"
 #include "dist/mpi_context.hpp"
 #include "model/qwen35_dist_keys.hpp"
 #include "pipelines/manifest.hpp"
@@ -93,6 +94,14 @@ std::vector<NamedPath> checkpoint_files(const MegatronCheckpoint& ck) {
   std::vector<NamedPath> out = {{ck.dir, "--megatron-path"}, {ck.dir / "hf", "HF side directory"}};
   for (const auto& f : ck.manifest.at("files"))
     out.push_back({ck.dir / f.at("path").get<std::string>(), "shard file"});
+  return out;
+}
+
+std::vector<fs::path> checkpoint_sources(const MegatronCheckpoint& ck) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::recursive_directory_iterator(ck.dir))
+    if (e.path().filename() != kLockFileName) out.push_back(e.path());
+  std::sort(out.begin(), out.end());
   return out;
 }
 

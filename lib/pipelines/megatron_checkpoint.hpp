@@ -57,6 +57,11 @@ MegatronCheckpoint open_megatron_checkpoint(const std::filesystem::path& dir,
 // data files, its HF side directory), for check_output_apart.
 std::vector<NamedPath> checkpoint_files(const MegatronCheckpoint& ck);
 
+// Everything a command reading `ck` may read or list: every file and
+// directory under its directory (megabridge's output lock aside), for the
+// step stamp of `megabridge run` (docs/pipelines.md, "--resume").
+std::vector<std::filesystem::path> checkpoint_sources(const MegatronCheckpoint& ck);
+
 // True for a directory holding a torch_dist checkpoint (a megabridge one, or
 // any with latest_checkpointed_iteration.txt / iter_*/.metadata / .metadata).
 bool is_torch_dist_dir(const std::filesystem::path& dir);

@@ -184,6 +184,8 @@ class ReshardStep : public Step {
            balance_report(load, "writes");
   }
 
+  std::vector<fs::path> sources() const override { return checkpoint_sources(*ck_); }
+
  private:
   const ReshardOptions& opt_;
   const StagedOutput out_;

@@ -67,12 +67,22 @@ void or_abort(MpiContext& mpi, const Step& step, const std::function<void()>& wo
   }
 }
 
+std::function<void(const Step&)> g_planned_hook;
+
 }  // namespace
+
+void set_planned_hook(std::function<void(const Step&)> hook) {
+  g_planned_hook = std::move(hook);
+}
 
 int run_step(Step& step, MpiContext& mpi) {
   std::string blob;
   if (!on_every_rank(mpi, [&] { step.open(mpi); })) return 2;
-  if (!on_root(mpi, [&] { blob = step.plan(mpi); })) return 2;
+  if (!on_root(mpi, [&] {
+        blob = step.plan(mpi);
+        if (g_planned_hook) g_planned_hook(step);
+      }))
+    return 2;
   if (!no_problem(mpi, step.check(mpi))) return 2;
   if (!on_root(mpi, [&] { step.prepare(mpi); })) return 2;
   mpi.broadcast(blob);

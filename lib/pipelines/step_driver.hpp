@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -49,7 +50,17 @@ class Step {
   virtual std::filesystem::path staging() const { return {}; }
   // Rank 0, for --dry-run: what the plan (as returned by plan()) does on `world` ranks.
   virtual std::string summary(const std::string& blob, int world) const = 0;
+  // Rank 0, after plan(): every file the step reads and every directory
+  // whose listing decides what it reads. `megabridge run` records their
+  // identity in the step stamp, so that --resume can tell a finished step
+  // whose sources changed since (docs/pipelines.md, "--resume").
+  virtual std::vector<std::filesystem::path> sources() const { return {}; }
 };
+
+// Called on rank 0 by run_step once a step has planned (empty: none);
+// `megabridge run` snapshots the step's sources() there. What it throws is
+// the step's error, reported like a planning error (exit 2).
+void set_planned_hook(std::function<void(const Step&)> hook);
 
 // Runs every phase. Returns the exit code: rank 0's exit_code() after the
 // commit, or 2 when the step stopped before converting (the error is logged by rank 0). Aborts the MPI job on a
