@@ -5,17 +5,16 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <yaml-cpp/yaml.h>
 
 #include "core/error.hpp"
 #include "core/file.hpp"
-#include "core/hash.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/test_hooks.hpp"
 #include "pipelines/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
+#include "pipelines/step_stamp.hpp"
 
 namespace fs = std::filesystem;
 using mb::CommandSpec;
@@ -24,9 +23,6 @@ using mb::PipelineStep;
 using nlohmann::json;
 
 namespace {
-
-// Written into each output a pipeline step commits; --resume compares it.
-constexpr const char* kStepStamp = ".megabridge-step.json";
 
 std::vector<CommandSpec> g_specs;
 
@@ -120,41 +116,96 @@ std::vector<std::string> step_args(const PipelineStep& s) {
   return a;
 }
 
-// What the step is: the command and its options, without those that do not
-// change the output.
-std::string fingerprint(const PipelineStep& s) {
-  static const std::set<std::string> volatile_keys = {"resume", "overwrite", "log_level", "quiet"};
-  json j = {{"command", s.command}};
-  for (const auto& [k, v] : s.values)
-    if (!volatile_keys.count(k)) j["values"][k] = v;
-  const std::string t = j.dump();
-  return mb::hash_hex(mb::hash_bytes(t.data(), t.size()));
-}
+// What --resume makes of a step: skip it (its output is committed and
+// unchanged) or run it, and why, in one line. Rank 0 looks; every rank gets
+// the answer. Steps that write nothing (verify, plan, bench) always run.
+struct ResumeVerdict {
+  bool applies = false;  // the step writes an output
+  bool skip = false;
+  std::string why;
+};
 
-std::string stamp(const std::string& file, const PipelineStep& s) {
-  json j = {{"pipeline", file},
-            {"step", s.index},
-            {"command", s.command},
-            {"fingerprint", fingerprint(s)}};
-  for (const auto& [k, v] : s.values) j["values"][k] = v;
-  return j.dump(1) + "\n";
-}
-
-// Rank 0 looks; every rank gets the answer.
-bool committed_by_this_step(const PipelineStep& s, mb::MpiContext& mpi) {
+ResumeVerdict judge(const PipelineStep& s, mb::MpiContext& mpi) {
   const char* key = output_key(s.command);
-  std::string yes = "0";
-  if (key && mpi.is_root()) {
+  if (!key || !s.value(key)) return {};
+  std::string answer = "0";
+  if (mpi.is_root()) {
     try {
-      const fs::path f = normal(*s.value(key)) / kStepStamp;
-      if (fs::exists(f) &&
-          json::parse(mb::read_text_file(f)).value("fingerprint", "") == fingerprint(s))
-        yes = "1";
-    } catch (const std::exception&) {
+      const mb::StampVerdict v = mb::judge_step_output(normal(*s.value(key)), s.command, s.values);
+      answer = (v.finished ? "1" : "0") + v.why;
+    } catch (const std::exception& e) {
+      answer = fmt::format("0cannot judge {}: {}", *s.value(key), e.what());
     }
   }
-  mpi.broadcast(yes);
-  return yes == "1";
+  mpi.broadcast(answer);
+  return {true, answer[0] == '1', answer.substr(1)};
+}
+
+bool non_empty_dir(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_directory(p, ec) && fs::directory_iterator(p, ec) != fs::directory_iterator();
+}
+
+// A step --resume must run whose output already holds files: it replaces
+// that output only with the step's own `overwrite: true` (as the command
+// would), so a committed checkpoint is never replaced unasked. Empty: no
+// problem.
+std::string overwrite_problem(const PipelineStep& s, size_t n, const std::string& why) {
+  const char* key = output_key(s.command);
+  if (!key || !s.value(key) || !non_empty_dir(normal(*s.value(key)))) return {};
+  if (s.value("overwrite") && *s.value("overwrite") == "true") return {};
+  const std::string& out = *s.value(key);
+  const std::string fix =
+      spec_of(s.command).find("overwrite")
+          ? fmt::format(
+                "add `overwrite: true` to step {} to let it replace {}, or remove {} yourself",
+                s.index, out, out)
+          : fmt::format("{} cannot replace an output: remove {} yourself", s.command, out);
+  return fmt::format(
+      "step {}/{} ({}) must run again ({}), but its output {} already holds files; {}", s.index, n,
+      s.command, why, out, fix);
+}
+
+// Before anything runs: which steps --resume will run again, an earlier
+// step's output counting as changed once that step runs again, and the
+// steps among them that would then be refused (no `overwrite: true`).
+// Rank 0 computes; every rank gets the problems (empty: none).
+std::string resume_problems(const mb::Pipeline& p, mb::MpiContext& mpi) {
+  std::string problems;
+  size_t count = 0;
+  if (mpi.is_root()) {
+    std::map<fs::path, size_t> rerun;  // outputs of steps that run again -> step
+    for (const auto& s : p.steps) {
+      const char* key = output_key(s.command);
+      if (!key || !s.value(key)) continue;
+      std::string why;
+      for (const char* k : input_keys(s.command))
+        if (const std::string* v = s.value(k); v && rerun.count(normal(*v)))
+          why = fmt::format("its source {} is written again by step {}", *v, rerun[normal(*v)]);
+      if (why.empty()) {
+        mb::StampVerdict v;
+        try {
+          v = mb::judge_step_output(normal(*s.value(key)), s.command, s.values);
+        } catch (const std::exception& e) {
+          v.why = e.what();
+        }
+        if (v.finished) continue;
+        why = v.why;
+      }
+      rerun[normal(*s.value(key))] = s.index;
+      if (const std::string q = overwrite_problem(s, p.steps.size(), why); !q.empty()) {
+        problems += fmt::format("\n  {}:{}: {}", p.file, s.line, q);
+        ++count;
+      }
+    }
+    if (count)
+      problems = fmt::format(
+          "--resume cannot finish {}: {} step(s) must run again but would have to replace an "
+          "output; nothing was run:{}",
+          p.file, count, problems);
+  }
+  mpi.broadcast(problems);
+  return problems;
 }
 
 // Every step parsed and resolved as its command line, before anything runs.
@@ -174,8 +225,10 @@ void validate_steps(const mb::Pipeline& p, mb::MpiContext& mpi) {
 }
 
 int dry_run(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
-  int worst = 0;
+  const std::string problems = resume ? resume_problems(p, mpi) : std::string();
+  int worst = problems.empty() ? 0 : 2;
   std::map<fs::path, size_t> made_by;  // outputs of earlier steps
+  std::map<fs::path, size_t> rerun;    // --resume: outputs of steps that run again
   for (const auto& s : p.steps) {
     mb::log::set_context(fmt::format("[{}/{} {}] ", s.index, p.steps.size(), s.command));
     if (mpi.is_root()) std::fputs(mb::describe_step(s, p.steps.size()).c_str(), stdout);
@@ -189,9 +242,22 @@ int dry_run(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
       }
     if (const char* k = output_key(s.command); k && s.value(k))
       made_by[normal(*s.value(k))] = s.index;
-    if (resume && committed_by_this_step(s, mpi)) {
-      if (mpi.is_root()) std::printf("  --resume: skipped, its output is committed and matches\n");
-      continue;
+    if (resume) {
+      std::string upstream;
+      for (const char* k : input_keys(s.command))
+        if (const std::string* v = s.value(k); v && rerun.count(normal(*v)))
+          upstream =
+              fmt::format("its source {} is written again by step {}", *v, rerun[normal(*v)]);
+      const ResumeVerdict v = judge(s, mpi);
+      if (v.applies && v.skip && upstream.empty()) {
+        if (mpi.is_root()) std::printf("  --resume: skipped: %s\n", v.why.c_str());
+        continue;
+      }
+      if (v.applies) {
+        if (mpi.is_root())
+          std::printf("  --resume: runs: %s\n", (upstream.empty() ? v.why : upstream).c_str());
+        rerun[normal(*s.value(output_key(s.command)))] = s.index;
+      }
     }
     std::fflush(stdout);
     if (later) continue;
@@ -205,7 +271,35 @@ int dry_run(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
     worst = std::max(worst, rc);
   }
   mb::log::set_context("");
+  if (!problems.empty() && mpi.is_root()) mb::log::error("{}", problems);
   return worst;
+}
+
+// Runs a step that writes an output, so that its commit carries the step
+// stamp: its keys, the identity of every source it read (taken on rank 0
+// once it has planned, before it reads any tensor; a source that changes
+// later no longer matches) and of everything it wrote.
+int run_stamped(const std::string& file, const PipelineStep& s,
+                const std::vector<std::string>& args, mb::MpiContext& mpi) {
+  // Null until known: then the stamp never lets --resume skip the step.
+  json sources;
+  if (s.command == "synth") {  // not a Step: it reads its config file only
+    std::vector<fs::path> read;
+    if (const std::string* c = s.value("hf_config")) read.push_back(*c);
+    sources = mb::source_identities(read);
+  }
+  mb::set_planned_hook(
+      [&](const mb::Step& step) { sources = mb::source_identities(step.sources()); });
+  mb::StagedOutput::set_commit_stamp(mb::kStepStamp, [&](const fs::path& staging) {
+    return mb::make_step_stamp(file, s.index, s.command, s.values, sources, staging);
+  });
+  struct Reset {
+    ~Reset() {
+      mb::set_planned_hook(nullptr);
+      mb::StagedOutput::set_commit_stamp("", nullptr);
+    }
+  } reset;
+  return megabridge_main(args, mpi, Action::Execute);
 }
 
 int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
@@ -213,15 +307,29 @@ int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
   const size_t n = p.steps.size();
   size_t skipped = 0;
   bool first_unfinished = true;
+  if (resume) {
+    if (const std::string problems = resume_problems(p, mpi); !problems.empty()) {
+      if (mpi.is_root()) mb::log::error("{}", problems);
+      return 2;
+    }
+  }
   for (const auto& s : p.steps) {
     mb::log::set_context(fmt::format("[{}/{} {}] ", s.index, n, s.command));
     mb::test_hook_begin_step(static_cast<int>(s.index));
-    if (resume && committed_by_this_step(s, mpi)) {
-      if (mpi.is_root())
-        mb::log::info("skipped: {} is committed and matches this step",
-                      *s.value(output_key(s.command)));
-      ++skipped;
-      continue;
+    // Judged now, not before the pipeline started: a step that ran again
+    // gave its output new identities, so the steps reading it run too.
+    if (const ResumeVerdict v = resume ? judge(s, mpi) : ResumeVerdict{}; v.applies) {
+      if (mpi.is_root()) mb::log::info("{}skipped: {}", v.skip ? "" : "not ", v.why);
+      if (v.skip) {
+        ++skipped;
+        continue;
+      }
+      if (const std::string q = overwrite_problem(s, n, v.why); !q.empty()) {
+        if (mpi.is_root())
+          mb::log::error("pipeline stopped: {}; steps {}-{} were not run", q, s.index, n);
+        mb::log::set_context("");
+        return 2;
+      }
     }
     std::vector<std::string> args = step_args(s);
     // The first unfinished step that writes an output continues with its own
@@ -237,9 +345,8 @@ int run_steps(const mb::Pipeline& p, bool resume, mb::MpiContext& mpi) {
       for (const auto& a : args) line += " " + a;
       mb::log::info("{}", line);
     }
-    if (output_key(s.command)) mb::StagedOutput::set_commit_stamp(kStepStamp, stamp(p.file, s));
-    const int rc = megabridge_main(args, mpi, Action::Execute);
-    mb::StagedOutput::set_commit_stamp("", "");
+    const int rc = output_key(s.command) ? run_stamped(p.file, s, args, mpi)
+                                         : megabridge_main(args, mpi, Action::Execute);
     if (rc != 0) {
       if (mpi.is_root())
         mb::log::error(

@@ -130,10 +130,12 @@ StagedOutput::StagedOutput(fs::path target, std::string command)
 StagedOutput::~StagedOutput() = default;
 
 namespace {
-std::string g_stamp_name, g_stamp;
+std::string g_stamp_name;
+std::function<std::string(const fs::path&)> g_stamp;
 }  // namespace
 
-void StagedOutput::set_commit_stamp(std::string name, std::string content) {
+void StagedOutput::set_commit_stamp(std::string name,
+                                    std::function<std::string(const fs::path&)> content) {
   g_stamp_name = std::move(name);
   g_stamp = std::move(content);
 }
@@ -216,7 +218,8 @@ void StagedOutput::commit() const {
   for (const auto& p : done) fs::remove(p, ec);
   // The step stamp is part of what we wrote: the marker lists it, so that
   // --overwrite of a pipeline step's output accepts it as ours.
-  if (!g_stamp_name.empty()) write_file_atomic(staging_ / g_stamp_name, g_stamp);
+  if (!g_stamp_name.empty() && g_stamp)
+    write_file_atomic(staging_ / g_stamp_name, g_stamp(staging_));
   json entries = json::object();
   for (const auto& [rel, type] : inventory(staging_)) entries[rel] = type;
   write_file_atomic(staging_ / kOutputMarker, json{{"tool", "megabridge"},

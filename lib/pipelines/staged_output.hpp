@@ -14,6 +14,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -60,9 +61,12 @@ class StagedOutput {
   void commit() const;
 
   // A file every commit of this process writes into the output before it
-  // is renamed into place (empty: none): `megabridge run` records which
-  // step made an output, so that --resume knows it is finished.
-  static void set_commit_stamp(std::string name, std::string content);
+  // is renamed into place (empty name: none), its content made by `content`
+  // from the staging directory once everything else is in it: `megabridge
+  // run` records which step made an output and what it holds, so that
+  // --resume knows it is finished and unchanged.
+  static void set_commit_stamp(std::string name,
+                               std::function<std::string(const std::filesystem::path&)> content);
 
  private:
   std::filesystem::path given_;

@@ -94,7 +94,8 @@ kill_mid_step "$work/r.yaml" "$work/r2.partial" "$work/killed.log" "step 2 commi
 kept_before=$(ls "$work"/r2.partial/*.h5 2>/dev/null | wc -l)
 log="$("${mpi[@]}" "$bin" run --resume "$work/r.yaml" 2>&1)" || { echo "$log"; fail "--resume failed"; }
 grep -q "\[1/3 import\] skipped: $work/r1 is committed and matches this step" <<<"$log" || { echo "$log"; fail "step 1 not skipped"; }
-[ "$(grep -c "skipped:" <<<"$log")" -eq 1 ] || { echo "$log"; fail "only step 1 may be skipped"; }
+[ "$(grep -c "\] skipped:" <<<"$log")" -eq 1 ] || { echo "$log"; fail "only step 1 may be skipped"; }
+grep -qx "\[rank 0\] info: \[2/3 import\] not skipped: $work/r2 is not committed yet" <<<"$log" || { echo "$log"; fail "no line saying why step 2 runs"; }
 grep -q "\[2/3 import\] resume: keeping" <<<"$log" || { echo "$log"; fail "step 2 did not resume"; }
 grep -q "\[2/3 import\] resuming the partial output" <<<"$log" || { echo "$log"; fail "step 2 started over"; }
 grep -q "OK: .* tensors compared, all identical" <<<"$log" || { echo "$log"; fail "step 3 did not run"; }
@@ -104,14 +105,16 @@ echo "ok: after SIGKILL in step 2 (${kept_before} shard(s) committed), --resume 
 
 # A second --resume has nothing left to convert: both imports are skipped.
 log="$("${mpi[@]}" "$bin" run --resume "$work/r.yaml" 2>&1)"
-[ "$(grep -c "skipped:" <<<"$log")" -eq 2 ] || { echo "$log"; fail "finished steps not skipped"; }
-# A changed step is not skipped: its output is then refused as usual.
+[ "$(grep -c "\] skipped:" <<<"$log")" -eq 2 ] || { echo "$log"; fail "finished steps not skipped"; }
+# A changed step is not skipped: without overwrite: true its output is
+# refused before anything runs (tests/integration/pipeline_resume.sh has more).
 sed -i 's/tp: 2, pp: 2/tp: 2, pp: 2, dtype: fp32/' "$work/r.yaml"
 set +e
 log="$("${mpi[@]}" "$bin" run --resume "$work/r.yaml" 2>&1)"
 code=$?
 set -e
-[ "$code" -eq 2 ] && grep -q "\[2/3 import\] .*already holds files" <<<"$log" || { echo "$log"; fail "a changed step was skipped (exit $code)"; }
+[ "$code" -eq 2 ] && grep -qxF "  $work/r.yaml:4: step 2/3 (import) must run again ($work/r2 was committed with other options: dtype is fp32, was not set), but its output $work/r2 already holds files; add \`overwrite: true\` to step 2 to let it replace $work/r2, or remove $work/r2 yourself" <<<"$log" ||
+  { echo "$log"; fail "a changed step was skipped (exit $code)"; }
 echo "ok: --resume skips only steps whose committed output matches them"
 
 # --- 4. SIGKILL in a reshard after a verify, then --resume --------------------------
