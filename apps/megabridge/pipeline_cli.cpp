@@ -155,8 +155,15 @@ std::string overwrite_problem(const PipelineStep& s, size_t n, const std::string
   if (!key || !s.value(key) || !non_empty_dir(normal(*s.value(key)))) return {};
   if (s.value("overwrite") && *s.value("overwrite") == "true") return {};
   const std::string& out = *s.value(key);
+  std::error_code ec;
+  // overwrite replaces only what megabridge committed (its ownership record).
   const std::string fix =
-      spec_of(s.command).find("overwrite")
+      !fs::exists(normal(out) / mb::kOutputMarker, ec)
+          ? fmt::format(
+                "megabridge did not write it, so it never replaces it: move {} away or "
+                "choose another output",
+                out)
+      : spec_of(s.command).find("overwrite")
           ? fmt::format(
                 "add `overwrite: true` to step {} to let it replace {}, or remove {} yourself",
                 s.index, out, out)

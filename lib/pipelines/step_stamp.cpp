@@ -132,7 +132,7 @@ StampVerdict judge_step_output(const fs::path& out, const std::string& command,
   }
   const std::string had_cmd = st.value("command", std::string());
   if (had_cmd != command)
-    return {false, fmt::format("{} was committed by a '{}' step, not '{}'", o, had_cmd, command)};
+    return {false, fmt::format("{} was committed by megabridge {}, not {}", o, had_cmd, command)};
 
   // The options, one difference each.
   std::map<std::string, std::string> had;
