@@ -24,7 +24,7 @@
 #include "dist/test_hooks.hpp"
 #include "pipelines/export_pipeline.hpp"
 #include "pipelines/pipeline_config.hpp"
-#include "pipelines/staged_output.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 
 namespace {

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <tuple>
 
+#include "checkpoint/shard_writer.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
@@ -20,12 +21,11 @@
 #include "core/path_safety.hpp"
 #include "core/proc_stats.hpp"
 #include "dist/mpi_context.hpp"
+#include "engine/read_once.hpp"
 #include "pipelines/export_pipeline.hpp"
 #include "pipelines/import_pipeline.hpp"
 #include "pipelines/plan_report.hpp"
-#include "pipelines/read_once.hpp"
 #include "pipelines/reshard_pipeline.hpp"
-#include "pipelines/shard_writer.hpp"
 #include "pipelines/synth.hpp"
 
 namespace mb {

@@ -16,9 +16,9 @@
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "formats/safetensors/safetensors_header.hpp"
-#include "pipelines/megatron_checkpoint.hpp"
-#include "pipelines/shard_writer.hpp"
-#include "pipelines/staged_output.hpp"
+#include "checkpoint/megatron_checkpoint.hpp"
+#include "checkpoint/shard_writer.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 
 namespace mb {
