@@ -7,16 +7,18 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "core/direct_io.hpp"
+#include <nlohmann/json.hpp>
+
 #include "core/path_safety.hpp"
-#include "engine/copy_engine.hpp"
+
+#include "core/direct_io.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "layout/import_plan.hpp"
+#include "engine/copy_engine.hpp"
 
 namespace mb {
 

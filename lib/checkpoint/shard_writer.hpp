@@ -7,9 +7,9 @@
 #include <functional>
 #include <string>
 
-#include "checkpoint/manifest.hpp"
-#include "engine/copy_engine.hpp"
 #include "layout/import_plan.hpp"
+#include "engine/copy_engine.hpp"
+#include "checkpoint/manifest.hpp"
 
 namespace mb {
 
