@@ -12,7 +12,7 @@
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/test_hooks.hpp"
-#include "pipelines/staged_output.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 #include "pipelines/step_stamp.hpp"
 

@@ -16,9 +16,9 @@
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "formats/safetensors/safetensors_header.hpp"
-#include "pipelines/megatron_checkpoint.hpp"
-#include "pipelines/shard_writer.hpp"
-#include "pipelines/staged_output.hpp"
+#include "checkpoint/megatron_checkpoint.hpp"
+#include "checkpoint/shard_writer.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 
 namespace mb {
@@ -167,6 +167,53 @@ json target_tensors(const MegatronCheckpoint& ck, const ExpertLayouts& target, b
   return out;
 }
 
+// The output files (plan.files, plan.write_index) and each HF tensor's file:
+// the source's names and shard map, or a fresh split by size.
+std::vector<uint32_t> assign_export_files(ExportPlan& plan, const MegatronCheckpoint& ck,
+                                          const HfCatalog& cat,
+                                          const std::vector<std::string>& src_files,
+                                          bool keep_source_files, const ExportOptions& opt) {
+  std::vector<uint32_t> file_of(cat.tensors.size(), 0);
+  if (keep_source_files && !src_files.empty()) {
+    plan.files = src_files;
+    plan.write_index = src_files.size() > 1 || ck.manifest.at("source").value("has_index", true);
+    for (size_t i = 0; i < cat.tensors.size(); ++i) file_of[i] = cat.tensors[i].file;
+    return file_of;
+  }
+  const uint64_t limit = opt.max_shard_bytes.value_or(5ull << 30);
+  std::vector<std::vector<size_t>> groups(1);
+  uint64_t fill = 0;
+  for (size_t i = 0; i < cat.tensors.size(); ++i) {
+    if (fill > 0 && fill + cat.tensors[i].nbytes > limit) {
+      groups.emplace_back();
+      fill = 0;
+    }
+    groups.back().push_back(i);
+    fill += cat.tensors[i].nbytes;
+  }
+  for (size_t g = 0; g < groups.size(); ++g) {
+    plan.files.push_back(
+        fmt::format("model.safetensors-{:05d}-of-{:05d}.safetensors", g + 1, groups.size()));
+    for (size_t i : groups[g]) file_of[i] = static_cast<uint32_t>(g);
+  }
+  return file_of;
+}
+
+// Balances the ranks by bytes written, largest tensors first.
+void balance_export_ranks(ExportPlan& plan, int world) {
+  std::vector<size_t> order(plan.tensors.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return plan.tensors[a].nbytes() > plan.tensors[b].nbytes();
+  });
+  std::vector<uint64_t> load(static_cast<size_t>(world), 0);
+  for (size_t i : order) {
+    const auto r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    plan.tensors[i].rank = static_cast<int>(r);
+    load[r] += plan.tensors[i].nbytes();
+  }
+}
+
 ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& opt, int world) {
   if (ck.foreign && ck.mtp_not_converted > 0)
     log::warn(
@@ -196,30 +243,8 @@ ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& 
 
   ExportPlan plan;
   plan.refs = index.refs;
-  // Files: the source's names and shard map, or a fresh split by size.
-  std::vector<uint32_t> file_of(cat.tensors.size(), 0);
-  if (same_files && !opt.max_shard_bytes && !src_files.empty()) {
-    plan.files = src_files;
-    plan.write_index = src_files.size() > 1 || ck.manifest.at("source").value("has_index", true);
-    for (size_t i = 0; i < cat.tensors.size(); ++i) file_of[i] = cat.tensors[i].file;
-  } else {
-    const uint64_t limit = opt.max_shard_bytes.value_or(5ull << 30);
-    std::vector<std::vector<size_t>> groups(1);
-    uint64_t fill = 0;
-    for (size_t i = 0; i < cat.tensors.size(); ++i) {
-      if (fill > 0 && fill + cat.tensors[i].nbytes > limit) {
-        groups.emplace_back();
-        fill = 0;
-      }
-      groups.back().push_back(i);
-      fill += cat.tensors[i].nbytes;
-    }
-    for (size_t g = 0; g < groups.size(); ++g) {
-      plan.files.push_back(
-          fmt::format("model.safetensors-{:05d}-of-{:05d}.safetensors", g + 1, groups.size()));
-      for (size_t i : groups[g]) file_of[i] = static_cast<uint32_t>(g);
-    }
-  }
+  const std::vector<uint32_t> file_of =
+      assign_export_files(plan, ck, cat, src_files, same_files && !opt.max_shard_bytes, opt);
   for (size_t i = 0; i < cat.tensors.size(); ++i) {
     const HfTensor& h = cat.tensors[i];
     ExportTensor t;
@@ -239,18 +264,7 @@ ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& 
     plan.tensors.push_back(std::move(t));
   }
   lay_out_files(plan);
-  // Balance the ranks by bytes written, largest tensors first.
-  std::vector<size_t> order(plan.tensors.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return plan.tensors[a].nbytes() > plan.tensors[b].nbytes();
-  });
-  std::vector<uint64_t> load(static_cast<size_t>(world), 0);
-  for (size_t i : order) {
-    const auto r = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-    plan.tensors[i].rank = static_cast<int>(r);
-    load[r] += plan.tensors[i].nbytes();
-  }
+  balance_export_ranks(plan, world);
   return plan;
 }
 

@@ -2,33 +2,33 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <memory>
 #include <optional>
-#include <filesystem>
 
+#include "checkpoint/manifest.hpp"
+#include "checkpoint/manifest_check.hpp"
+#include "checkpoint/rank_shards.hpp"
+#include "checkpoint/safetensors_source.hpp"
+#include "checkpoint/shard_writer.hpp"
+#include "checkpoint/staged_output.hpp"
+#include "checkpoint/torch_dist_output.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "core/path_safety.hpp"
+#include "dist/forwarder.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
+#include "engine/copy_engine.hpp"
+#include "engine/read_once.hpp"
 #include "layout/import_plan.hpp"
 #include "model/megatron_config.hpp"
-#include "pipelines/copy_engine.hpp"
 #include "pipelines/job_config.hpp"
-#include "pipelines/manifest.hpp"
-#include "pipelines/manifest_check.hpp"
-#include "pipelines/rank_shards.hpp"
-#include "pipelines/read_once.hpp"
-#include "dist/forwarder.hpp"
-#include "pipelines/safetensors_source.hpp"
-#include "pipelines/shard_writer.hpp"
 #include "pipelines/plan_report.hpp"
-#include "pipelines/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
-#include "pipelines/torch_dist_output.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;

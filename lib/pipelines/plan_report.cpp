@@ -7,7 +7,7 @@
 #include <set>
 #include <vector>
 
-#include "pipelines/read_once.hpp"
+#include "engine/read_once.hpp"
 
 namespace mb {
 namespace {

@@ -12,12 +12,12 @@
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "model/megatron_config.hpp"
-#include "pipelines/manifest.hpp"
-#include "pipelines/manifest_check.hpp"
-#include "pipelines/megatron_checkpoint.hpp"
-#include "pipelines/rank_shards.hpp"
-#include "pipelines/shard_writer.hpp"
-#include "pipelines/staged_output.hpp"
+#include "checkpoint/manifest.hpp"
+#include "checkpoint/manifest_check.hpp"
+#include "checkpoint/megatron_checkpoint.hpp"
+#include "checkpoint/rank_shards.hpp"
+#include "checkpoint/shard_writer.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 
 namespace mb {

@@ -6,11 +6,11 @@
 #include <map>
 #include <set>
 
+#include "checkpoint/staged_output.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/output_lock.hpp"
 #include "core/path_safety.hpp"
-#include "pipelines/staged_output.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;

@@ -4,12 +4,12 @@
 #include <cstring>
 #include <vector>
 
+#include "checkpoint/staged_output.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "formats/safetensors/safetensors_writer.hpp"
-#include "pipelines/staged_output.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;

@@ -4,21 +4,21 @@
 #include <cstdio>
 #include <map>
 #include <memory>
-#include <optional>
 #include <numeric>
+#include <optional>
 #include <set>
 
+#include "checkpoint/manifest.hpp"
+#include "checkpoint/megatron_checkpoint.hpp"
+#include "checkpoint/safetensors_source.hpp"
+#include "checkpoint/torch_dist_source.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
+#include "engine/tensor_compare.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
-#include "pipelines/manifest.hpp"
-#include "pipelines/megatron_checkpoint.hpp"
-#include "pipelines/safetensors_source.hpp"
 #include "pipelines/step_driver.hpp"
-#include "pipelines/tensor_compare.hpp"
-#include "pipelines/torch_dist_source.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;

@@ -17,11 +17,11 @@
 
 #include "core/dtype.hpp"
 #include "core/hash.hpp"
-#include "pipelines/copy_engine.hpp"
-#include "pipelines/cuda_copy_engine.hpp"
+#include "engine/copy_engine.hpp"
+#include "engine/cuda_copy_engine.hpp"
 #include "transforms/cuda/kernels.hpp"
-#include "transforms/gather_rects.hpp"
 #include "transforms/elementwise.hpp"
+#include "transforms/gather_rects.hpp"
 #include "transforms/relayout.hpp"
 #include "transforms/segment.hpp"
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "core/hash.hpp"
-#include "pipelines/copy_engine.hpp"
+#include "engine/copy_engine.hpp"
 
 using namespace mb;
 

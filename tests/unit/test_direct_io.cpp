@@ -6,9 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/safetensors_source.hpp"
 #include "core/direct_io.hpp"
 #include "core/error.hpp"
-#include "pipelines/safetensors_source.hpp"
 #include "test_util.hpp"
 
 using namespace mb;

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "pipelines/block_packing.hpp"
+#include "engine/block_packing.hpp"
 #include "transforms/gather_rects.hpp"
 #include "transforms/relayout.hpp"
 #include "transforms/segment.hpp"

@@ -9,15 +9,15 @@
 #include <limits>
 #include <vector>
 
+#include "checkpoint/manifest_check.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
+#include "engine/copy_engine.hpp"
+#include "engine/tensor_compare.hpp"
 #include "formats/safetensors/safetensors_header.hpp"
 #include "layout/parallel_layout.hpp"
-#include "pipelines/copy_engine.hpp"
 #include "pipelines/export_pipeline.hpp"
 #include "pipelines/job_config.hpp"
-#include "pipelines/manifest_check.hpp"
-#include "pipelines/tensor_compare.hpp"
 #include "test_util.hpp"
 #include "transforms/cast_overflow.hpp"
 

@@ -7,12 +7,12 @@
 #include <chrono>
 #include <future>
 
+#include "checkpoint/staged_output.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/output_lock.hpp"
 #include "core/path_safety.hpp"
 #include "formats/safetensors/hf_checkpoint.hpp"
-#include "pipelines/staged_output.hpp"
 #include "test_util.hpp"
 
 namespace mb {

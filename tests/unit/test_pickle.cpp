@@ -5,10 +5,10 @@
 #include <random>
 #include <string>
 
+#include "checkpoint/torch_dist_output.hpp"
 #include "core/error.hpp"
 #include "formats/torch_dist/pickle.hpp"
 #include "formats/torch_dist/torch_save.hpp"
-#include "pipelines/torch_dist_output.hpp"
 
 using namespace mb;
 using pickle::Value;

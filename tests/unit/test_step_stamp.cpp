@@ -10,7 +10,7 @@
 #include <fstream>
 #include <thread>
 
-#include "pipelines/staged_output.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_stamp.hpp"
 #include "test_util.hpp"
 

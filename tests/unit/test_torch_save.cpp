@@ -7,17 +7,16 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "checkpoint/torch_dist_output.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "formats/torch_dist/pickle.hpp"
 #include "formats/torch_dist/torch_save.hpp"
-#include "pipelines/torch_dist_output.hpp"
 #include "test_util.hpp"
 
 using namespace mb;

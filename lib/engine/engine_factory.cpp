@@ -1,8 +1,8 @@
 #include "core/error.hpp"
-#include "pipelines/copy_engine.hpp"
+#include "engine/copy_engine.hpp"
 
 #ifdef MEGABRIDGE_HAVE_CUDA
-#include "pipelines/cuda_copy_engine.hpp"
+#include "engine/cuda_copy_engine.hpp"
 #endif
 
 namespace mb {

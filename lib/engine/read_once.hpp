@@ -12,9 +12,9 @@
 #include <filesystem>
 #include <vector>
 
+#include "checkpoint/manifest.hpp"
 #include "core/direct_io.hpp"
 #include "layout/import_plan.hpp"
-#include "pipelines/manifest.hpp"
 
 namespace mb {
 

@@ -1,4 +1,4 @@
-#include "pipelines/manifest_check.hpp"
+#include "checkpoint/manifest_check.hpp"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,4 @@
-#include "pipelines/copy_engine.hpp"
+#include "engine/copy_engine.hpp"
 
 #include <algorithm>
 #include <future>

@@ -8,15 +8,14 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "checkpoint/manifest.hpp"
 #include "core/direct_io.hpp"
+#include "engine/copy_engine.hpp"
 #include "layout/import_plan.hpp"
-#include "pipelines/copy_engine.hpp"
-#include "pipelines/manifest.hpp"
 
 namespace mb {
 

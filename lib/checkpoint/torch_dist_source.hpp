@@ -11,12 +11,12 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/megatron_checkpoint.hpp"
 #include "core/direct_io.hpp"
+#include "engine/copy_engine.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "formats/torch_dist/torch_save.hpp"
 #include "model/qwen35_dist_keys.hpp"
-#include "pipelines/copy_engine.hpp"
-#include "pipelines/megatron_checkpoint.hpp"
 
 namespace mb {
 

@@ -1,4 +1,4 @@
-#include "pipelines/block_packing.hpp"
+#include "engine/block_packing.hpp"
 
 #include <algorithm>
 

@@ -18,7 +18,7 @@
 #include "formats/hdf5/hdf5_shard.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "layout/import_plan.hpp"
-#include "pipelines/copy_engine.hpp"
+#include "engine/copy_engine.hpp"
 
 namespace mb {
 

@@ -12,8 +12,8 @@
 #include <memory>
 
 #include "core/direct_io.hpp"
+#include "engine/copy_engine.hpp"
 #include "formats/safetensors/hf_checkpoint.hpp"
-#include "pipelines/copy_engine.hpp"
 
 namespace mb {
 

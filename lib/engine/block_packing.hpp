@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "pipelines/copy_engine.hpp"
+#include "engine/copy_engine.hpp"
 #include "transforms/gather_rects.hpp"
 #include "transforms/segment.hpp"
 

@@ -1,4 +1,4 @@
-#include "pipelines/staged_output.hpp"
+#include "checkpoint/staged_output.hpp"
 
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -13,8 +13,8 @@
 #include "core/file.hpp"
 #include "core/log.hpp"
 #include "core/output_lock.hpp"
-#include "dist/test_hooks.hpp"
 #include "dist/mpi_context.hpp"
+#include "dist/test_hooks.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;

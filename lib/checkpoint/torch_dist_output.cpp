@@ -1,9 +1,9 @@
-#include "pipelines/torch_dist_output.hpp"
+#include "checkpoint/torch_dist_output.hpp"
+
+#include <yaml-cpp/yaml.h>
 
 #include <map>
 #include <set>
-
-#include <yaml-cpp/yaml.h>
 
 #include "core/error.hpp"
 #include "core/file.hpp"

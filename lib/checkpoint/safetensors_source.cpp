@@ -1,4 +1,4 @@
-#include "pipelines/safetensors_source.hpp"
+#include "checkpoint/safetensors_source.hpp"
 
 #include <vector>
 

@@ -1,4 +1,4 @@
-#include "pipelines/manifest.hpp"
+#include "checkpoint/manifest.hpp"
 
 #include <algorithm>
 #include <ctime>

@@ -1,4 +1,4 @@
-#include "pipelines/megatron_checkpoint.hpp"
+#include "checkpoint/megatron_checkpoint.hpp"
 
 #include <algorithm>
 #include <iterator>
@@ -6,15 +6,15 @@
 #include <numeric>
 #include <set>
 
+#include "checkpoint/manifest.hpp"
+#include "checkpoint/manifest_check.hpp"
+#include "checkpoint/torch_dist_source.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/output_lock.hpp"
 #include "dist/mpi_context.hpp"
 #include "model/qwen35_dist_keys.hpp"
-#include "pipelines/manifest.hpp"
-#include "pipelines/manifest_check.hpp"
-#include "pipelines/torch_dist_source.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;

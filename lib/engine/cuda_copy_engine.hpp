@@ -17,7 +17,7 @@
 #include <memory>
 #include <string>
 
-#include "pipelines/copy_engine.hpp"
+#include "engine/copy_engine.hpp"
 
 namespace mb {
 

@@ -1,12 +1,12 @@
-#include "pipelines/rank_shards.hpp"
+#include "checkpoint/rank_shards.hpp"
 
 #include <filesystem>
 #include <optional>
 
+#include "checkpoint/shard_writer.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
-#include "pipelines/shard_writer.hpp"
-#include "pipelines/staged_output.hpp"
 
 namespace mb {
 namespace {

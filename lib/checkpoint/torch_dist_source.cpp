@@ -1,4 +1,4 @@
-#include "pipelines/torch_dist_source.hpp"
+#include "checkpoint/torch_dist_source.hpp"
 
 #include <cstring>
 

@@ -1,10 +1,10 @@
-#include "pipelines/tensor_compare.hpp"
+#include "engine/tensor_compare.hpp"
+
+#include <fmt/format.h>
 
 #include <cmath>
 #include <cstring>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "core/error.hpp"
 

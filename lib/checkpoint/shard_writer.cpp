@@ -1,4 +1,4 @@
-#include "pipelines/shard_writer.hpp"
+#include "checkpoint/shard_writer.hpp"
 
 #include <sys/resource.h>
 

@@ -1,6 +1,6 @@
 // The device copy engine (see cuda_copy_engine.hpp and docs/cuda.md). Host
 // code only: the CUDA work goes through the plain API of cuda/kernels.hpp.
-#include "pipelines/cuda_copy_engine.hpp"
+#include "engine/cuda_copy_engine.hpp"
 
 #include <algorithm>
 #include <array>
@@ -11,7 +11,7 @@
 #include "core/error.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
-#include "pipelines/block_packing.hpp"
+#include "engine/block_packing.hpp"
 #include "transforms/cast_overflow.hpp"
 #include "transforms/cuda/kernels.hpp"
 #include "transforms/gather_rects.hpp"

@@ -1,4 +1,4 @@
-#include "pipelines/read_once.hpp"
+#include "engine/read_once.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -15,7 +15,7 @@
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
-#include "pipelines/safetensors_source.hpp"
+#include "checkpoint/safetensors_source.hpp"
 #include "transforms/cast_overflow.hpp"
 
 namespace mb {

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "layout/import_plan.hpp"
-#include "pipelines/copy_engine.hpp"
-#include "pipelines/manifest.hpp"
+#include "engine/copy_engine.hpp"
+#include "checkpoint/manifest.hpp"
 
 namespace mb {
 
