@@ -140,12 +140,13 @@ class ImportStep : public Step {
   }
 
   void execute(MpiContext& mpi) override {
-    // The direct I/O buffers (a read bounce buffer; for torch_dist an append
-    // buffer too) come out of the configured buffer.
+    // The direct I/O buffers (a read bounce buffer; an append or HDF5 data
+    // buffer for the output, except in read-once mode) come out of the
+    // configured buffer.
     const IoConfig io = io_config(opt_.io, opt_.buffer_bytes);
     const bool direct = opt_.io != IoMode::Buffered;
     const auto engine = make_copy_engine(
-        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct ? 0 : dist_ ? 2 : 1));
+        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct ? 0 : opt_.read_once ? 1 : 2));
     engine->allow_overflow(opt_.allow_overflow);
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     SafetensorsSource source(plan_.catalog, io);
@@ -252,7 +253,7 @@ class ImportStep : public Step {
 
   void write_shards(MpiContext& mpi, CopyEngine& engine, SafetensorsSource& source) {
     results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, engine, source,
-                                 {[&](uint64_t b) { progress_->add_bytes(b); }, [&] { after_tensor(mpi); }});
+                                 io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] { after_tensor(mpi); }});
   }
 
   Listing list_distcp() const {

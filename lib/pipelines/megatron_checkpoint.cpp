@@ -10,6 +10,7 @@
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "dist/mpi_context.hpp"
+#include "formats/hdf5/hdf5_checksum.hpp"
 #include "model/qwen35_dist_keys.hpp"
 #include "pipelines/manifest.hpp"
 #include "pipelines/manifest_check.hpp"
@@ -227,13 +228,23 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
 }
 
 namespace {
-// Hashes `path` and compares with its manifest entry; the problem, or "".
-std::string checksum_mismatch(const fs::path& path, const json& entry) {
-  const std::string got = hash_hex(hash_file(path)), want = entry.at("xxh3").get<std::string>();
+// Hashes `path` under the scheme its manifest entry names (else the
+// manifest's, else the whole-file "xxh3-64" of older manifests) and compares
+// with the entry; the problem, or "".
+std::string checksum_mismatch(const fs::path& path, const json& entry, const json& manifest) {
+  const std::string scheme = entry.value(
+      "checksum", manifest.value("checksum", std::string(kWholeFileChecksum)));
+  std::vector<std::string> bad;
+  const std::string got = hash_hex(file_checksum(path, scheme, &bad)),
+                    want = entry.at("xxh3").get<std::string>();
   if (got == want) return {};
-  return fmt::format("{} is corrupt: its xxh3 checksum is {} but the manifest recorded {} (pass "
-                     "--no-verify-checksums to use it anyway)",
-                     path.string(), got, want);
+  std::string which;
+  if (!bad.empty())
+    which = fmt::format("; the bytes of dataset '{}'{} do not match its own xxh3", bad.front(),
+                        bad.size() > 1 ? fmt::format(" (and {} more)", bad.size() - 1) : "");
+  return fmt::format("{} is corrupt: its xxh3 checksum ({}) is {} but the manifest recorded {}{} "
+                     "(pass --no-verify-checksums to use it anyway)",
+                     path.string(), scheme, got, want, which);
 }
 }  // namespace
 
@@ -258,7 +269,7 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
       problems.push_back(fmt::format("{} has {} bytes but the manifest recorded {}: truncated or replaced",
                                      path.string(), fs::file_size(path), f.at("bytes").get<uint64_t>()));
     else if (checksums) {
-      if (auto p = checksum_mismatch(path, f); !p.empty()) problems.push_back(std::move(p));
+      if (auto p = checksum_mismatch(path, f, ck.manifest); !p.empty()) problems.push_back(std::move(p));
     }
   }
   if (rank != 0) return problems;
@@ -354,7 +365,7 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
              "{} has {} bytes but the manifest recorded {}: truncated or replaced", path.string(),
              fs::file_size(path), entry->at("bytes").get<uint64_t>());
     if (checksums) {
-      if (auto p = checksum_mismatch(path, *entry); !p.empty()) problems.push_back(std::move(p));
+      if (auto p = checksum_mismatch(path, *entry, ck.manifest); !p.empty()) problems.push_back(std::move(p));
     }
     if (!reader) reader = std::make_unique<Hdf5ShardReader>(path);  // throws why it cannot be read
     const Hdf5ShardReader& r = *reader;
@@ -387,7 +398,7 @@ std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int ran
     if (static_cast<int>(index++ % static_cast<size_t>(ranks)) != rank) continue;
     const fs::path path = ck.dir / f.at("path").get<std::string>();
     try {
-      if (auto p = checksum_mismatch(path, f); !p.empty()) problems.push_back(std::move(p));
+      if (auto p = checksum_mismatch(path, f, ck.manifest); !p.empty()) problems.push_back(std::move(p));
     } catch (const std::exception& e) {
       problems.push_back(fmt::format("{}: {}", path.string(), e.what()));
     }

@@ -122,13 +122,15 @@ class ReshardStep : public Step {
   void execute(MpiContext& mpi) override {
     const ExportIndex index = build_export_index(ck_->shards, ck_->source.tensors.size());
     const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums);
-    // A torch_dist source read directly takes its window out of the buffer.
-    const int io_buffers = ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0;
+    // A torch_dist source read directly takes its window out of the buffer,
+    // the direct writes of the output their gathering buffer.
+    const int io_buffers = (ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
+                           (opt_.io != IoMode::Buffered ? 1 : 0);
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes));
     results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, *engine, *source,
-                                 {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
+                                 io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
                                     progress_->add_tensor();
                                     test_hook_after_tensor(mpi.rank());
                                   }});

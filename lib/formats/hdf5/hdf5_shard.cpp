@@ -217,10 +217,15 @@ int64_t hdf5_type_for(DType t) {
   return h.owned ? must_id(H5Tcopy(h.id), "HDF5 H5Tcopy") : h.id;
 }
 
-Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info) : path_(path) {
+Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info, IoConfig io)
+    : path_(path), io_(io) {
   MB_HDF5_LOCK;
   silence_hdf5();
-  Hid file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+  // Large datasets start on a page boundary: their direct-written middle then
+  // begins at their first byte.
+  Hid fapl(must_id(H5Pcreate(H5P_FILE_ACCESS), path.string() + ": H5Pcreate"), H5Pclose);
+  must_ok(H5Pset_alignment(fapl, kHdf5AlignThreshold, 4096), path.string() + ": H5Pset_alignment");
+  Hid file(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), H5Fclose);
   MB_CHECK(file >= 0, "cannot create HDF5 file {}{}", path.string(), hdf5_error_detail());
   try {
     put_string_attr(file, "format", info.format);
@@ -233,6 +238,8 @@ Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info
     put_u64_attr(file, "ep_size", {info.ep_size}, true);
     put_u64_attr(file, "etp_size", {info.etp_size}, true);
     for (const auto& [k, v] : info.extra) put_string_attr(file, k.c_str(), v);
+    raw_ = std::make_unique<RegionFile>(path, io.mode);
+    if (raw_->direct()) buf_ = AlignedBuffer(std::max<uint64_t>(io.chunk_bytes, 1 << 20));
   } catch (...) {
     rethrow_with_context(path.string());
   }
@@ -241,9 +248,12 @@ Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info
 
 Hdf5ShardWriter::~Hdf5ShardWriter() {
   MB_HDF5_LOCK;
+  data_.reset();
   if (dset_ >= 0) H5Dclose(dset_);
   if (file_ >= 0) H5Fclose(file_);
 }
+
+bool Hdf5ShardWriter::direct() const { return raw_ && raw_->direct(); }
 
 void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
   MB_HDF5_LOCK;
@@ -256,8 +266,13 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
   TypeHandle type = type_for(info.dtype);
   // No modification times in object headers: the same tensors give the same
   // file bytes, so outputs can be compared with cmp (reshard vs import).
+  // Contiguous storage allocated now and never filled: HDF5 writes none of
+  // the data bytes, we write them all (write_rows).
   Hid dcpl(must_id(H5Pcreate(H5P_DATASET_CREATE), what), H5Pclose);
   must_ok(H5Pset_obj_track_times(dcpl, false), what);
+  must_ok(H5Pset_layout(dcpl, H5D_CONTIGUOUS), what);
+  must_ok(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY), what);
+  must_ok(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER), what);
   dset_ = must_id(
       H5Dcreate2(file_, info.name.c_str(), type.id, space, H5P_DEFAULT, dcpl, H5P_DEFAULT), what);
   // From here the dataset is dset_, closed by the destructor on any error.
@@ -265,26 +280,46 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
     put_string_attr(dset_, "global_name", info.global_name);
     put_u64_attr(dset_, "global_shape", info.global_shape, false);
     put_string_attr(dset_, "dtype", std::string(dtype_torch_name(info.dtype)));
+    row_bytes_ = cols_2d(info.shape) * dtype_size(info.dtype);
+    const uint64_t bytes = rows_2d(info.shape) * row_bytes_;
+    next_row_ = 0;
+    data_.reset();
+    if (bytes > 0) {
+      const haddr_t at = H5Dget_offset(dset_);
+      MB_CHECK(at != HADDR_UNDEF, "HDF5 allocated no contiguous storage for it{}",
+               hdf5_error_detail());
+      MB_CHECK(H5Dget_storage_size(dset_) == bytes, "HDF5 allocated {} bytes, not {}",
+               H5Dget_storage_size(dset_), bytes);
+      data_offset_ = at;
+      data_ = std::make_unique<RegionWriter>(*raw_, at, at + bytes, buf_);
+    }
   } catch (...) {
     rethrow_with_context(what);
   }
 }
 
 void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data) {
-  MB_HDF5_LOCK;
-  const std::string what = fmt::format("{}: writing rows [{}, {}) of dataset '{}'", path_.string(),
-                                       row0, row0 + rows, cur_.name);
-  const auto dims = dims_of(cur_.shape);
-  Hid fspace(must_id(H5Dget_space(dset_), what), H5Sclose);
-  select_rows(fspace, dims, row0, row0 + rows, 0, cols_2d(cur_.shape), what);
-  hsize_t n = rows * cols_2d(cur_.shape);
-  Hid mspace(must_id(H5Screate_simple(1, &n, nullptr), what), H5Sclose);
-  TypeHandle type = type_for(cur_.dtype);
-  must_ok(H5Dwrite(dset_, type.id, mspace, fspace, H5P_DEFAULT, data), what);
+  // Our own file handle, not HDF5's: no HDF5 lock, so that a reshard's
+  // reading thread is not held up by the writes.
+  MB_CHECK(data_ && row0 == next_row_ && row0 + rows <= rows_2d(cur_.shape),
+           "internal: {}: rows [{}, {}) of dataset '{}' {} written out of order (next row {})",
+           path_.string(), row0, row0 + rows, cur_.name, shape_str(cur_.shape), next_row_);
+  try {
+    data_->write_at(data, rows * row_bytes_, data_offset_ + row0 * row_bytes_);
+  } catch (...) {
+    rethrow_with_context(fmt::format("{}: writing rows [{}, {}) of dataset '{}'",
+                                     path_.string(), row0, row0 + rows, cur_.name));
+  }
+  next_row_ = row0 + rows;
 }
 
 void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
   MB_HDF5_LOCK;
+  if (data_) data_->finish();  // every row came
+  MB_CHECK(next_row_ == rows_2d(cur_.shape) || !data_,
+           "internal: {}: dataset '{}' closed after {} of its {} rows", path_.string(), cur_.name,
+           next_row_, rows_2d(cur_.shape));
+  data_.reset();
   put_string_attr(dset_, "xxh3", xxh3);
   MB_CHECK(H5Dclose(dset_) >= 0, "{}: closing dataset '{}' failed{}", path_.string(), cur_.name,
            hdf5_error_detail());
@@ -293,6 +328,8 @@ void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
 
 void Hdf5ShardWriter::close() {
   MB_HDF5_LOCK;
+  data_.reset();
+  raw_.reset();
   if (dset_ >= 0) {
     H5Dclose(dset_);
     dset_ = -1;
@@ -510,6 +547,56 @@ void Hdf5ShardReader::read(const std::string& name, uint64_t row0, uint64_t rows
   TypeHandle type = type_for(info->dtype);
   const herr_t rc = H5Dread(d, type.id, mspace, fspace, H5P_DEFAULT, dst);
   MB_CHECK(rc >= 0, "{} failed{} (file corrupt or truncated?)", what, hdf5_error_detail());
+}
+
+}  // namespace mb
+
+namespace mb {
+
+std::vector<Hdf5DataRegion> hdf5_data_regions(const fs::path& path) {
+  MB_HDF5_LOCK;
+  silence_hdf5();
+  require_regular_file(path, "shard file");
+  const std::string where = path.string();
+  Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  MB_CHECK(file >= 0, "{} is not a readable HDF5 file{}", where, hdf5_error_detail());
+  std::vector<std::string> names;
+  must_ok(H5Literate(
+              file, H5_INDEX_NAME, H5_ITER_INC, nullptr,
+              [](hid_t, const char* name, const H5L_info_t*, void* op) -> herr_t {
+                static_cast<std::vector<std::string>*>(op)->emplace_back(name);
+                return 0;
+              },
+              &names),
+          where + ": listing the datasets");
+  std::vector<Hdf5DataRegion> out;
+  for (const auto& n : names) {
+    // Not a dataset (a group in a file we did not write): its bytes count
+    // as metadata. A damaged one changes the checksum all the same.
+    Hid d(H5Dopen2(file, n.c_str(), H5P_DEFAULT), H5Dclose);
+    if (d < 0) {
+      H5Eclear2(H5E_DEFAULT);
+      continue;
+    }
+    const haddr_t at = H5Dget_offset(d);
+    H5Eclear2(H5E_DEFAULT);  // HADDR_UNDEF (chunked, compact, unallocated) pushes an error
+    const hsize_t bytes = H5Dget_storage_size(d);
+    if (at == HADDR_UNDEF || bytes == 0) continue;
+    Hdf5DataRegion r{n, at, bytes, {}};
+    if (has_attr(d, "xxh3")) r.xxh3 = get_string_attr(d, "xxh3", where + ": dataset '" + n + "'");
+    out.push_back(std::move(r));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const Hdf5DataRegion& a, const Hdf5DataRegion& b) { return a.offset < b.offset; });
+  const uint64_t size = fs::file_size(path);
+  for (size_t i = 0; i < out.size(); ++i) {
+    MB_CHECK(out[i].offset <= size && out[i].bytes <= size - out[i].offset,
+             "{}: dataset '{}' claims bytes [{}, {}) but the file has {}: truncated or corrupt",
+             where, out[i].name, out[i].offset, out[i].offset + out[i].bytes, size);
+    MB_CHECK(i == 0 || out[i - 1].offset + out[i - 1].bytes <= out[i].offset,
+             "{}: datasets '{}' and '{}' overlap: corrupt", where, out[i - 1].name, out[i].name);
+  }
+  return out;
 }
 
 }  // namespace mb
