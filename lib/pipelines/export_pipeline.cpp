@@ -331,7 +331,10 @@ class ExportStep : public Step {
     uint64_t total_bytes = 0;
     for (const auto& t : plan_.tensors) total_bytes += t.nbytes();
     progress_.emplace(mpi, "export", total_bytes, plan_.tensors.size());
-    if (opt_.verify_checksums) {
+    // An HDF5 checkpoint with per-tensor checksums is checked as it is read
+    // (execute); others are hashed whole beside the conversion.
+    streamed_ = opt_.verify_checksums && checksums_streamable(*ck_);
+    if (opt_.verify_checksums && !streamed_) {
       auto check = [this, &mpi] { return checksum_problems(*ck_, mpi.rank(), mpi.size()); };
       try {
         checksums_ = std::async(std::launch::async, check);
@@ -346,7 +349,7 @@ class ExportStep : public Step {
 
   std::string settle(MpiContext& mpi) override {
     progress_->finish();
-    std::string corrupt;
+    std::string corrupt = stream_problem_;
     if (checksums_.valid()) {
       try {
         const auto found = checksums_.get();
@@ -391,6 +394,8 @@ class ExportStep : public Step {
   ExportPlan plan_;
   std::optional<Progress> progress_;
   std::future<std::vector<std::string>> checksums_;
+  bool streamed_ = false;       // checksums checked from the bytes as read
+  std::string stream_problem_;  // what that found
   uint64_t written_ = 0, tensors_ = 0, total_written_ = 0, total_tensors_ = 0, max_rss_ = 0;
   std::vector<uint64_t> file_written_;          // this rank's tensor bytes per output file
   std::vector<std::string> file_written_all_;  // rank 0: every rank's, gathered in settle
@@ -407,7 +412,8 @@ void ExportStep::execute(MpiContext& mpi) {
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
   file_written_.assign(plan_.files.size(), 0);
-  const auto source = open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes));
+  const auto source =
+      open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes), streamed_);
   std::map<uint32_t, RegionFile> files;
   AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
   for (const ExportTensor& t : plan_.tensors) {
@@ -434,6 +440,7 @@ void ExportStep::execute(MpiContext& mpi) {
     test_hook_after_tensor(mpi.rank());
   }
   for (auto& [f, file] : files) file.file().fsync();
+  if (streamed_) stream_problem_ = source_checksum_problem(*source, mpi.rank(), mpi.size());
 }
 
 void ExportStep::commit(MpiContext&) {

@@ -429,14 +429,122 @@ IoMode source_io_mode(IoMode requested, bool checksums_verified) {
   return requested == IoMode::Auto && checksums_verified ? IoMode::Buffered : requested;
 }
 
-std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                             const IoConfig& io) {
-  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs), io);
-  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs));
+bool checksums_streamable(const MegatronCheckpoint& ck) {
+  if (ck.format != "hdf5") return false;
+  for (const auto& f : ck.manifest.at("files")) {
+    const std::string scheme =
+        f.value("checksum", ck.manifest.value("checksum", std::string(kWholeFileChecksum)));
+    if (scheme != kHdf5RegionChecksum || !f.contains("tensors")) return false;
+  }
+  return true;
 }
 
-Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs)
-    : ck_(ck), refs_(std::move(refs)) {}
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                                             const IoConfig& io, bool verify_streamed) {
+  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs), io);
+  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), verify_streamed);
+}
+
+std::string source_checksum_problem(RowSource& source, int rank, int ranks) {
+  auto* h = dynamic_cast<Hdf5ShardSource*>(&source);
+  MB_CHECK(h != nullptr, "internal: streamed checksums asked of a source that is not HDF5");
+  return h->finish_verification(rank, ranks);
+}
+
+namespace {
+// The manifest's per-tensor checksums of one shard file.
+std::map<std::string, std::string> manifest_tensor_hashes(const json& manifest,
+                                                          const std::string& file) {
+  std::map<std::string, std::string> out;
+  for (const auto& f : manifest.at("files"))
+    if (f.at("path").get<std::string>() == file)
+      for (const auto& t : f.at("tensors"))
+        out[t.at("name").get<std::string>()] = t.at("xxh3").get<std::string>();
+  return out;
+}
+}  // namespace
+
+Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                                 bool verify)
+    : ck_(ck), refs_(std::move(refs)), verify_(verify) {
+  if (!verify_) return;
+  streamed_.resize(refs_.size());
+  want_.resize(refs_.size());
+  std::map<uint32_t, std::map<std::string, std::string>> by_shard;
+  for (size_t i = 0; i < refs_.size(); ++i) {
+    const LocalTensorRef& r = refs_[i];
+    auto it = by_shard.find(r.shard);
+    if (it == by_shard.end())
+      it = by_shard
+               .emplace(r.shard, manifest_tensor_hashes(ck_.manifest,
+                                                        ck_.shards.at(r.shard).coord.file_name()))
+               .first;
+    const std::string& name = ck_.shards.at(r.shard).tensors.at(r.tensor).name;
+    auto h = it->second.find(name);
+    MB_CHECK(h != it->second.end(), "{}: the manifest records no checksum for '{}' of {}",
+             (ck_.dir / kManifestName).string(), name, ck_.shards.at(r.shard).coord.file_name());
+    want_[i] = h->second;
+  }
+}
+
+void Hdf5ShardSource::check_streamed(uint32_t id, uint64_t digest) {
+  streamed_[id].checked = true;
+  if (hash_hex(digest) == want_[id] || !problem_.empty()) return;
+  const LocalTensorRef& ref = refs_.at(id);
+  problem_ = fmt::format(
+      "{} is corrupt: dataset '{}' hashes to {} as read but the manifest recorded {} (pass "
+      "--no-verify-checksums to use it anyway)",
+      (ck_.dir / ck_.shards.at(ref.shard).coord.file_name()).string(),
+      ck_.shards.at(ref.shard).tensors.at(ref.tensor).name, hash_hex(digest), want_[id]);
+}
+
+std::string Hdf5ShardSource::finish_verification(int rank, int ranks) {
+  MB_CHECK(verify_, "internal: finish_verification without verify");
+  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+  // Tensors this rank read, but not in one whole-width pass: read again.
+  std::vector<unsigned char> buf;
+  for (uint32_t id = 0; id < refs_.size() && problem_.empty(); ++id) {
+    Streamed& s = streamed_[id];
+    if (s.checked || !s.touched) continue;
+    const LocalTensorRef& ref = refs_[id];
+    const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+    const uint64_t rows = rows_2d(t.shape), row_bytes = cols_2d(t.shape) * dtype_size(t.dtype);
+    const uint64_t block = std::max<uint64_t>(1, (8u << 20) / std::max<uint64_t>(row_bytes, 1));
+    buf.resize(std::min(block, rows) * row_bytes);
+    Hasher h;
+    for (uint64_t r0 = 0; r0 < rows; r0 += block) {
+      const uint64_t n = std::min(block, rows - r0);
+      reader(ref.shard).read(t.name, r0, n, 0, cols_2d(t.shape), buf.data(), row_bytes);
+      h.update(buf.data(), n * row_bytes);
+    }
+    check_streamed(id, h.digest());
+  }
+  if (!problem_.empty()) return problem_;
+  // Each file's metadata: with the per-tensor checksums, the file checksum.
+  for (size_t i = 0; i < ck_.shards.size(); ++i) {
+    if (static_cast<int>(i % static_cast<size_t>(ranks)) != rank) continue;
+    const std::string file = ck_.shards[i].coord.file_name();
+    const fs::path path = ck_.dir / file;
+    std::map<std::string, uint64_t> known;
+    for (const auto& [name, hex] : manifest_tensor_hashes(ck_.manifest, file))
+      known[name] = hash_from_hex(hex);
+    std::string want;
+    for (const auto& f : ck_.manifest.at("files"))
+      if (f.at("path").get<std::string>() == file) want = f.at("xxh3").get<std::string>();
+    try {
+      const std::string got = hash_hex(hdf5_file_checksum(path, known).digest);
+      if (got != want)
+        return fmt::format(
+            "{} is corrupt: its HDF5 metadata does not match the manifest (file checksum {} "
+            "over the metadata and the recorded tensor checksums, recorded {}) (pass "
+            "--no-verify-checksums to use it anyway)",
+            path.string(), got, want);
+    } catch (const std::exception& e) {
+      return fmt::format("{} is corrupt: {}", path.string(), e.what());
+    }
+  }
+  return {};
+}
 
 const Hdf5ShardReader& Hdf5ShardSource::reader(uint32_t shard) {
   auto it = open_.find(shard);
@@ -458,6 +566,23 @@ void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
   reader(ref.shard).read(t.name, row0, rows, col0, cols, dst, dst_stride);
   bytes_read_ += rows * cols * dtype_size(t.dtype);
+  if (!verify_) return;
+  Streamed& s = streamed_.at(id);
+  s.touched = true;
+  if (s.checked) return;
+  const uint64_t all_cols = cols_2d(t.shape), row_bytes = all_cols * dtype_size(t.dtype);
+  if (!s.in_order || col0 != 0 || cols != all_cols || row0 != s.next_row) {
+    s.in_order = false;  // read back whole in finish_verification
+    return;
+  }
+  const auto* p = static_cast<const unsigned char*>(dst);
+  if (dst_stride == row_bytes) {
+    s.hash.update(p, rows * row_bytes);
+  } else {
+    for (uint64_t r = 0; r < rows; ++r) s.hash.update(p + r * dst_stride, row_bytes);
+  }
+  s.next_row += rows;
+  if (s.next_row == rows_2d(t.shape)) check_streamed(id, s.hash.digest());
 }
 
 ExportIndex build_export_index(const std::vector<ShardPlan>& shards, size_t num_hf_tensors) {
