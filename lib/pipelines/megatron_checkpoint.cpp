@@ -487,6 +487,23 @@ Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<Local
   }
 }
 
+void Hdf5ShardSource::verify_whole(uint32_t id) {
+  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  const uint64_t rows = rows_2d(t.shape), row_bytes = cols_2d(t.shape) * dtype_size(t.dtype);
+  // Small blocks: this memory is outside the configured buffer.
+  const uint64_t block = std::max<uint64_t>(1, (1u << 20) / std::max<uint64_t>(row_bytes, 1));
+  std::vector<unsigned char> buf(std::min(block, rows) * row_bytes);
+  Hasher h;
+  for (uint64_t r0 = 0; r0 < rows; r0 += block) {
+    const uint64_t n = std::min(block, rows - r0);
+    reader(ref.shard).read(t.name, r0, n, 0, cols_2d(t.shape), buf.data(), row_bytes);
+    h.update(buf.data(), n * row_bytes);
+  }
+  check_streamed(id, h.digest());
+}
+
 void Hdf5ShardSource::check_streamed(uint32_t id, uint64_t digest) {
   streamed_[id].checked = true;
   if (hash_hex(digest) == want_[id] || !problem_.empty()) return;
@@ -502,23 +519,8 @@ std::string Hdf5ShardSource::finish_verification(int rank, int ranks) {
   MB_CHECK(verify_, "internal: finish_verification without verify");
   const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
   // Tensors this rank read, but not in one whole-width pass: read again.
-  std::vector<unsigned char> buf;
-  for (uint32_t id = 0; id < refs_.size() && problem_.empty(); ++id) {
-    Streamed& s = streamed_[id];
-    if (s.checked || !s.touched) continue;
-    const LocalTensorRef& ref = refs_[id];
-    const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
-    const uint64_t rows = rows_2d(t.shape), row_bytes = cols_2d(t.shape) * dtype_size(t.dtype);
-    const uint64_t block = std::max<uint64_t>(1, (8u << 20) / std::max<uint64_t>(row_bytes, 1));
-    buf.resize(std::min(block, rows) * row_bytes);
-    Hasher h;
-    for (uint64_t r0 = 0; r0 < rows; r0 += block) {
-      const uint64_t n = std::min(block, rows - r0);
-      reader(ref.shard).read(t.name, r0, n, 0, cols_2d(t.shape), buf.data(), row_bytes);
-      h.update(buf.data(), n * row_bytes);
-    }
-    check_streamed(id, h.digest());
-  }
+  for (uint32_t id = 0; id < refs_.size() && problem_.empty(); ++id)
+    if (streamed_[id].touched && !streamed_[id].checked) verify_whole(id);
   if (!problem_.empty()) return problem_;
   // Each file's metadata: with the per-tensor checksums, the file checksum.
   for (size_t i = 0; i < ck_.shards.size(); ++i) {
@@ -564,6 +566,13 @@ void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
                            void* dst, uint64_t dst_stride) {
   const LocalTensorRef& ref = refs_.at(id);
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  if (verify_ && last_id_ != id && last_id_ < streamed_.size()) {
+    // The reads moved on: a tensor read in pieces is checked now, while its
+    // pages are in the page cache.
+    const Streamed& prev = streamed_[last_id_];
+    if (prev.touched && !prev.checked && !prev.in_order) verify_whole(last_id_);
+  }
+  last_id_ = id;
   reader(ref.shard).read(t.name, row0, rows, col0, cols, dst, dst_stride);
   bytes_read_ += rows * cols * dtype_size(t.dtype);
   if (!verify_) return;

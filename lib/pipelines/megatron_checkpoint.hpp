@@ -121,9 +121,12 @@ struct LocalTensorRef {
 // With `verify`, the checksums are checked from the bytes as they are read:
 // a tensor read whole-width from its first row to its last, in order (the
 // common case), is hashed on the way and compared with the manifest's
-// per-tensor xxh3 when its last row arrives; finish_verification() then
-// reads back only what streaming did not cover (tensors read in column
-// windows or out of order, and each file's metadata regions, which with the
+// per-tensor xxh3 when its last row arrives. A tensor read otherwise (in
+// column windows, out of order) is read again whole as soon as the reads move
+// on to another tensor, while its pages are still in the page cache (a
+// second read at the syscall level, not from storage); finish_verification()
+// then reads what is left (tensors whose reads stopped part way, and each
+// file's metadata regions, which with the
 // per-tensor checksums make up the file checksum, scheme
 // xxh3-64-hdf5-regions). Datasets the conversion never reads (replicas of a
 // tensor on other ranks) are not read for it: what is converted is checked,
@@ -148,6 +151,8 @@ class Hdf5ShardSource : public RowSource {
     bool checked = false;
   };
   void check_streamed(uint32_t id, uint64_t digest);
+  void verify_whole(uint32_t id);  // reads tensor `id` whole and checks it
+  uint32_t last_id_ = UINT32_MAX;  // the tensor the previous read was from
 
   const MegatronCheckpoint& ck_;
   std::vector<LocalTensorRef> refs_;

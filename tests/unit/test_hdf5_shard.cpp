@@ -94,7 +94,7 @@ TEST(Hdf5Shard, RawDirectWritesReadBackAndChecksumWithoutReadingData) {
   uint32_t seed = 12345;
   bool direct = false;
   {
-    Hdf5ShardWriter w(path, ShardFileInfo{}, IoConfig{IoMode::Direct, 1 << 20});
+    Hdf5ShardWriter w(path, ShardFileInfo{}, IoConfig{IoMode::Direct, 256 << 10});
     direct = w.direct();
     for (const auto& s : specs) {
       std::vector<uint16_t> v(rows_2d(s.shape) * cols_2d(s.shape));

@@ -239,7 +239,7 @@ Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info
     put_u64_attr(file, "etp_size", {info.etp_size}, true);
     for (const auto& [k, v] : info.extra) put_string_attr(file, k.c_str(), v);
     raw_ = std::make_unique<RegionFile>(path, io.mode);
-    if (raw_->direct()) buf_ = AlignedBuffer(std::max<uint64_t>(io.chunk_bytes, 1 << 20));
+    data_ = std::make_unique<StreamingRegionWriter>(*raw_, io.chunk_bytes);
   } catch (...) {
     rethrow_with_context(path.string());
   }
@@ -248,7 +248,7 @@ Hdf5ShardWriter::Hdf5ShardWriter(const fs::path& path, const ShardFileInfo& info
 
 Hdf5ShardWriter::~Hdf5ShardWriter() {
   MB_HDF5_LOCK;
-  data_.reset();
+  data_.reset();  // waits for the helper thread
   if (dset_ >= 0) H5Dclose(dset_);
   if (file_ >= 0) H5Fclose(file_);
 }
@@ -283,15 +283,15 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
     row_bytes_ = cols_2d(info.shape) * dtype_size(info.dtype);
     const uint64_t bytes = rows_2d(info.shape) * row_bytes_;
     next_row_ = 0;
-    data_.reset();
+    in_dataset_ = false;
     if (bytes > 0) {
       const haddr_t at = H5Dget_offset(dset_);
       MB_CHECK(at != HADDR_UNDEF, "HDF5 allocated no contiguous storage for it{}",
                hdf5_error_detail());
       MB_CHECK(H5Dget_storage_size(dset_) == bytes, "HDF5 allocated {} bytes, not {}",
                H5Dget_storage_size(dset_), bytes);
-      data_offset_ = at;
-      data_ = std::make_unique<RegionWriter>(*raw_, at, at + bytes, buf_);
+      data_->begin(at, at + bytes);
+      in_dataset_ = true;
     }
   } catch (...) {
     rethrow_with_context(what);
@@ -301,11 +301,11 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
 void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data) {
   // Our own file handle, not HDF5's: no HDF5 lock, so that a reshard's
   // reading thread is not held up by the writes.
-  MB_CHECK(data_ && row0 == next_row_ && row0 + rows <= rows_2d(cur_.shape),
+  MB_CHECK(in_dataset_ && row0 == next_row_ && row0 + rows <= rows_2d(cur_.shape),
            "internal: {}: rows [{}, {}) of dataset '{}' {} written out of order (next row {})",
            path_.string(), row0, row0 + rows, cur_.name, shape_str(cur_.shape), next_row_);
   try {
-    data_->write_at(data, rows * row_bytes_, data_offset_ + row0 * row_bytes_);
+    data_->write(data, rows * row_bytes_);
   } catch (...) {
     rethrow_with_context(fmt::format("{}: writing rows [{}, {}) of dataset '{}'",
                                      path_.string(), row0, row0 + rows, cur_.name));
@@ -315,11 +315,11 @@ void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data)
 
 void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
   MB_HDF5_LOCK;
-  if (data_) data_->finish();  // every row came
-  MB_CHECK(next_row_ == rows_2d(cur_.shape) || !data_,
+  MB_CHECK(next_row_ == rows_2d(cur_.shape) || !in_dataset_,
            "internal: {}: dataset '{}' closed after {} of its {} rows", path_.string(), cur_.name,
            next_row_, rows_2d(cur_.shape));
-  data_.reset();
+  if (in_dataset_) data_->end();  // every row came; the last block may still be in flight
+  in_dataset_ = false;
   put_string_attr(dset_, "xxh3", xxh3);
   MB_CHECK(H5Dclose(dset_) >= 0, "{}: closing dataset '{}' failed{}", path_.string(), cur_.name,
            hdf5_error_detail());
@@ -328,6 +328,7 @@ void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
 
 void Hdf5ShardWriter::close() {
   MB_HDF5_LOCK;
+  if (data_) data_->finish();  // every data byte written (or the write error) before HDF5 closes
   data_.reset();
   raw_.reset();
   if (dset_ >= 0) {

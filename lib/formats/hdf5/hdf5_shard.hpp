@@ -39,10 +39,12 @@ struct ShardFileInfo {
 // Writes a shard front to back. HDF5 writes only the metadata: every dataset
 // is created contiguous with its storage allocated at once (no fill), its
 // offset taken from H5Dget_offset, and its raw bytes written by us, in row
-// order, through a RegionWriter: the page-aligned middle with O_DIRECT (with
-// `io.mode` not buffered and where the filesystem takes it), the partial pages
-// at its ends through the page cache, where HDF5's metadata writes to the same
-// pages also go (a page never sees both kinds of write). Datasets of at least
+// order, through a StreamingRegionWriter: the page-aligned middle with
+// O_DIRECT (with `io.mode` not buffered and where the filesystem takes it) on
+// a helper thread, two buffers of io.chunk_bytes, so that the next tensor is
+// read while the last one is written; the partial pages at its ends through
+// the page cache, where HDF5's metadata writes to the same pages also go (a
+// page never sees both kinds of write). Datasets of at least
 // kHdf5AlignThreshold bytes start on a page boundary, so their heads need no
 // buffered part at all.
 constexpr uint64_t kHdf5AlignThreshold = 64 << 10;
@@ -71,10 +73,10 @@ class Hdf5ShardWriter {
   int64_t dset_ = -1;
   ShardDatasetInfo cur_;
   IoConfig io_;
-  std::unique_ptr<RegionFile> raw_;     // our own handle on the file, for the data
-  AlignedBuffer buf_;                   // direct writes' gathering buffer
-  std::unique_ptr<RegionWriter> data_;  // the current dataset's bytes
-  uint64_t data_offset_ = 0, row_bytes_ = 0, next_row_ = 0;
+  std::unique_ptr<RegionFile> raw_;               // our own handle on the file, for the data
+  std::unique_ptr<StreamingRegionWriter> data_;  // the datasets' bytes
+  bool in_dataset_ = false;                      // data_ has a region open
+  uint64_t row_bytes_ = 0, next_row_ = 0;
 };
 
 // Random-access writing, for read-once mode: every dataset is created up
