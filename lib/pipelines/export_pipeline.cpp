@@ -403,10 +403,11 @@ class ExportStep : public Step {
 };
 
 void ExportStep::execute(MpiContext& mpi) {
-  const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums);
-  // The direct I/O buffers (a torch_dist source's read window, the output's
-  // write buffer) are taken out of the configured buffer.
-  const int io_buffers = (ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
+  // A separate checksum pass (not streamed) shares the page cache with the reads.
+  const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
+  // The direct I/O buffers (the source's read window, the output's write
+  // buffer) are taken out of the configured buffer.
+  const int io_buffers = (src_io != IoMode::Buffered ? 1 : 0) +
                          (opt_.io != IoMode::Buffered ? 1 : 0);
   const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
   engine->allow_overflow(opt_.allow_overflow);

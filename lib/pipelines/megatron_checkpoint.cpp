@@ -442,7 +442,7 @@ bool checksums_streamable(const MegatronCheckpoint& ck) {
 std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
                                              const IoConfig& io, bool verify_streamed) {
   if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs), io);
-  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), verify_streamed);
+  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed);
 }
 
 std::string source_checksum_problem(RowSource& source, int rank, int ranks) {
@@ -465,8 +465,8 @@ std::map<std::string, std::string> manifest_tensor_hashes(const json& manifest,
 }  // namespace
 
 Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                 bool verify)
-    : ck_(ck), refs_(std::move(refs)), verify_(verify) {
+                                 const IoConfig& io, bool verify)
+    : ck_(ck), refs_(std::move(refs)), io_(io), verify_(verify) {
   if (!verify_) return;
   streamed_.resize(refs_.size());
   want_.resize(refs_.size());
@@ -498,7 +498,7 @@ void Hdf5ShardSource::verify_whole(uint32_t id) {
   Hasher h;
   for (uint64_t r0 = 0; r0 < rows; r0 += block) {
     const uint64_t n = std::min(block, rows - r0);
-    reader(ref.shard).read(t.name, r0, n, 0, cols_2d(t.shape), buf.data(), row_bytes);
+    read_bytes(id, r0, n, 0, cols_2d(t.shape), buf.data(), row_bytes, /*page_cache=*/true);
     h.update(buf.data(), n * row_bytes);
   }
   check_streamed(id, h.digest());
@@ -555,11 +555,40 @@ const Hdf5ShardReader& Hdf5ShardSource::reader(uint32_t shard) {
   constexpr size_t kMaxOpen = 64;
   if (open_.size() >= kMaxOpen) {
     open_.erase(lru_.front());
+    inputs_.erase(lru_.front());
     lru_.erase(lru_.begin());
   }
   lru_.push_back(shard);
   const fs::path path = ck_.dir / ck_.shards.at(shard).coord.file_name();
   return *open_.emplace(shard, std::make_unique<Hdf5ShardReader>(path)).first->second;
+}
+
+InputFile& Hdf5ShardSource::input(uint32_t shard) {
+  reader(shard);  // opened (and checked) by HDF5 first; keeps the two maps in step
+  auto it = inputs_.find(shard);
+  if (it == inputs_.end())
+    it = inputs_.emplace(shard, InputFile(ck_.dir / ck_.shards.at(shard).coord.file_name(), io_.mode))
+             .first;
+  if (it->second.direct() && window_.capacity() == 0) window_ = ReadWindow(io_.chunk_bytes);
+  return it->second;
+}
+
+void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
+                                 uint64_t cols, void* dst, uint64_t dst_stride, bool page_cache) {
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  const Hdf5ShardReader& r = reader(ref.shard);
+  const ShardDatasetInfo* d = r.find(t.name);
+  if (page_cache || d == nullptr || d->data_offset == UINT64_MAX || io_.chunk_bytes == 0 ||
+      row0 + rows > rows_2d(d->shape) || col0 + cols > cols_2d(d->shape)) {
+    r.read(t.name, row0, rows, col0, cols, dst, dst_stride);  // HDF5 (and its errors)
+    return;
+  }
+  const uint64_t es = dtype_size(d->dtype), row_bytes = cols_2d(d->shape) * es;
+  const std::string what = fmt::format("{}: dataset '{}'", r.path().string(), t.name);
+  input(ref.shard).pread_rows(dst, dst_stride, rows, cols * es,
+                              d->data_offset + row0 * row_bytes + col0 * es, row_bytes, window_,
+                              what);
 }
 
 void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
@@ -573,7 +602,15 @@ void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
     if (prev.touched && !prev.checked && !prev.in_order) verify_whole(last_id_);
   }
   last_id_ = id;
-  reader(ref.shard).read(t.name, row0, rows, col0, cols, dst, dst_stride);
+  // With verify, a tensor read in pieces goes through the page cache, where
+  // verify_whole finds it again.
+  bool page_cache = false;
+  if (verify_) {
+    const Streamed& s = streamed_.at(id);
+    page_cache = !s.in_order ||
+                 (!s.checked && (col0 != 0 || cols != cols_2d(t.shape) || row0 != s.next_row));
+  }
+  read_bytes(id, row0, rows, col0, cols, dst, dst_stride, page_cache);
   bytes_read_ += rows * cols * dtype_size(t.dtype);
   if (!verify_) return;
   Streamed& s = streamed_.at(id);

@@ -89,10 +89,11 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
 std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int rank, int ranks);
 
 // Reads rectangles of the checkpoint's local tensors (HDF5 datasets, or
-// torch_dist chunks). Source ids index `refs`. `io` applies to torch_dist
-// (HDF5 is read by libhdf5, through the page cache).
+// torch_dist chunks). Source ids index `refs`. `io` applies to both (HDF5
+// datasets stored contiguous are read without libhdf5; see Hdf5ShardSource).
 struct LocalTensorRef;
-// How a source that is also checksummed should be read. The checksum pass
+// How a source that is also checksummed by a separate pass (torch_dist, HDF5
+// of older manifests) should be read. The checksum pass
 // reads every file through the page cache; with `auto`, the conversion then
 // reads through the page cache too, sharing those reads (direct reads would
 // fetch every byte from storage a second time). An explicit `direct` is kept.
@@ -133,8 +134,11 @@ struct LocalTensorRef {
 // what is not cannot reach the output; `verify` checks everything.
 class Hdf5ShardSource : public RowSource {
  public:
+  // The datasets' bytes are read without libhdf5 where they lie contiguous
+  // (our shards): with `io` (direct where it says so, through one read
+  // window of io.chunk_bytes), as the safetensors source reads.
   Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                  bool verify = false);
+                  const IoConfig& io = {IoMode::Buffered, 0}, bool verify = false);
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
@@ -143,6 +147,12 @@ class Hdf5ShardSource : public RowSource {
 
  private:
   const Hdf5ShardReader& reader(uint32_t shard);
+  InputFile& input(uint32_t shard);
+  // Reads rows x cols at (row0, col0) of tensor `id`, as read() does;
+  // `page_cache`: through libhdf5 (the page cache) even where the bytes
+  // could be read directly.
+  void read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                  void* dst, uint64_t dst_stride, bool page_cache);
   struct Streamed {
     uint64_t next_row = 0;
     Hasher hash;
@@ -157,7 +167,10 @@ class Hdf5ShardSource : public RowSource {
   const MegatronCheckpoint& ck_;
   std::vector<LocalTensorRef> refs_;
   std::map<uint32_t, std::unique_ptr<Hdf5ShardReader>> open_;
+  std::map<uint32_t, InputFile> inputs_;  // the open_ files' raw handles
   std::vector<uint32_t> lru_;
+  IoConfig io_;
+  ReadWindow window_;  // allocated when the first file opens for direct reads
   uint64_t bytes_read_ = 0;
   bool verify_ = false;
   std::vector<Streamed> streamed_;          // per ref, with verify

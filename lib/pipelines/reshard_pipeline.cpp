@@ -126,10 +126,11 @@ class ReshardStep : public Step {
 
   void execute(MpiContext& mpi) override {
     const ExportIndex index = build_export_index(ck_->shards, ck_->source.tensors.size());
-    const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums);
-    // A torch_dist source read directly takes its window out of the buffer,
-    // the direct writes of the output their two write-behind buffers.
-    const int io_buffers = (ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
+    // A separate checksum pass (not streamed) shares the page cache with the reads.
+    const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
+    // A source read directly takes its window out of the buffer, the direct
+    // writes of the output their two write-behind buffers.
+    const int io_buffers = (src_io != IoMode::Buffered ? 1 : 0) +
                            (opt_.io != IoMode::Buffered ? 2 : 0);
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });

@@ -460,6 +460,7 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
   MB_CHECK(file >= 0, "{} is not a readable HDF5 file", path.string());
   file_ = file;  // owned by `file` until the end: a constructor that throws runs no destructor
   const std::string where = path.string();
+  const uint64_t file_size = fs::file_size(path);
   info_.format = get_string_attr(file_, "format", where);
   info_.tp_rank = get_u64_attr(file_, "tp_rank", where).at(0);
   info_.pp_rank = get_u64_attr(file_, "pp_rank", where).at(0);
@@ -508,6 +509,15 @@ Hdf5ShardReader::Hdf5ShardReader(const fs::path& path) : path_(path) {
     const size_t stored = H5Tget_size(ftype);
     MB_CHECK(stored == dtype_size(info.dtype),
              "{}: stored element size {} does not match dtype {}", dwhere, stored, dt);
+    // Little-endian (or single-byte) contiguous storage of exactly the
+    // dataset's bytes, inside the file: its bytes can be read without HDF5.
+    const haddr_t at = H5Dget_offset(d);
+    H5Eclear2(H5E_DEFAULT);  // HADDR_UNDEF pushes an error
+    const uint64_t nbytes = rows_2d(info.shape) * cols_2d(info.shape) * stored;
+    const bool little = stored == 1 || H5Tget_order(ftype) == H5T_ORDER_LE;
+    if (at != HADDR_UNDEF && little && nbytes > 0 && H5Dget_storage_size(d) == nbytes &&
+        at <= file_size && nbytes <= file_size - at)
+      info.data_offset = at;
     datasets_.push_back(std::move(info));
   }
   file.release();  // the destructor closes file_ from here on

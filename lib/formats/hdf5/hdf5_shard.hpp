@@ -26,6 +26,9 @@ struct ShardDatasetInfo {
   Shape global_shape;
   DType dtype = DType::BF16;
   std::string xxh3;  // checksum of the raw little-endian bytes, row-major
+  // Reader: where the dataset's bytes start in the file, when they lie there
+  // contiguous, allocated and inside the file (else UINT64_MAX: read through HDF5).
+  uint64_t data_offset = UINT64_MAX;
 };
 
 // Attributes of the file: where it sits in the parallel layout.
