@@ -569,8 +569,8 @@ void StreamingRegionWriter::begin(uint64_t begin, uint64_t end) {
 
 void StreamingRegionWriter::write(const void* data, uint64_t n) {
   MB_CHECK(in_region_ && pos_ + n <= end_,
-           "internal: {}: {} bytes written at byte {} of region [{}, {})",
-           f_.file_.path().string(), n, pos_, begin_, end_);
+           "internal: {}: {} bytes written at byte {} of region [{}, {})", f_.file_.path().string(),
+           n, pos_, begin_, end_);
   const auto* p = static_cast<const unsigned char*>(data);
   while (n > 0) {
     const bool middle = pos_ >= a0_ && pos_ < a1_ && f_.direct();

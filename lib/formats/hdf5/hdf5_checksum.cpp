@@ -72,8 +72,8 @@ uint64_t file_checksum(const fs::path& path, const std::string& scheme,
                        std::vector<std::string>* bad_datasets) {
   if (scheme == kWholeFileChecksum) return hash_file(path);
   MB_CHECK(scheme == kHdf5RegionChecksum,
-           "{}: unknown checksum scheme '{}' (this megabridge knows '{}' and '{}')",
-           path.string(), scheme, kWholeFileChecksum, kHdf5RegionChecksum);
+           "{}: unknown checksum scheme '{}' (this megabridge knows '{}' and '{}')", path.string(),
+           scheme, kWholeFileChecksum, kHdf5RegionChecksum);
   Hdf5FileChecksum c = hdf5_file_checksum(path);
   if (bad_datasets) *bad_datasets = std::move(c.bad_datasets);
   return c.digest;
