@@ -14,7 +14,7 @@ json shard_result_to_json(const ShardResult& r) {
   for (const auto& t : r.tensors) ts.push_back({t.name, t.xxh3});
   return {{"tp", r.coord.tp},     {"pp", r.coord.pp},   {"ep", r.coord.ep},
           {"file", r.file},       {"bytes", r.bytes},   {"xxh3", r.xxh3},
-          {"bytes_read", r.bytes_read}, {"tensors", std::move(ts)}};
+          {"checksum", r.checksum}, {"bytes_read", r.bytes_read}, {"tensors", std::move(ts)}};
 }
 
 ShardResult shard_result_from_json(const json& j) {
@@ -23,6 +23,7 @@ ShardResult shard_result_from_json(const json& j) {
   r.file = j.at("file").get<std::string>();
   r.bytes = j.at("bytes").get<uint64_t>();
   r.xxh3 = j.at("xxh3").get<std::string>();
+  r.checksum = j.value("checksum", std::string());  // records of older versions: whole file
   r.bytes_read = j.at("bytes_read").get<uint64_t>();
   for (const auto& t : j.at("tensors"))
     r.tensors.push_back({t.at(0).get<std::string>(), t.at(1).get<std::string>()});
@@ -65,6 +66,7 @@ json manifest_files(const std::vector<ShardResult>& results) {
                      {"tensor_count", r.tensors.size()},
                      {"bytes", r.bytes},
                      {"xxh3", r.xxh3},
+                     {"checksum", r.checksum.empty() ? "xxh3-64" : r.checksum},
                      {"tensors", std::move(ts)}});
   }
   return files;
@@ -91,6 +93,10 @@ uint64_t mtp_not_converted(const json& manifest) {
 json build_manifest(const ImportPlan& plan, const std::string& shard_format, json files,
                     const json& source) {
   uint64_t count = 0, bytes = 0;
+  // The files' checksum scheme (each HDF5 entry names its own too; readers
+  // take an entry's over this one, and "xxh3-64" where neither is given).
+  const std::string scheme =
+      files.empty() ? std::string("xxh3-64") : files.front().value("checksum", std::string("xxh3-64"));
   for (const auto& f : files) {
     count += f.at("tensor_count").get<uint64_t>();
     bytes += f.at("bytes").get<uint64_t>();
@@ -102,7 +108,7 @@ json build_manifest(const ImportPlan& plan, const std::string& shard_format, jso
           {"tool", {{"name", "megabridge"}, {"version", MEGABRIDGE_VERSION}}},
           {"created", when},
           {"shard_format", shard_format},
-          {"checksum", "xxh3-64"},
+          {"checksum", scheme},
           {"model",
            {{"architecture", plan.model.architecture},
             {"hf_config", plan.config_json},

@@ -29,7 +29,8 @@ struct ShardResult {
   ShardCoord coord;
   std::string file;  // relative to the output directory
   uint64_t bytes = 0;
-  std::string xxh3;  // of the whole file
+  std::string xxh3;      // of the file, under `checksum`
+  std::string checksum;  // the scheme (formats/hdf5/hdf5_checksum.hpp); "" = "xxh3-64"
   uint64_t bytes_read = 0;
   std::vector<TensorRecord> tensors;
 };

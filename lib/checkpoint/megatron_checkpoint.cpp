@@ -14,6 +14,7 @@
 #include "core/hash.hpp"
 #include "core/output_lock.hpp"
 #include "dist/mpi_context.hpp"
+#include "formats/hdf5/hdf5_checksum.hpp"
 #include "model/qwen35_dist_keys.hpp"
 
 namespace mb {
@@ -236,13 +237,23 @@ MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCh
 }
 
 namespace {
-// Hashes `path` and compares with its manifest entry; the problem, or "".
-std::string checksum_mismatch(const fs::path& path, const json& entry) {
-  const std::string got = hash_hex(hash_file(path)), want = entry.at("xxh3").get<std::string>();
+// Hashes `path` under the scheme its manifest entry names (else the
+// manifest's, else the whole-file "xxh3-64" of older manifests) and compares
+// with the entry; the problem, or "".
+std::string checksum_mismatch(const fs::path& path, const json& entry, const json& manifest) {
+  const std::string scheme = entry.value(
+      "checksum", manifest.value("checksum", std::string(kWholeFileChecksum)));
+  std::vector<std::string> bad;
+  const std::string got = hash_hex(file_checksum(path, scheme, &bad)),
+                    want = entry.at("xxh3").get<std::string>();
   if (got == want) return {};
-  return fmt::format("{} is corrupt: its xxh3 checksum is {} but the manifest recorded {} (pass "
-                     "--no-verify-checksums to use it anyway)",
-                     path.string(), got, want);
+  std::string which;
+  if (!bad.empty())
+    which = fmt::format("; the bytes of dataset '{}'{} do not match its own xxh3", bad.front(),
+                        bad.size() > 1 ? fmt::format(" (and {} more)", bad.size() - 1) : "");
+  return fmt::format("{} is corrupt: its xxh3 checksum ({}) is {} but the manifest recorded {}{} "
+                     "(pass --no-verify-checksums to use it anyway)",
+                     path.string(), scheme, got, want, which);
 }
 }  // namespace
 
@@ -267,7 +278,7 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
       problems.push_back(fmt::format("{} has {} bytes but the manifest recorded {}: truncated or replaced",
                                      path.string(), fs::file_size(path), f.at("bytes").get<uint64_t>()));
     else if (checksums) {
-      if (auto p = checksum_mismatch(path, f); !p.empty()) problems.push_back(std::move(p));
+      if (auto p = checksum_mismatch(path, f, ck.manifest); !p.empty()) problems.push_back(std::move(p));
     }
   }
   if (rank != 0) return problems;
@@ -363,7 +374,7 @@ std::vector<std::string> check_shard_file(const MegatronCheckpoint& ck, size_t s
              "{} has {} bytes but the manifest recorded {}: truncated or replaced", path.string(),
              fs::file_size(path), entry->at("bytes").get<uint64_t>());
     if (checksums) {
-      if (auto p = checksum_mismatch(path, *entry); !p.empty()) problems.push_back(std::move(p));
+      if (auto p = checksum_mismatch(path, *entry, ck.manifest); !p.empty()) problems.push_back(std::move(p));
     }
     if (!reader) reader = std::make_unique<Hdf5ShardReader>(path);  // throws why it cannot be read
     const Hdf5ShardReader& r = *reader;
@@ -396,7 +407,7 @@ std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int ran
     if (static_cast<int>(index++ % static_cast<size_t>(ranks)) != rank) continue;
     const fs::path path = ck.dir / f.at("path").get<std::string>();
     try {
-      if (auto p = checksum_mismatch(path, f); !p.empty()) problems.push_back(std::move(p));
+      if (auto p = checksum_mismatch(path, f, ck.manifest); !p.empty()) problems.push_back(std::move(p));
     } catch (const std::exception& e) {
       problems.push_back(fmt::format("{}: {}", path.string(), e.what()));
     }
@@ -427,14 +438,124 @@ IoMode source_io_mode(IoMode requested, bool checksums_verified) {
   return requested == IoMode::Auto && checksums_verified ? IoMode::Buffered : requested;
 }
 
-std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                             const IoConfig& io) {
-  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs), io);
-  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs));
+bool checksums_streamable(const MegatronCheckpoint& ck) {
+  if (ck.format != "hdf5") return false;
+  for (const auto& f : ck.manifest.at("files")) {
+    const std::string scheme =
+        f.value("checksum", ck.manifest.value("checksum", std::string(kWholeFileChecksum)));
+    if (scheme != kHdf5RegionChecksum || !f.contains("tensors")) return false;
+  }
+  return true;
 }
 
-Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs)
-    : ck_(ck), refs_(std::move(refs)) {}
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                                             const IoConfig& io, bool verify_streamed) {
+  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs), io);
+  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed);
+}
+
+std::string source_checksum_problem(RowSource& source, int rank, int ranks) {
+  auto* h = dynamic_cast<Hdf5ShardSource*>(&source);
+  MB_CHECK(h != nullptr, "internal: streamed checksums asked of a source that is not HDF5");
+  return h->finish_verification(rank, ranks);
+}
+
+namespace {
+// The manifest's per-tensor checksums of one shard file.
+std::map<std::string, std::string> manifest_tensor_hashes(const json& manifest,
+                                                          const std::string& file) {
+  std::map<std::string, std::string> out;
+  for (const auto& f : manifest.at("files"))
+    if (f.at("path").get<std::string>() == file)
+      for (const auto& t : f.at("tensors"))
+        out[t.at("name").get<std::string>()] = t.at("xxh3").get<std::string>();
+  return out;
+}
+}  // namespace
+
+Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                                 const IoConfig& io, bool verify)
+    : ck_(ck), refs_(std::move(refs)), io_(io), verify_(verify) {
+  if (!verify_) return;
+  streamed_.resize(refs_.size());
+  want_.resize(refs_.size());
+  std::map<uint32_t, std::map<std::string, std::string>> by_shard;
+  for (size_t i = 0; i < refs_.size(); ++i) {
+    const LocalTensorRef& r = refs_[i];
+    auto it = by_shard.find(r.shard);
+    if (it == by_shard.end())
+      it = by_shard
+               .emplace(r.shard, manifest_tensor_hashes(ck_.manifest,
+                                                        ck_.shards.at(r.shard).coord.file_name()))
+               .first;
+    const std::string& name = ck_.shards.at(r.shard).tensors.at(r.tensor).name;
+    auto h = it->second.find(name);
+    MB_CHECK(h != it->second.end(), "{}: the manifest records no checksum for '{}' of {}",
+             (ck_.dir / kManifestName).string(), name, ck_.shards.at(r.shard).coord.file_name());
+    want_[i] = h->second;
+  }
+}
+
+void Hdf5ShardSource::verify_whole(uint32_t id) {
+  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  const uint64_t rows = rows_2d(t.shape), row_bytes = cols_2d(t.shape) * dtype_size(t.dtype);
+  // Small blocks: this memory is outside the configured buffer.
+  const uint64_t block = std::max<uint64_t>(1, (1u << 20) / std::max<uint64_t>(row_bytes, 1));
+  std::vector<unsigned char> buf(std::min(block, rows) * row_bytes);
+  Hasher h;
+  for (uint64_t r0 = 0; r0 < rows; r0 += block) {
+    const uint64_t n = std::min(block, rows - r0);
+    read_bytes(id, r0, n, 0, cols_2d(t.shape), buf.data(), row_bytes, /*page_cache=*/true);
+    h.update(buf.data(), n * row_bytes);
+  }
+  check_streamed(id, h.digest());
+}
+
+void Hdf5ShardSource::check_streamed(uint32_t id, uint64_t digest) {
+  streamed_[id].checked = true;
+  if (hash_hex(digest) == want_[id] || !problem_.empty()) return;
+  const LocalTensorRef& ref = refs_.at(id);
+  problem_ = fmt::format(
+      "{} is corrupt: dataset '{}' hashes to {} as read but the manifest recorded {} (pass "
+      "--no-verify-checksums to use it anyway)",
+      (ck_.dir / ck_.shards.at(ref.shard).coord.file_name()).string(),
+      ck_.shards.at(ref.shard).tensors.at(ref.tensor).name, hash_hex(digest), want_[id]);
+}
+
+std::string Hdf5ShardSource::finish_verification(int rank, int ranks) {
+  MB_CHECK(verify_, "internal: finish_verification without verify");
+  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+  // Tensors this rank read, but not in one whole-width pass: read again.
+  for (uint32_t id = 0; id < refs_.size() && problem_.empty(); ++id)
+    if (streamed_[id].touched && !streamed_[id].checked) verify_whole(id);
+  if (!problem_.empty()) return problem_;
+  // Each file's metadata: with the per-tensor checksums, the file checksum.
+  for (size_t i = 0; i < ck_.shards.size(); ++i) {
+    if (static_cast<int>(i % static_cast<size_t>(ranks)) != rank) continue;
+    const std::string file = ck_.shards[i].coord.file_name();
+    const fs::path path = ck_.dir / file;
+    std::map<std::string, uint64_t> known;
+    for (const auto& [name, hex] : manifest_tensor_hashes(ck_.manifest, file))
+      known[name] = hash_from_hex(hex);
+    std::string want;
+    for (const auto& f : ck_.manifest.at("files"))
+      if (f.at("path").get<std::string>() == file) want = f.at("xxh3").get<std::string>();
+    try {
+      const std::string got = hash_hex(hdf5_file_checksum(path, known).digest);
+      if (got != want)
+        return fmt::format(
+            "{} is corrupt: its HDF5 metadata does not match the manifest (file checksum {} "
+            "over the metadata and the recorded tensor checksums, recorded {}) (pass "
+            "--no-verify-checksums to use it anyway)",
+            path.string(), got, want);
+    } catch (const std::exception& e) {
+      return fmt::format("{} is corrupt: {}", path.string(), e.what());
+    }
+  }
+  return {};
+}
 
 const Hdf5ShardReader& Hdf5ShardSource::reader(uint32_t shard) {
   auto it = open_.find(shard);
@@ -443,6 +564,7 @@ const Hdf5ShardReader& Hdf5ShardSource::reader(uint32_t shard) {
   constexpr size_t kMaxOpen = 64;
   if (open_.size() >= kMaxOpen) {
     open_.erase(lru_.front());
+    inputs_.erase(lru_.front());
     lru_.erase(lru_.begin());
   }
   lru_.push_back(shard);
@@ -450,12 +572,72 @@ const Hdf5ShardReader& Hdf5ShardSource::reader(uint32_t shard) {
   return *open_.emplace(shard, std::make_unique<Hdf5ShardReader>(path)).first->second;
 }
 
+InputFile& Hdf5ShardSource::input(uint32_t shard) {
+  reader(shard);  // opened (and checked) by HDF5 first; keeps the two maps in step
+  auto it = inputs_.find(shard);
+  if (it == inputs_.end())
+    it = inputs_.emplace(shard, InputFile(ck_.dir / ck_.shards.at(shard).coord.file_name(), io_.mode))
+             .first;
+  if (it->second.direct() && window_.capacity() == 0) window_ = ReadWindow(io_.chunk_bytes);
+  return it->second;
+}
+
+void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
+                                 uint64_t cols, void* dst, uint64_t dst_stride, bool page_cache) {
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  const Hdf5ShardReader& r = reader(ref.shard);
+  const ShardDatasetInfo* d = r.find(t.name);
+  if (page_cache || d == nullptr || d->data_offset == UINT64_MAX || io_.chunk_bytes == 0 ||
+      row0 + rows > rows_2d(d->shape) || col0 + cols > cols_2d(d->shape)) {
+    r.read(t.name, row0, rows, col0, cols, dst, dst_stride);  // HDF5 (and its errors)
+    return;
+  }
+  const uint64_t es = dtype_size(d->dtype), row_bytes = cols_2d(d->shape) * es;
+  const std::string what = fmt::format("{}: dataset '{}'", r.path().string(), t.name);
+  input(ref.shard).pread_rows(dst, dst_stride, rows, cols * es,
+                              d->data_offset + row0 * row_bytes + col0 * es, row_bytes, window_,
+                              what);
+}
+
 void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                            void* dst, uint64_t dst_stride) {
   const LocalTensorRef& ref = refs_.at(id);
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
-  reader(ref.shard).read(t.name, row0, rows, col0, cols, dst, dst_stride);
+  if (verify_ && last_id_ != id && last_id_ < streamed_.size()) {
+    // The reads moved on: a tensor read in pieces is checked now, while its
+    // pages are in the page cache.
+    const Streamed& prev = streamed_[last_id_];
+    if (prev.touched && !prev.checked && !prev.in_order) verify_whole(last_id_);
+  }
+  last_id_ = id;
+  // With verify, a tensor read in pieces goes through the page cache, where
+  // verify_whole finds it again.
+  bool page_cache = false;
+  if (verify_) {
+    const Streamed& s = streamed_.at(id);
+    page_cache = !s.in_order ||
+                 (!s.checked && (col0 != 0 || cols != cols_2d(t.shape) || row0 != s.next_row));
+  }
+  read_bytes(id, row0, rows, col0, cols, dst, dst_stride, page_cache);
   bytes_read_ += rows * cols * dtype_size(t.dtype);
+  if (!verify_) return;
+  Streamed& s = streamed_.at(id);
+  s.touched = true;
+  if (s.checked) return;
+  const uint64_t all_cols = cols_2d(t.shape), row_bytes = all_cols * dtype_size(t.dtype);
+  if (!s.in_order || col0 != 0 || cols != all_cols || row0 != s.next_row) {
+    s.in_order = false;  // read back whole in finish_verification
+    return;
+  }
+  const auto* p = static_cast<const unsigned char*>(dst);
+  if (dst_stride == row_bytes) {
+    s.hash.update(p, rows * row_bytes);
+  } else {
+    for (uint64_t r = 0; r < rows; ++r) s.hash.update(p + r * dst_stride, row_bytes);
+  }
+  s.next_row += rows;
+  if (s.next_row == rows_2d(t.shape)) check_streamed(id, s.hash.digest());
 }
 
 ExportIndex build_export_index(const std::vector<ShardPlan>& shards, size_t num_hf_tensors) {

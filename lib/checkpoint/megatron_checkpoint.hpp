@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/hash.hpp"
 #include "core/path_safety.hpp"
 
 #include "core/direct_io.hpp"
@@ -93,16 +94,28 @@ std::vector<std::string> check_torch_dist(const MegatronCheckpoint& ck, bool che
 std::vector<std::string> checksum_problems(const MegatronCheckpoint& ck, int rank, int ranks);
 
 // Reads rectangles of the checkpoint's local tensors (HDF5 datasets, or
-// torch_dist chunks). Source ids index `refs`. `io` applies to torch_dist
-// (HDF5 is read by libhdf5, through the page cache).
+// torch_dist chunks). Source ids index `refs`. `io` applies to both (HDF5
+// datasets stored contiguous are read without libhdf5; see Hdf5ShardSource).
 struct LocalTensorRef;
-// How a source that is also checksummed should be read. The checksum pass
+// How a source that is also checksummed by a separate pass (torch_dist, HDF5
+// of older manifests) should be read. The checksum pass
 // reads every file through the page cache; with `auto`, the conversion then
 // reads through the page cache too, sharing those reads (direct reads would
 // fetch every byte from storage a second time). An explicit `direct` is kept.
 IoMode source_io_mode(IoMode requested, bool checksums_verified);
+// Whether a conversion can check the checksums of `ck` while it reads (an
+// HDF5 checkpoint whose manifest records per-tensor checksums and the
+// xxh3-64-hdf5-regions file scheme): then no separate checksum pass reads the
+// files (see Hdf5ShardSource). Else the files are hashed whole, apart.
+bool checksums_streamable(const MegatronCheckpoint& ck);
+// `verify_streamed`: the source checks checksums as it reads
+// (checksums_streamable must hold); see source_checksum_problem.
 std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                             const IoConfig& io);
+                                             const IoConfig& io, bool verify_streamed = false);
+// After the last read from a source opened with verify_streamed: the first
+// corruption found, or "". Collective in nothing; rank r also checks the
+// metadata of the files i with i % ranks == r.
+std::string source_checksum_problem(RowSource& source, int rank, int ranks);
 
 // Reads rectangles of shard datasets. Source ids index `refs`.
 struct LocalTensorRef {
@@ -110,21 +123,64 @@ struct LocalTensorRef {
   uint32_t tensor = 0;  // index into that shard's tensors
 };
 
+//
+// With `verify`, the checksums are checked from the bytes as they are read:
+// a tensor read whole-width from its first row to its last, in order (the
+// common case), is hashed on the way and compared with the manifest's
+// per-tensor xxh3 when its last row arrives. A tensor read otherwise (in
+// column windows, out of order) is read again whole as soon as the reads move
+// on to another tensor, while its pages are still in the page cache (a
+// second read at the syscall level, not from storage); finish_verification()
+// then reads what is left (tensors whose reads stopped part way, and each
+// file's metadata regions, which with the
+// per-tensor checksums make up the file checksum, scheme
+// xxh3-64-hdf5-regions). Datasets the conversion never reads (replicas of a
+// tensor on other ranks) are not read for it: what is converted is checked,
+// what is not cannot reach the output; `verify` checks everything.
 class Hdf5ShardSource : public RowSource {
  public:
-  Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs);
+  // The datasets' bytes are read without libhdf5 where they lie contiguous
+  // (our shards): with `io` (direct where it says so, through one read
+  // window of io.chunk_bytes), as the safetensors source reads.
+  Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
+                  const IoConfig& io = {IoMode::Buffered, 0}, bool verify = false);
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
+  // The first problem found, or "" (see above).
+  std::string finish_verification(int rank, int ranks);
 
  private:
   const Hdf5ShardReader& reader(uint32_t shard);
+  InputFile& input(uint32_t shard);
+  // Reads rows x cols at (row0, col0) of tensor `id`, as read() does;
+  // `page_cache`: through libhdf5 (the page cache) even where the bytes
+  // could be read directly.
+  void read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                  void* dst, uint64_t dst_stride, bool page_cache);
+  struct Streamed {
+    uint64_t next_row = 0;
+    Hasher hash;
+    bool in_order = true;  // every read so far continued the previous, whole-width
+    bool touched = false;  // read by this rank at all
+    bool checked = false;
+  };
+  void check_streamed(uint32_t id, uint64_t digest);
+  void verify_whole(uint32_t id);  // reads tensor `id` whole and checks it
+  uint32_t last_id_ = UINT32_MAX;  // the tensor the previous read was from
 
   const MegatronCheckpoint& ck_;
   std::vector<LocalTensorRef> refs_;
   std::map<uint32_t, std::unique_ptr<Hdf5ShardReader>> open_;
+  std::map<uint32_t, InputFile> inputs_;  // the open_ files' raw handles
   std::vector<uint32_t> lru_;
+  IoConfig io_;
+  ReadWindow window_;  // allocated when the first file opens for direct reads
   uint64_t bytes_read_ = 0;
+  bool verify_ = false;
+  std::vector<Streamed> streamed_;          // per ref, with verify
+  std::vector<std::string> want_;           // per ref: the manifest's xxh3
+  std::string problem_;                     // the first corruption found
 };
 
 // For every HF tensor, where its elements live in the checkpoint: the

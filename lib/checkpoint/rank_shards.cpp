@@ -6,6 +6,7 @@
 #include "checkpoint/shard_writer.hpp"
 #include "checkpoint/staged_output.hpp"
 #include "core/hash.hpp"
+#include "formats/hdf5/hdf5_checksum.hpp"
 #include "core/log.hpp"
 
 namespace mb {
@@ -18,7 +19,14 @@ std::optional<ShardResult> kept_shard(const StagedOutput& out, const std::string
   const auto path = out.staging() / file;
   if (rec.empty() || !std::filesystem::exists(path)) return std::nullopt;
   ShardResult r = shard_result_from_json(nlohmann::json::parse(rec));
-  if (std::filesystem::file_size(path) != r.bytes || hash_hex(hash_file(path)) != r.xxh3) {
+  const std::string scheme = r.checksum.empty() ? kWholeFileChecksum : r.checksum;
+  bool same = std::filesystem::file_size(path) == r.bytes;
+  try {
+    same = same && hash_hex(file_checksum(path, scheme)) == r.xxh3;
+  } catch (const std::exception&) {
+    same = false;  // not even readable: written again
+  }
+  if (!same) {
     log::warn("resume: {} does not match its recorded checksum; writing it again", file);
     return std::nullopt;
   }
@@ -29,7 +37,8 @@ std::optional<ShardResult> kept_shard(const StagedOutput& out, const std::string
 
 std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
                                            const StagedOutput& out, bool resume, CopyEngine& engine,
-                                           RowSource& source, const RankShardCallbacks& on) {
+                                           RowSource& source, const IoConfig& io,
+                                           const RankShardCallbacks& on) {
   std::vector<ShardResult> results;
   for (size_t i : plan.shards_of_rank(rank)) {
     const ShardPlan& s = plan.shards[i];
@@ -44,7 +53,7 @@ std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
     log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
                human_bytes(static_cast<double>(s.bytes_written())));
     results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(),
-                                       engine, source, on.after_tensor));
+                                       engine, source, io, on.after_tensor));
     out.mark_done(results.back().file, shard_result_to_json(results.back()).dump());
   }
   return results;

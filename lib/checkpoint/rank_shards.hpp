@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/direct_io.hpp"
 #include "layout/import_plan.hpp"
 #include "engine/copy_engine.hpp"
 #include "checkpoint/manifest.hpp"
@@ -22,6 +23,7 @@ struct RankShardCallbacks {
 
 std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
                                            const StagedOutput& out, bool resume, CopyEngine& engine,
-                                           RowSource& source, const RankShardCallbacks& on);
+                                           RowSource& source, const IoConfig& io,
+                                           const RankShardCallbacks& on);
 
 }  // namespace mb

@@ -7,6 +7,7 @@
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
+#include "formats/hdf5/hdf5_checksum.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
 
 namespace mb {
@@ -28,7 +29,8 @@ class Hdf5DatasetSink : public RowSink {
 
 ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& architecture,
                              const ShardPlan& shard, const fs::path& dir, CopyEngine& engine,
-                             RowSource& source, const std::function<void()>& on_tensor) {
+                             RowSource& source, const IoConfig& io,
+                             const std::function<void()>& on_tensor) {
   const std::string name = shard.coord.file_name();
   const fs::path tmp = dir / (name + ".tmp"), final_path = dir / name;
   ShardFileInfo info;
@@ -47,8 +49,9 @@ ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& ar
   result.coord = shard.coord;
   result.file = name;
   const uint64_t read_before = source.bytes_read();
+  std::map<std::string, uint64_t> written;  // each dataset's xxh3, from the bytes as written
   {
-    Hdf5ShardWriter w(tmp, info);
+    Hdf5ShardWriter w(tmp, info, io);
     Hdf5DatasetSink sink(w);
     for (const LocalTensor& t : shard.tensors) {
       w.begin_dataset({t.name, t.global_name, t.shape, t.global_shape, t.dtype, {}});
@@ -65,6 +68,7 @@ ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& ar
                   name, r.not_invertible, t.global_name, op_name(t.op), dtype_name(t.dtype));
       w.end_dataset(hash_hex(r.xxh3));
       result.tensors.push_back({t.name, hash_hex(r.xxh3)});
+      written[t.name] = r.xxh3;
       if (on_tensor) on_tensor();
     }
     w.close();
@@ -77,7 +81,8 @@ ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& ar
   fs::rename(tmp, final_path, ec);
   MB_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), final_path.string(), ec.message());
   result.bytes = fs::file_size(final_path);
-  result.xxh3 = hash_hex(hash_file(final_path));
+  result.xxh3 = hash_hex(hdf5_file_checksum(final_path, written).digest);
+  result.checksum = kHdf5RegionChecksum;
   result.bytes_read = source.bytes_read() - read_before;
   return result;
 }

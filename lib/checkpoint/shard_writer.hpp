@@ -7,16 +7,20 @@
 #include <functional>
 #include <string>
 
+#include "core/direct_io.hpp"
 #include "layout/import_plan.hpp"
 #include "engine/copy_engine.hpp"
 #include "checkpoint/manifest.hpp"
 
 namespace mb {
 
-// `on_tensor` is called after each tensor (progress).
+// `on_tensor` is called after each tensor (progress). The data is written
+// with `io` (direct where it says so, one buffer of io.chunk_bytes), and the
+// file checksum (scheme kHdf5RegionChecksum) is taken from the tensors'
+// checksums as written plus the metadata read back: the data is not re-read.
 ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& architecture,
                              const ShardPlan& shard, const std::filesystem::path& dir,
-                             CopyEngine& engine, RowSource& source,
+                             CopyEngine& engine, RowSource& source, const IoConfig& io,
                              const std::function<void()>& on_tensor = {});
 
 // Collects every rank's shard results on rank 0 (empty elsewhere), plus the

@@ -462,6 +462,146 @@ void RegionWriter::finish() const {
            f_.file_.path().string(), begin_, end_, pos_);
 }
 
+// ------------------------------------------------- streaming region writes
+
+StreamingRegionWriter::StreamingRegionWriter(RegionFile& f, uint64_t buffer_bytes) : f_(f) {
+  const uint64_t a = std::max<uint64_t>(f.align_, kPage);
+  if (!f.direct() || buffer_bytes < a) return;
+  const uint64_t n = round_down(buffer_bytes, a);
+  bufs_[0] = AlignedBuffer(n);
+  bufs_[1] = AlignedBuffer(n);
+  try {
+    helper_ = std::thread([this] { run(); });
+  } catch (const std::system_error&) {
+    // No thread to be had (a loaded machine): the writes are done at once.
+  }
+}
+
+StreamingRegionWriter::~StreamingRegionWriter() {
+  if (!helper_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  helper_.join();
+}
+
+void StreamingRegionWriter::run() {
+  std::unique_lock<std::mutex> lock(m_);
+  for (;;) {
+    cv_.wait(lock, [this] { return has_job_ || stop_; });
+    if (!has_job_) return;  // stopped
+    const unsigned char* p = job_;
+    const uint64_t n = job_n_, at = job_at_;
+    lock.unlock();
+    std::exception_ptr error;
+    std::string refused;
+    try {
+      write_block(p, n, at, refused);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    if (error && !error_) error_ = error;
+    if (!refused.empty() && refused_.empty()) refused_ = refused;
+    has_job_ = false;
+    cv_.notify_all();
+  }
+}
+
+// On the helper thread (or the caller's, without one): reads f_'s direct
+// descriptor only, which the caller changes only while the helper is idle.
+void StreamingRegionWriter::write_block(const unsigned char* p, uint64_t n, uint64_t at,
+                                        std::string& refused) {
+  if (f_.direct() && pwrite_direct(f_.direct_fd_, p, n, at, f_.file_.path(), refused)) return;
+  f_.file_.pwrite_exact(p, n, at);  // refused: through the page cache (this block only)
+}
+
+void StreamingRegionWriter::wait_idle() {
+  std::string refused;
+  std::exception_ptr error;
+  if (helper_.joinable()) {
+    std::unique_lock<std::mutex> lock(m_);
+    cv_.wait(lock, [this] { return !has_job_; });
+    std::swap(error, error_);
+    std::swap(refused, refused_);
+  }
+  if (!refused.empty()) f_.give_up_direct(refused);  // the helper is idle: safe to close
+  if (error) std::rethrow_exception(error);
+}
+
+void StreamingRegionWriter::submit() {
+  if (filled_ == 0) return;
+  const uint64_t at = pos_ - filled_;
+  if (!helper_.joinable()) {
+    std::string refused;
+    write_block(bufs_[cur_].data(), filled_, at, refused);
+    if (!refused.empty()) f_.give_up_direct(refused);
+    filled_ = 0;
+    return;
+  }
+  wait_idle();  // the other buffer is free again
+  {
+    std::lock_guard<std::mutex> lock(m_);
+    job_ = bufs_[cur_].data();
+    job_n_ = filled_;
+    job_at_ = at;
+    has_job_ = true;
+  }
+  cv_.notify_all();
+  cur_ ^= 1;
+  filled_ = 0;
+}
+
+void StreamingRegionWriter::begin(uint64_t begin, uint64_t end) {
+  MB_CHECK(!in_region_, "internal: {}: region [{}, {}) begun before [{}, {}) ended",
+           f_.file_.path().string(), begin, end, begin_, end_);
+  begin_ = begin, end_ = end, pos_ = begin, filled_ = 0;
+  a0_ = a1_ = 0;
+  const uint64_t a = std::max<uint64_t>(f_.align_, kPage);
+  if (f_.direct() && bufs_[0].size() > 0 && round_up(begin, a) < round_down(end, a)) {
+    a0_ = round_up(begin, a);
+    a1_ = round_down(end, a);
+  }
+  in_region_ = true;
+}
+
+void StreamingRegionWriter::write(const void* data, uint64_t n) {
+  MB_CHECK(in_region_ && pos_ + n <= end_,
+           "internal: {}: {} bytes written at byte {} of region [{}, {})", f_.file_.path().string(),
+           n, pos_, begin_, end_);
+  const auto* p = static_cast<const unsigned char*>(data);
+  while (n > 0) {
+    const bool middle = pos_ >= a0_ && pos_ < a1_ && f_.direct();
+    if (!middle) {  // an end page, or no direct I/O: through the page cache, now
+      submit();
+      const uint64_t k = pos_ < a0_ ? std::min(n, a0_ - pos_) : n;
+      f_.file_.pwrite_exact(p, k, pos_);
+      pos_ += k, p += k, n -= k;
+      continue;
+    }
+    AlignedBuffer& b = bufs_[cur_];
+    const uint64_t k = std::min({n, b.size() - filled_, a1_ - pos_});
+    std::memcpy(b.data() + filled_, p, k);
+    filled_ += k;
+    pos_ += k, p += k, n -= k;
+    if (filled_ == b.size() || pos_ == a1_) submit();  // whole pages, aligned
+  }
+}
+
+void StreamingRegionWriter::end() {
+  MB_CHECK(in_region_ && pos_ == end_ && filled_ == 0,
+           "internal: {}: region [{}, {}) written up to byte {} only", f_.file_.path().string(),
+           begin_, end_, pos_);
+  in_region_ = false;
+}
+
+void StreamingRegionWriter::finish() {
+  submit();
+  wait_idle();
+}
+
 // -------------------------------------------------------------- direct copy
 
 DirectCopyResult direct_copy_file(const fs::path& src, const fs::path& dst, uint64_t block_bytes) {

@@ -17,11 +17,15 @@
 // small and strided reads, where the page cache's readahead is the better tool.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "core/file.hpp"
 
@@ -201,6 +205,7 @@ class RegionFile {
 
  private:
   friend class RegionWriter;
+  friend class StreamingRegionWriter;
   File file_;
   int direct_fd_ = -1;
   uint32_t align_ = 4096;
@@ -228,6 +233,54 @@ class RegionWriter {
   uint64_t a0_ = 0, a1_ = 0;  // the aligned middle written directly (empty: none)
   uint64_t filled_ = 0;       // bytes in buf_, for file bytes [pos_ - filled_, pos_)
   void flush();
+};
+
+// Writes a file's regions one after another, each front to back (an HDF5
+// shard's datasets in the order they were allocated), like RegionWriter,
+// but the direct writes run on a helper thread: the caller fills one of two
+// buffers of `buffer_bytes` while the other is written, also across the end
+// of a region, so that reading the next tensor overlaps writing the last one
+// (a tensor of a few MiB is otherwise read, then written, then the next one
+// read). The partial pages at each region's two ends are written through the
+// page cache at once, by the caller: a page never receives both kinds of
+// write. Without direct I/O (or with `buffer_bytes` 0) everything is written
+// at once through the page cache.
+class StreamingRegionWriter {
+ public:
+  StreamingRegionWriter(RegionFile& f, uint64_t buffer_bytes);
+  ~StreamingRegionWriter();  // stops the helper; a write error not yet seen is lost: call finish()
+  StreamingRegionWriter(const StreamingRegionWriter&) = delete;
+  StreamingRegionWriter& operator=(const StreamingRegionWriter&) = delete;
+
+  // The next region [begin, end); the previous one must have ended.
+  void begin(uint64_t begin, uint64_t end);
+  // The next n bytes of the current region.
+  void write(const void* data, uint64_t n);
+  // The region is complete (checked); its last direct block is queued.
+  void end();
+  // Waits for every queued write; rethrows a write error.
+  void finish();
+
+ private:
+  RegionFile& f_;
+  AlignedBuffer bufs_[2];
+  int cur_ = 0;
+  uint64_t filled_ = 0;  // bytes in bufs_[cur_], for file bytes [pos_ - filled_, pos_)
+  uint64_t begin_ = 0, end_ = 0, pos_ = 0, a0_ = 0, a1_ = 0;
+  bool in_region_ = false;
+  // The helper: one job at a time.
+  std::thread helper_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool has_job_ = false, stop_ = false;
+  const unsigned char* job_ = nullptr;
+  uint64_t job_n_ = 0, job_at_ = 0;
+  std::exception_ptr error_;
+  std::string refused_;  // the helper's direct write was refused (written buffered instead)
+  void submit();
+  void wait_idle();
+  void run();
+  void write_block(const unsigned char* p, uint64_t n, uint64_t at, std::string& refused);
 };
 
 // A whole-file copy with O_DIRECT on both sides, the storage floor that

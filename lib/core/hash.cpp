@@ -43,8 +43,15 @@ std::atomic<uint64_t> g_hash_file_storage_bytes{0};
 uint64_t hash_file_storage_bytes() { return g_hash_file_storage_bytes.load(); }
 
 // Per thread: a checksum pass may run beside the conversion (export).
-ChecksumReadScope::ChecksumReadScope() : start_(read_thread_io_counters().read_bytes) {}
+// Scopes nest (a checksum pass that hashes a file inside another pass):
+// only the outermost counts, or the same bytes would count twice.
+namespace {
+thread_local int t_checksum_scope_depth = 0;
+}
+ChecksumReadScope::ChecksumReadScope()
+    : start_(t_checksum_scope_depth++ == 0 ? read_thread_io_counters().read_bytes : 0) {}
 ChecksumReadScope::~ChecksumReadScope() {
+  if (--t_checksum_scope_depth > 0) return;
   const uint64_t now = read_thread_io_counters().read_bytes;
   if (now > start_) g_hash_file_storage_bytes += now - start_;
 }

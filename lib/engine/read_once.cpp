@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
+#include "formats/hdf5/hdf5_checksum.hpp"
 #include "core/log.hpp"
 #include "dist/forwarder.hpp"
 #include "dist/mpi_context.hpp"
@@ -242,8 +243,10 @@ std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& 
     ShardResult r;
     r.coord = s.coord;
     r.file = s.coord.file_name();
+    std::map<std::string, uint64_t> hashed;  // read back once here: not again for the file checksum
     for (size_t k = 0; k < s.tensors.size(); ++k) {
       r.tensors.push_back({s.tensors[k].name, f->finish_dataset(k, part)});
+      hashed[s.tensors[k].name] = hash_from_hex(r.tensors.back().xxh3);
       progress.add_tensor();
     }
     f->close();
@@ -254,7 +257,8 @@ std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& 
     }
     fs::rename(tmp, final_path);
     r.bytes = fs::file_size(final_path);
-    r.xxh3 = hash_hex(hash_file(final_path));
+    r.xxh3 = hash_hex(hdf5_file_checksum(final_path, hashed).digest);
+    r.checksum = kHdf5RegionChecksum;
     results.push_back(std::move(r));
   }
   if (not_invertible > 0)

@@ -345,7 +345,10 @@ class ExportStep : public Step {
     uint64_t total_bytes = 0;
     for (const auto& t : plan_.tensors) total_bytes += t.nbytes();
     progress_.emplace(mpi, "export", total_bytes, plan_.tensors.size());
-    if (opt_.verify_checksums) {
+    // An HDF5 checkpoint with per-tensor checksums is checked as it is read
+    // (execute); others are hashed whole beside the conversion.
+    streamed_ = opt_.verify_checksums && checksums_streamable(*ck_);
+    if (opt_.verify_checksums && !streamed_) {
       auto check = [this, &mpi] { return checksum_problems(*ck_, mpi.rank(), mpi.size()); };
       try {
         checksums_ = std::async(std::launch::async, check);
@@ -360,7 +363,7 @@ class ExportStep : public Step {
 
   std::string settle(MpiContext& mpi) override {
     progress_->finish();
-    std::string corrupt;
+    std::string corrupt = stream_problem_;
     if (checksums_.valid()) {
       try {
         const auto found = checksums_.get();
@@ -411,6 +414,8 @@ class ExportStep : public Step {
   ExportPlan plan_;
   std::optional<Progress> progress_;
   std::future<std::vector<std::string>> checksums_;
+  bool streamed_ = false;       // checksums checked from the bytes as read
+  std::string stream_problem_;  // what that found
   uint64_t written_ = 0, tensors_ = 0, total_written_ = 0, total_tensors_ = 0, max_rss_ = 0;
   std::vector<uint64_t> file_written_;          // this rank's tensor bytes per output file
   std::vector<std::string> file_written_all_;  // rank 0: every rank's, gathered in settle
@@ -418,16 +423,18 @@ class ExportStep : public Step {
 };
 
 void ExportStep::execute(MpiContext& mpi) {
-  const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums);
-  // The direct I/O buffers (a torch_dist source's read window, the output's
-  // write buffer) are taken out of the configured buffer.
-  const int io_buffers = (ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0) +
+  // A separate checksum pass (not streamed) shares the page cache with the reads.
+  const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
+  // The direct I/O buffers (the source's read window, the output's write
+  // buffer) are taken out of the configured buffer.
+  const int io_buffers = (src_io != IoMode::Buffered ? 1 : 0) +
                          (opt_.io != IoMode::Buffered ? 1 : 0);
   const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
   file_written_.assign(plan_.files.size(), 0);
-  const auto source = open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes));
+  const auto source =
+      open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes), streamed_);
   std::map<uint32_t, RegionFile> files;
   AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
   for (const ExportTensor& t : plan_.tensors) {
@@ -454,6 +461,7 @@ void ExportStep::execute(MpiContext& mpi) {
     test_hook_after_tensor(mpi.rank());
   }
   for (auto& [f, file] : files) file.file().fsync();
+  if (streamed_) stream_problem_ = source_checksum_problem(*source, mpi.rank(), mpi.size());
 }
 
 void ExportStep::commit(MpiContext&) {

@@ -144,11 +144,12 @@ class ImportStep : public Step {
 
   void execute(MpiContext& mpi) override {
     // The direct I/O buffers (a read bounce buffer; for torch_dist an append
-    // buffer too) come out of the configured buffer.
+    // buffer, for HDF5 the two buffers of its write-behind; none for the
+    // output in read-once mode) come out of the configured buffer.
     const IoConfig io = io_config(opt_.io, opt_.buffer_bytes);
     const bool direct = opt_.io != IoMode::Buffered;
     const auto engine = make_copy_engine(
-        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct ? 0 : dist_ ? 2 : 1));
+        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct ? 0 : opt_.read_once ? 1 : dist_ ? 2 : 3));
     engine->allow_overflow(opt_.allow_overflow);
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     SafetensorsSource source(plan_.catalog, io);
@@ -256,7 +257,7 @@ class ImportStep : public Step {
 
   void write_shards(MpiContext& mpi, CopyEngine& engine, SafetensorsSource& source) {
     results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, engine, source,
-                                 {[&](uint64_t b) { progress_->add_bytes(b); }, [&] { after_tensor(mpi); }});
+                                 io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] { after_tensor(mpi); }});
   }
 
   Listing list_distcp() const {

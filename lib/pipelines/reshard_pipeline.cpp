@@ -99,8 +99,13 @@ class ReshardStep : public Step {
     return std::string(packed.begin(), packed.end());
   }
 
+  // An HDF5 source with per-tensor checksums is checked as it is read
+  // (execute), not hashed whole here first. Not with --resume: shards kept
+  // from the interrupted run are not read again, so their inputs would go
+  // unchecked.
   std::string check(MpiContext& mpi) override {
-    return validate_shard_files(*ck_, opt_.verify_checksums, mpi);
+    streamed_ = opt_.verify_checksums && !opt_.resume && checksums_streamable(*ck_);
+    return validate_shard_files(*ck_, opt_.verify_checksums && !streamed_, mpi);
   }
 
   void prepare(MpiContext&) override {
@@ -121,23 +126,37 @@ class ReshardStep : public Step {
 
   void execute(MpiContext& mpi) override {
     const ExportIndex index = build_export_index(ck_->shards, ck_->source.tensors.size());
-    const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums);
-    // A torch_dist source read directly takes its window out of the buffer.
-    const int io_buffers = ck_->format == "torch_dist" && src_io != IoMode::Buffered ? 1 : 0;
+    // A separate checksum pass (not streamed) shares the page cache with the reads.
+    const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
+    // A source read directly takes its window out of the buffer, the direct
+    // writes of the output their two write-behind buffers.
+    const int io_buffers = (src_io != IoMode::Buffered ? 1 : 0) +
+                           (opt_.io != IoMode::Buffered ? 2 : 0);
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
-    const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes));
+    const auto source =
+        open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes), streamed_);
     results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, *engine, *source,
-                                 {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
+                                 io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
                                     progress_->add_tensor();
                                     test_hook_after_tensor(mpi.rank());
                                   }});
+    if (streamed_) stream_problem_ = source_checksum_problem(*source, mpi.rank(), mpi.size());
   }
 
   std::string settle(MpiContext& mpi) override {
     progress_->finish();
     gathered_ = gather_shard_results(results_, mpi);
-    return {};
+    corrupt_input_ = mpi.all_reduce_max(stream_problem_.empty() ? 0 : 1) > 0;
+    return stream_problem_;
+  }
+
+  // Other failures keep the partial output for --resume; shards converted
+  // from a corrupt input are not worth keeping.
+  void discard() override {
+    if (!corrupt_input_) return;
+    std::error_code ec;
+    fs::remove_all(out_.staging(), ec);
   }
 
   void commit(MpiContext&) override {
@@ -197,6 +216,9 @@ class ReshardStep : public Step {
   std::optional<Progress> progress_;
   std::vector<ShardResult> results_;
   GatheredResults gathered_;
+  bool streamed_ = false;       // checksums checked from the bytes as read
+  std::string stream_problem_;  // what that found
+  bool corrupt_input_ = false;  // on any rank: nothing written is worth resuming
 };
 
 }  // namespace

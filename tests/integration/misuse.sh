@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Corruption and misuse (issue: export/verify): each case must fail with a
 # clear error naming the problem, and leave nothing that looks complete.
-#   misuse.sh BIN FIXTURE_DIR
+#   misuse.sh BIN FIXTURE_DIR PYTHON (with h5py)
 set -euo pipefail
-bin="$1" fixture="$2"
+bin="$1" fixture="$2" py="$3"
 work="$(mktemp -d "${TMPDIR:-/tmp}/mb-misuse-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 run() { mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" "$@"; }
@@ -49,6 +49,48 @@ PY
 expect 1 "mp_rank_01_001_000.h5 is corrupt: its xxh3 checksum" -- run verify "$fixture" "$work/flipped"
 expect 2 "mp_rank_01_001_000.h5 is corrupt" -- run export --megatron-path "$work/flipped" --hf-path "$work/x1"
 no_output "$work/x1"
+
+# Export and reshard check the checksums as they read (docs/formats.md): a
+# tensor read whole and in order is hashed on the way, one read in pieces out
+# of order (the fused QKV weight) is read again, and the metadata between the
+# datasets is checked against the file checksum. Each must catch one flipped
+# byte, naming the file (and the dataset where it is in one).
+# flip FILE DATASET|padding: flips one byte in the middle of the dataset, or a
+# zero byte of the alignment padding just before a page-aligned dataset.
+flip() {
+  "$py" - "$@" <<'PY'
+import sys
+import h5py
+path, what = sys.argv[1], sys.argv[2]
+with h5py.File(path, "r") as f:
+    regions = sorted((f[n].id.get_offset(), f[n].id.get_storage_size(), n) for n in f
+                     if isinstance(f[n], h5py.Dataset) and f[n].id.get_offset() is not None)
+data = bytearray(open(path, "rb").read())
+if what == "padding":
+    at = next(o - 1 for (po, ps, _), (o, s, n) in zip(regions, regions[1:])
+              if o % 4096 == 0 and o > po + ps and data[o - 1] == 0)
+else:
+    o, s, n = next(r for r in regions if r[2].endswith(what))
+    at = o + s // 2
+data[at] ^= 0x40
+open(path, "wb").write(data)
+PY
+}
+cp -r "$work/meg" "$work/flip_qkv"
+flip "$work/flip_qkv/mp_rank_01_001_000.h5" "self_attention.linear_qkv.weight"
+expect 2 "mp_rank_01_001_000.h5 is corrupt: dataset '.*linear_qkv.weight'" -- run export --megatron-path "$work/flip_qkv" --hf-path "$work/x1q"
+no_output "$work/x1q"
+expect 2 "mp_rank_01_001_000.h5 is corrupt" -- run reshard --megatron-path "$work/flip_qkv" --out "$work/r1q" --tp 1 --pp 2
+no_output "$work/r1q"
+expect 2 "mp_rank_01_001_000.h5 is corrupt" -- run reshard --megatron-path "$work/flipped" --out "$work/r1" --tp 1 --pp 2
+no_output "$work/r1"
+cp -r "$work/meg" "$work/flip_pad"
+flip "$work/flip_pad/mp_rank_01_001_000.h5" padding
+expect 1 "mp_rank_01_001_000.h5 is corrupt: its xxh3 checksum" -- run verify "$fixture" "$work/flip_pad"
+expect 2 "mp_rank_01_001_000.h5 is corrupt: its HDF5 metadata" -- run export --megatron-path "$work/flip_pad" --hf-path "$work/x1p"
+no_output "$work/x1p"
+expect 2 "mp_rank_01_001_000.h5 is corrupt: its HDF5 metadata" -- run reshard --megatron-path "$work/flip_pad" --out "$work/r1p" --tp 1 --pp 2
+no_output "$work/r1p"
 
 # A missing shard file.
 cp -r "$work/meg" "$work/missing"

@@ -8,9 +8,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/direct_io.hpp"
 #include "core/dtype.hpp"
 #include "core/shape.hpp"
 
@@ -24,6 +26,9 @@ struct ShardDatasetInfo {
   Shape global_shape;
   DType dtype = DType::BF16;
   std::string xxh3;  // checksum of the raw little-endian bytes, row-major
+  // Reader: where the dataset's bytes start in the file, when they lie there
+  // contiguous, allocated and inside the file (else UINT64_MAX: read through HDF5).
+  uint64_t data_offset = UINT64_MAX;
 };
 
 // Attributes of the file: where it sits in the parallel layout.
@@ -34,26 +39,47 @@ struct ShardFileInfo {
   std::map<std::string, std::string> extra;  // free-form string attributes
 };
 
+// Writes a shard front to back. HDF5 writes only the metadata: every dataset
+// is created contiguous with its storage allocated at once (no fill), its
+// offset taken from H5Dget_offset, and its raw bytes written by us, in row
+// order, through a StreamingRegionWriter: the page-aligned middle with
+// O_DIRECT (with `io.mode` not buffered and where the filesystem takes it) on
+// a helper thread, two buffers of io.chunk_bytes, so that the next tensor is
+// read while the last one is written; the partial pages at its ends through
+// the page cache, where HDF5's metadata writes to the same pages also go (a
+// page never sees both kinds of write). Datasets of at least
+// kHdf5AlignThreshold bytes start on a page boundary, so their heads need no
+// buffered part at all.
+constexpr uint64_t kHdf5AlignThreshold = 64 << 10;
 class Hdf5ShardWriter {
  public:
-  Hdf5ShardWriter(const std::filesystem::path& path, const ShardFileInfo& info);
+  Hdf5ShardWriter(const std::filesystem::path& path, const ShardFileInfo& info,
+                  IoConfig io = {IoMode::Buffered, 0});
   ~Hdf5ShardWriter();
   Hdf5ShardWriter(const Hdf5ShardWriter&) = delete;
   Hdf5ShardWriter& operator=(const Hdf5ShardWriter&) = delete;
 
   // Creates the dataset (contiguous layout); rows are written in blocks.
   void begin_dataset(const ShardDatasetInfo& info);
-  // Writes rows [row0, row0+rows) of the 2-D view of the current dataset.
+  // Writes rows [row0, row0+rows) of the 2-D view of the current dataset;
+  // rows come in increasing order, each block continuing the previous one.
   void write_rows(uint64_t row0, uint64_t rows, const void* data);
   // Stores the checksum attribute and closes the dataset.
   void end_dataset(const std::string& xxh3);
   void close();
+  // Whether the data went (at least partly) with O_DIRECT.
+  bool direct() const;
 
  private:
   std::filesystem::path path_;
   int64_t file_ = -1;
   int64_t dset_ = -1;
   ShardDatasetInfo cur_;
+  IoConfig io_;
+  std::unique_ptr<RegionFile> raw_;               // our own handle on the file, for the data
+  std::unique_ptr<StreamingRegionWriter> data_;  // the datasets' bytes
+  bool in_dataset_ = false;                      // data_ has a region open
+  uint64_t row_bytes_ = 0, next_row_ = 0;
 };
 
 // Random-access writing, for read-once mode: every dataset is created up
@@ -128,5 +154,18 @@ class Hdf5ShardReader {
 
 // The HDF5 type we store for a dtype, and the dtype a stored type stands for.
 int64_t hdf5_type_for(DType t);
+
+// Where a dataset's bytes lie in its file: contiguous datasets with
+// allocated storage only (others have no single region). `xxh3` is its
+// checksum attribute ("" if none).
+struct Hdf5DataRegion {
+  std::string name;
+  uint64_t offset = 0, bytes = 0;
+  std::string xxh3;
+};
+// The data regions of the file's root datasets, sorted by offset; throws
+// (naming the file) when the file cannot be read as HDF5 or two regions
+// overlap or one extends past the end of the file.
+std::vector<Hdf5DataRegion> hdf5_data_regions(const std::filesystem::path& path);
 
 }  // namespace mb
