@@ -15,6 +15,8 @@
 #include "core/output_lock.hpp"
 #include "dist/mpi_context.hpp"
 #include "formats/hdf5/hdf5_checksum.hpp"
+#include "formats/torch_dist/distcp_checksum.hpp"
+#include "core/region_checksum.hpp"
 #include "model/qwen35_dist_keys.hpp"
 
 namespace mb {
@@ -244,13 +246,31 @@ std::string checksum_mismatch(const fs::path& path, const json& entry, const jso
   const std::string scheme = entry.value(
       "checksum", manifest.value("checksum", std::string(kWholeFileChecksum)));
   std::vector<std::string> bad;
-  const std::string got = hash_hex(file_checksum(path, scheme, &bad)),
-                    want = entry.at("xxh3").get<std::string>();
+  uint64_t digest;
+  if (scheme == kDistcpRegionChecksum) {
+    // The chunks' own checksums are in the manifest (not in the file): with
+    // them a mismatch names the chunk.
+    std::vector<DataRegion> regions = distcp_data_regions(path);
+    std::map<std::string, std::string> own;
+    if (entry.contains("tensors"))
+      for (const auto& t : entry.at("tensors"))
+        own[t.at("name").get<std::string>()] = t.at("xxh3").get<std::string>();
+    for (DataRegion& r : regions)
+      if (auto it = own.find(r.name); it != own.end()) r.xxh3 = it->second;
+    RegionChecksum c = region_file_checksum(path, regions);
+    digest = c.digest;
+    bad = std::move(c.bad);
+  } else {
+    digest = file_checksum(path, scheme, &bad);
+  }
+  const std::string got = hash_hex(digest), want = entry.at("xxh3").get<std::string>();
   if (got == want) return {};
   std::string which;
   if (!bad.empty())
-    which = fmt::format("; the bytes of dataset '{}'{} do not match its own xxh3", bad.front(),
-                        bad.size() > 1 ? fmt::format(" (and {} more)", bad.size() - 1) : "");
+    which = fmt::format("; the bytes of {} '{}'{} do not match {} xxh3",
+                        scheme == kDistcpRegionChecksum ? "tensor chunk" : "dataset", bad.front(),
+                        bad.size() > 1 ? fmt::format(" (and {} more)", bad.size() - 1) : "",
+                        scheme == kDistcpRegionChecksum ? "the manifest's" : "its own");
   return fmt::format("{} is corrupt: its xxh3 checksum ({}) is {} but the manifest recorded {}{} "
                      "(pass --no-verify-checksums to use it anyway)",
                      path.string(), scheme, got, want, which);
@@ -439,24 +459,27 @@ IoMode source_io_mode(IoMode requested, bool checksums_verified) {
 }
 
 bool checksums_streamable(const MegatronCheckpoint& ck) {
-  if (ck.format != "hdf5") return false;
+  // Older manifests (whole-file "xxh3-64") keep the separate full pass.
+  const char* streamable = ck.format == "torch_dist" ? kDistcpRegionChecksum : kHdf5RegionChecksum;
   for (const auto& f : ck.manifest.at("files")) {
     const std::string scheme =
         f.value("checksum", ck.manifest.value("checksum", std::string(kWholeFileChecksum)));
-    if (scheme != kHdf5RegionChecksum || !f.contains("tensors")) return false;
+    if (scheme != streamable || !f.contains("tensors")) return false;
   }
   return true;
 }
 
 std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
                                              const IoConfig& io, bool verify_streamed) {
-  if (ck.format == "torch_dist") return std::make_unique<TorchDistSource>(ck, std::move(refs), io);
+  if (ck.format == "torch_dist")
+    return std::make_unique<TorchDistSource>(ck, std::move(refs), io, verify_streamed);
   return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed);
 }
 
 std::string source_checksum_problem(RowSource& source, int rank, int ranks) {
+  if (auto* t = dynamic_cast<TorchDistSource*>(&source)) return t->finish_verification(rank, ranks);
   auto* h = dynamic_cast<Hdf5ShardSource*>(&source);
-  MB_CHECK(h != nullptr, "internal: streamed checksums asked of a source that is not HDF5");
+  MB_CHECK(h != nullptr, "internal: streamed checksums asked of a source that is neither HDF5 nor torch_dist");
   return h->finish_verification(rank, ranks);
 }
 

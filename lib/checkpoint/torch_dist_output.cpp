@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 
@@ -10,6 +11,7 @@
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
+#include "formats/torch_dist/distcp_checksum.hpp"
 #include "formats/torch_dist/pickle.hpp"
 #include "formats/torch_dist/torch_save.hpp"
 #include "model/bridge_run_config.hpp"
@@ -95,10 +97,17 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
   r.file = rel;
   const fs::path path = out_dir / rel;
   const uint64_t read_before = source.bytes_read();
-  // The file is written front to back without gaps, so its checksum is taken
-  // from the bytes as they are written instead of reading the file back.
-  Hasher file_hash;
-  uint64_t pos = 0;
+  // The file is written front to back, so its region checksum
+  // (formats/torch_dist/distcp_checksum.hpp) is taken from the bytes as they
+  // are written: `gap` hashes the bytes since the last tensor's data, each
+  // tensor's data has its own hash (also recorded per item in the manifest).
+  RegionChecksumBuilder regions;
+  Hasher gap;
+  uint64_t pos = 0, gap_start = 0;
+  auto close_gap = [&](uint64_t end) {
+    if (end > gap_start) regions.add(gap_start, end - gap_start, gap.digest());
+    gap = Hasher();
+  };
   {
     AppendFile f(path, io.mode, io.chunk_bytes);
     // Objects first, then tensors, as Megatron orders a bucket.
@@ -108,8 +117,8 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
         for (const std::string& key : dist_extra_states(t, plan.model, plan.layout, s.coord)) {
           const std::string& bytes = empty_extra_state_archive();
           f.append(bytes.data(), bytes.size());
-          file_hash.update(bytes.data(), bytes.size());
-          r.items.push_back({key, true, {}, {}, {}, DType::U8, pos, bytes.size()});
+          gap.update(bytes.data(), bytes.size());
+          r.items.push_back({key, true, {}, {}, {}, DType::U8, pos, bytes.size(), 0, 0, {}});
           pos += bytes.size();
         }
     }
@@ -119,7 +128,15 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
         if (!t.canonical) continue;
         for (const DistPiece& p : dist_pieces(t, plan.model, plan.layout, s.coord)) {
           const std::vector<Segment> segs = slice_rows(t.segments, p.row0, p.rows);
-          TorchSaveTensorWriter w(f, pos, t.dtype, p.sizes, &file_hash);
+          Hasher data;
+          TorchSaveTensorWriter w(f, pos, t.dtype, p.sizes, &gap, &data);
+          uint64_t data_bytes = dtype_size(t.dtype);
+          for (uint64_t n : p.sizes) data_bytes *= n;
+          const uint64_t data_offset = w.data_offset();
+          if (data_bytes > 0) {
+            close_gap(data_offset);
+            gap_start = data_offset + data_bytes;
+          }
           ArchiveSink sink(w, t.cols() * dtype_size(t.dtype));
           try {
             engine.run({p.key, &segs, p.rows, t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
@@ -127,7 +144,10 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
             rethrow_with_context(fmt::format("writing {} of {} into {}", p.key, t.global_name, rel));
           }
           const uint64_t len = w.finish();
-          r.items.push_back({p.key, false, p.offsets, p.sizes, p.global_shape, t.dtype, pos, len});
+          const uint64_t data_hash = data.digest();
+          if (data_bytes > 0) regions.add(data_offset, data_bytes, data_hash);
+          r.items.push_back({p.key, false, p.offsets, p.sizes, p.global_shape, t.dtype, pos, len,
+                             data_offset, data_bytes, hash_hex(data_hash)});
           pos += len;
         }
         if (on_tensor) on_tensor();
@@ -140,10 +160,12 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
       return r;
     }
   }
+  close_gap(pos);
   r.bytes = fs::file_size(path);
   MB_CHECK(r.bytes == pos, "internal: {} has {} bytes but {} were written in order", path.string(), r.bytes,
            pos);
-  r.xxh3 = hash_hex(file_hash.digest());
+  r.xxh3 = hash_hex(regions.digest());
+  r.checksum = kDistcpRegionChecksum;
   r.bytes_read = source.bytes_read() - read_before;
   return r;
 }
@@ -197,9 +219,9 @@ json dist_file_result_to_json(const DistFileResult& r) {
   json items = json::array();
   for (const auto& i : r.items)
     items.push_back({i.key, i.object, i.offsets, i.sizes, i.global_shape, dtype_name(i.dtype), i.offset,
-                     i.length});
-  return {{"file", r.file}, {"bytes", r.bytes}, {"xxh3", r.xxh3}, {"bytes_read", r.bytes_read},
-          {"items", std::move(items)}};
+                     i.length, i.data_offset, i.data_bytes, i.xxh3});
+  return {{"file", r.file},         {"bytes", r.bytes},           {"xxh3", r.xxh3},
+          {"checksum", r.checksum}, {"bytes_read", r.bytes_read}, {"items", std::move(items)}};
 }
 
 DistFileResult dist_file_result_from_json(const json& j) {
@@ -207,13 +229,39 @@ DistFileResult dist_file_result_from_json(const json& j) {
   r.file = j.at("file").get<std::string>();
   r.bytes = j.at("bytes").get<uint64_t>();
   r.xxh3 = j.at("xxh3").get<std::string>();
+  r.checksum = j.value("checksum", std::string());  // records of older versions: whole file
   r.bytes_read = j.at("bytes_read").get<uint64_t>();
   for (const auto& i : j.at("items"))
     r.items.push_back({i.at(0).get<std::string>(), i.at(1).get<bool>(),
                        i.at(2).get<std::vector<uint64_t>>(), i.at(3).get<std::vector<uint64_t>>(),
                        i.at(4).get<Shape>(), *dtype_from_name(i.at(5).get<std::string>()),
-                       i.at(6).get<uint64_t>(), i.at(7).get<uint64_t>()});
+                       i.at(6).get<uint64_t>(), i.at(7).get<uint64_t>(),
+                       i.size() > 8 ? i.at(8).get<uint64_t>() : 0, i.size() > 8 ? i.at(9).get<uint64_t>() : 0,
+                       i.size() > 8 ? i.at(10).get<std::string>() : std::string()});
   return r;
+}
+
+std::vector<DataRegion> dist_data_regions(const DistFileResult& r) {
+  std::vector<DataRegion> out;
+  for (const DistItem& i : r.items)
+    if (!i.object && i.data_bytes > 0)
+      out.push_back({distcp_item_name(i.key, i.offsets), i.data_offset, i.data_bytes, i.xxh3});
+  std::sort(out.begin(), out.end(),
+            [](const DataRegion& a, const DataRegion& b) { return a.offset < b.offset; });
+  return out;
+}
+
+bool dist_file_intact(const fs::path& path, const DistFileResult& r) {
+  try {
+    if (!fs::exists(path) || fs::file_size(path) != r.bytes) return false;
+    if (r.checksum.empty()) return hash_hex(hash_file(path)) == r.xxh3;
+    MB_CHECK(r.checksum == kDistcpRegionChecksum, "{}: unknown checksum scheme '{}'", path.string(),
+             r.checksum);
+    const RegionChecksum c = region_file_checksum(path, dist_data_regions(r));
+    return c.bad.empty() && hash_hex(c.digest) == r.xxh3;
+  } catch (const std::exception&) {
+    return false;  // not even readable: written again
+  }
 }
 
 }  // namespace mb

@@ -14,6 +14,7 @@
 
 #include "checkpoint/manifest.hpp"
 #include "core/direct_io.hpp"
+#include "core/region_checksum.hpp"
 #include "engine/copy_engine.hpp"
 #include "layout/import_plan.hpp"
 
@@ -31,13 +32,18 @@ struct DistItem {
   std::vector<uint64_t> offsets, sizes;
   Shape global_shape;
   DType dtype = DType::BF16;
-  uint64_t offset = 0, length = 0;
+  uint64_t offset = 0, length = 0;  // the item's archive in the file
+  // Tensors: the chunk's bytes (data/0 of the archive) and their XXH3-64,
+  // a data region of the file's region checksum.
+  uint64_t data_offset = 0, data_bytes = 0;
+  std::string xxh3;
 };
 
 struct DistFileResult {
   std::string file;  // relative to the output directory, e.g. iter_0000000/__3_0.distcp
   uint64_t bytes = 0;
-  std::string xxh3;
+  std::string xxh3;      // of the file, under `checksum`
+  std::string checksum;  // the scheme; "" (records of older versions) = whole-file "xxh3-64"
   uint64_t bytes_read = 0;
   std::vector<DistItem> items;
 };
@@ -58,6 +64,12 @@ void finish_torch_dist(const ImportPlan& plan, const std::vector<DistFileResult>
 std::string common_pt_pickle();
 
 nlohmann::json dist_file_result_to_json(const DistFileResult& r);
+// The tensor items' data regions (for region_file_checksum) and their
+// checksums by region name.
+std::vector<DataRegion> dist_data_regions(const DistFileResult& r);
+// Whether `path` (a --resume candidate) still has the size and checksum its
+// record says, under the record's scheme (every byte is read).
+bool dist_file_intact(const std::filesystem::path& path, const DistFileResult& r);
 DistFileResult dist_file_result_from_json(const nlohmann::json& j);
 
 }  // namespace mb

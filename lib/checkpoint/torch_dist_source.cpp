@@ -1,16 +1,102 @@
 #include "checkpoint/torch_dist_source.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.hpp"
 #include "core/nd_box.hpp"
+#include "core/path_safety.hpp"
+#include "formats/torch_dist/distcp_checksum.hpp"
+#include "checkpoint/manifest.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
 
 TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                 IoConfig io)
-    : ck_(ck), refs_(std::move(refs)), io_(io) {}
+                                 IoConfig io, bool verify)
+    : ck_(ck), refs_(std::move(refs)), io_(io), verify_(verify) {
+  if (!verify_) return;
+  for (const auto& f : ck_.manifest.at("files"))
+    for (const auto& t : f.at("tensors"))
+      want_[t.at("name").get<std::string>()] = t.at("xxh3").get<std::string>();
+}
+
+TorchDistSource::Streamed& TorchDistSource::streamed(
+    const std::pair<std::string, std::vector<uint64_t>>& k, const TorchTensorItem& ti,
+    const std::string& file) {
+  auto it = streamed_.find(k);
+  if (it != streamed_.end()) return it->second;
+  Streamed s;
+  s.file = file;
+  s.name = distcp_item_name(k.first, k.second);
+  auto w = want_.find(s.name);
+  MB_CHECK(w != want_.end(), "{}: the manifest records no checksum for chunk '{}' of {}",
+           (ck_.dir / kManifestName).string(), s.name, file);
+  s.want = w->second;
+  // The data region is the whole storage record (what the region checksum
+  // covers); the chunk's elements lie inside it.
+  s.begin = s.next = ti.data_offset;
+  s.end = ti.data_offset + ti.storage_bytes;
+  return streamed_.emplace(k, std::move(s)).first->second;
+}
+
+void TorchDistSource::check(Streamed& s, uint64_t digest) {
+  s.checked = true;
+  if (hash_hex(digest) == s.want || !problem_.empty()) return;
+  problem_ = fmt::format(
+      "{} is corrupt: tensor chunk '{}' hashes to {} as read but the manifest recorded {} (pass "
+      "--no-verify-checksums to use it anyway)",
+      (ck_.iter_dir / s.file).string(), s.name, hash_hex(digest), s.want);
+}
+
+void TorchDistSource::verify_whole(Streamed& s) {
+  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+  auto it = plain_.find(s.file);
+  if (it == plain_.end())
+    it = plain_.emplace(s.file, File(resolve_inside(ck_.iter_dir, s.file, "torch_dist item"), File::Mode::Read))
+             .first;
+  // Small blocks: this memory is outside the configured buffer.
+  std::vector<unsigned char> buf(std::min<uint64_t>(1u << 20, std::max<uint64_t>(1, s.end - s.begin)));
+  Hasher h;
+  for (uint64_t at = s.begin; at < s.end;) {
+    const uint64_t n = std::min<uint64_t>(buf.size(), s.end - at);
+    it->second.pread_exact(buf.data(), n, at);
+    h.update(buf.data(), n);
+    at += n;
+  }
+  check(s, h.digest());
+}
+
+std::string TorchDistSource::finish_verification(int rank, int ranks) {
+  MB_CHECK(verify_, "internal: finish_verification without verify");
+  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+  for (auto& [k, s] : streamed_) {
+    if (!problem_.empty()) break;
+    if (!s.checked) verify_whole(s);
+  }
+  if (!problem_.empty()) return problem_;
+  std::map<std::string, uint64_t> known;
+  for (const auto& [name, hex] : want_) known[name] = hash_from_hex(hex);
+  size_t index = 0;
+  for (const auto& f : ck_.manifest.at("files")) {
+    if (static_cast<int>(index++ % static_cast<size_t>(ranks)) != rank) continue;
+    const fs::path path = ck_.dir / f.at("path").get<std::string>();
+    const std::string want = f.at("xxh3").get<std::string>();
+    try {
+      const std::string got =
+          hash_hex(region_file_checksum(path, distcp_data_regions(path, ck_.dcp), known).digest);
+      if (got != want)
+        return fmt::format(
+            "{} is corrupt: the bytes between its tensor chunks (torch.save headers, data.pkl, "
+            "ShardedObjects) do not match the manifest (file checksum {} over them and the "
+            "recorded chunk checksums, recorded {}) (pass --no-verify-checksums to use it anyway)",
+            path.string(), got, want);
+    } catch (const std::exception& e) {
+      return fmt::format("{} is corrupt: {}", path.string(), e.what());
+    }
+  }
+  return {};
+}
 
 const std::vector<DistPiece>& TorchDistSource::pieces(uint32_t id) {
   auto it = pieces_.find(id);
@@ -81,7 +167,16 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         const TorchTensorItem& ti = item(p.key, c);
         MB_CHECK(ti.dtype == meta->dtype, "{}: chunk dtype {} differs from .metadata's {}", p.key,
                  dtype_name(ti.dtype), dtype_name(meta->dtype));
-        InputFile& f = file(ck_.dcp.storage_of(p.key, c.offsets).relative_path);
+        const std::string& rel = ck_.dcp.storage_of(p.key, c.offsets).relative_path;
+        InputFile& f = file(rel);
+        Streamed* sv = nullptr;
+        if (verify_) {
+          sv = &streamed(std::make_pair(p.key, c.offsets), ti, rel);
+          // The reads moved on: a chunk read out of order is checked now,
+          // while its pages may still be in the page cache.
+          if (last_ && last_ != sv && !last_->checked && !last_->in_order) verify_whole(*last_);
+          last_ = sv;
+        }
         // Walk the cut's innermost runs (contiguous in the chunk), merging runs
         // that continue each other both in the file and in the destination.
         const uint64_t run = cut->sizes[nd - 1];
@@ -89,7 +184,23 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         uint64_t pend_file = 0, pend_len = 0;
         unsigned char* pend_dst = nullptr;
         auto flush = [&] {
-          if (pend_len) f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
+          if (pend_len == 0) return;
+          if (sv && !sv->checked && sv->in_order && pend_file == sv->next) {
+            f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
+            sv->hash.update(pend_dst, pend_len);
+            sv->next += pend_len;
+            if (sv->next == sv->end) check(*sv, sv->hash.digest());
+          } else if (sv && !sv->checked) {
+            // Out of order: through the page cache, where verify_whole finds it.
+            sv->in_order = false;
+            auto it = plain_.find(rel);
+            if (it == plain_.end())
+              it = plain_.emplace(rel, File(resolve_inside(ck_.iter_dir, rel, "torch_dist item"), File::Mode::Read))
+                       .first;
+            it->second.pread_exact(pend_dst, pend_len, pend_file);
+          } else {
+            f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
+          }
           bytes_read_ += pend_len;
           pend_len = 0;
         };

@@ -3,6 +3,12 @@
 // is cut by the stored chunks, and the bytes are read with pread straight
 // from the chunks' torch.save archives (large runs with O_DIRECT). Any chunking works, including
 // checkpoints written by Megatron-Core or PyTorch.
+//
+// With verify (manifests whose files use "xxh3-64-distcp-regions"), each
+// chunk's bytes are hashed as they are read when they are read in file order,
+// else read again (through the page cache) once the reads move on or at the
+// end; finish_verification then checks each file's region checksum, reading
+// only the bytes between the chunks' data. No separate full pass.
 #pragma once
 
 #include <filesystem>
@@ -13,6 +19,8 @@
 
 #include "checkpoint/megatron_checkpoint.hpp"
 #include "core/direct_io.hpp"
+#include "core/file.hpp"
+#include "core/hash.hpp"
 #include "engine/copy_engine.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "formats/torch_dist/torch_save.hpp"
@@ -23,12 +31,29 @@ namespace mb {
 class TorchDistSource : public RowSource {
  public:
   TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                  IoConfig io = {IoMode::Buffered, 0});
+                  IoConfig io = {IoMode::Buffered, 0}, bool verify = false);
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
 
+  // With verify: re-reads the chunks read out of order, then checks the
+  // region checksums of this rank's share of the files (round-robin, as the
+  // manifest lists them). The first problem (file, chunk, got and recorded
+  // checksum), or "".
+  std::string finish_verification(int rank, int ranks);
+
  private:
+  struct Streamed {
+    std::string file, name, want;
+    uint64_t begin = 0, end = 0, next = 0;  // the chunk's data bytes in the file
+    Hasher hash;
+    bool in_order = true;  // every read so far continued the previous one
+    bool checked = false;
+  };
+  Streamed& streamed(const std::pair<std::string, std::vector<uint64_t>>& k, const TorchTensorItem& ti,
+                     const std::string& file);
+  void verify_whole(Streamed& s);
+  void check(Streamed& s, uint64_t digest);
   const std::vector<DistPiece>& pieces(uint32_t id);
   const TorchTensorItem& item(const std::string& key, const DcpChunk& chunk);
   InputFile& file(const std::string& relative);
@@ -41,6 +66,12 @@ class TorchDistSource : public RowSource {
   ReadWindow window_;  // allocated when the first file opens for direct reads
   std::map<std::string, InputFile> files_;
   uint64_t bytes_read_ = 0;
+  bool verify_ = false;
+  std::map<std::string, std::string> want_;  // chunk name -> the manifest's checksum
+  std::map<std::pair<std::string, std::vector<uint64_t>>, Streamed> streamed_;
+  Streamed* last_ = nullptr;
+  std::map<std::string, File> plain_;  // buffered handles for the out-of-order reads
+  std::string problem_;
 };
 
 }  // namespace mb

@@ -218,8 +218,7 @@ class ImportStep : public Step {
       const std::string rec = out_.done_record(name);
       if (!rec.empty()) {
         DistFileResult r = dist_file_result_from_json(json::parse(rec));
-        if (r.file.empty() || (fs::exists(out_.staging() / r.file) &&
-                               hash_hex(hash_file(out_.staging() / r.file)) == r.xxh3)) {
+        if (r.file.empty() || dist_file_intact(out_.staging() / r.file, r)) {
           dist_result_ = std::move(r);
           log::info("resume: keeping {}", name);
           return;
@@ -271,8 +270,17 @@ class ImportStep : public Step {
       if (r.file.empty()) continue;
       uint64_t n = 0;
       for (const auto& it : r.items) n += it.object ? 0 : 1;
-      l.files.push_back({{"path", r.file}, {"bytes", r.bytes}, {"xxh3", r.xxh3}, {"tensor_count", n},
-                         {"object_count", r.items.size() - n}});
+      // Each tensor chunk's checksum, so that export and reshard check the
+      // file from the bytes as they read them (formats/torch_dist/distcp_checksum.hpp).
+      json ts = json::array();
+      for (const DataRegion& d : dist_data_regions(r)) ts.push_back({{"name", d.name}, {"xxh3", d.xxh3}});
+      l.files.push_back({{"path", r.file},
+                         {"bytes", r.bytes},
+                         {"xxh3", r.xxh3},
+                         {"checksum", r.checksum.empty() ? std::string("xxh3-64") : r.checksum},
+                         {"tensor_count", n},
+                         {"object_count", r.items.size() - n},
+                         {"tensors", std::move(ts)}});
       l.written += r.bytes;
       l.tensors += n;
       l.rows.push_back({r.file, {n, r.bytes}});

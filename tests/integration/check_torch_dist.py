@@ -18,10 +18,12 @@ import json
 import os
 import pickle
 import pickletools
+import struct
 import sys
 import zipfile
 
 import numpy as np
+import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dist_reference import expected_keys, expected_objects  # noqa: E402
@@ -92,6 +94,66 @@ def tensor_of(z, root, obj):
     return dtype, raw[offset:offset + n].reshape(size)
 
 
+def data_region(blob, base):
+    """(offset, length) in the file of the storage bytes (data/<key>) of the
+    torch.save archive `blob` found at `base`, from the zip's own records."""
+    z = zipfile.ZipFile(io.BytesIO(blob))
+    [name] = [n for n in z.namelist() if "/data/" in n]
+    zi = z.getinfo(name)
+    h = zi.header_offset
+    assert blob[h:h + 4] == b"PK\x03\x04", name
+    n, e = struct.unpack("<HH", blob[h + 26:h + 30])
+    return base + h + 30 + n + e, zi.file_size
+
+
+def distcp_region_checksum(data, regions):
+    """Scheme "xxh3-64-distcp-regions" (docs/formats.md), recomputed from the
+    file's bytes: xxh3 over (offset, length, xxh3(bytes)) little-endian u64
+    triples of the tensor chunks' data regions and the runs between them."""
+    parts, pos = [], 0
+
+    def add(off, n):
+        parts.append(struct.pack("<QQQ", off, n, xxhash.xxh3_64_intdigest(data[off:off + n])))
+
+    for off, n in sorted(regions):
+        if n == 0:
+            continue
+        if off > pos:
+            add(pos, off - pos)
+        add(off, n)
+        pos = off + n
+    if len(data) > pos:
+        add(pos, len(data) - pos)
+    return xxhash.xxh3_64_hexdigest(b"".join(parts))
+
+
+def check_manifest_checksums(out, iter_dir, md, errors):
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    by_file = {}
+    for k, info in md.storage_data.items():
+        by_file.setdefault(info.relative_path, []).append((k, info))
+    for f in manifest["files"]:
+        scheme = f.get("checksum", manifest.get("checksum", "xxh3-64"))
+        if scheme != "xxh3-64-distcp-regions":
+            errors.append(f"{f['path']}: checksum scheme {scheme}, expected xxh3-64-distcp-regions")
+            continue
+        data = open(os.path.join(out, f["path"]), "rb").read()
+        regions, own = [], {}
+        for k, info in by_file.get(os.path.basename(f["path"]), []):
+            if k.offset is None:
+                continue  # a ShardedObject: between the data regions
+            off, n = data_region(data[info.offset:info.offset + info.length], info.offset)
+            regions.append((off, n))
+            own[k.fqn + "@" + ",".join(str(o) for o in k.offset)] = xxhash.xxh3_64_hexdigest(data[off:off + n])
+        got = distcp_region_checksum(data, regions)
+        if got != f["xxh3"]:
+            errors.append(f"{f['path']}: region checksum {got}, manifest {f['xxh3']}")
+        listed = {t["name"]: t["xxh3"] for t in f.get("tensors", [])}
+        if listed != own:
+            bad = sorted(n for n in set(listed) | set(own) if listed.get(n) != own.get(n))
+            errors.append(f"{f['path']}: per-chunk checksums differ from the bytes for {bad[:3]}")
+
+
 def main():
     hf, out = sys.argv[1:3]
     no_mtp = "--no-mtp" in sys.argv[3:]
@@ -156,6 +218,8 @@ def main():
         zz, rr, obj = load_item(blob)
         if not (isinstance(obj, list) and len(obj) == 1 and tensor_of(zz, rr, obj[0])[1].size == 0):
             errors.append(f"{k}: payload is not [empty uint8 tensor]")
+    if os.path.exists(os.path.join(out, "manifest.json")):
+        check_manifest_checksums(out, iter_dir, md, errors)
     if errors:
         print(f"FAIL: {len(errors)} problem(s) in {out}")
         for e in errors[:40]:

@@ -92,6 +92,54 @@ no_output "$work/x1p"
 expect 2 "mp_rank_01_001_000.h5 is corrupt: its HDF5 metadata" -- run reshard --megatron-path "$work/flip_pad" --out "$work/r1p" --tp 1 --pp 2
 no_output "$work/r1p"
 
+# The same for torch_dist (scheme "xxh3-64-distcp-regions"): a flipped byte
+# in a tensor chunk's data and one between the chunks (the payload of an
+# archive's `version` record), each caught by verify, export and reshard.
+# flip_distcp FILE KEY|between: the regions are found from .metadata and the
+# zip records with the independent reader of check_torch_dist.py.
+flip_distcp() {
+  "$py" - "$(dirname "$0")" "$@" <<'PY'
+import io, os, struct, sys, zipfile
+sys.path.insert(0, sys.argv[1])
+from check_torch_dist import Unpickler, data_region
+path, what = sys.argv[2], sys.argv[3]
+md = Unpickler(open(os.path.join(os.path.dirname(path), ".metadata"), "rb")).load()
+data = bytearray(open(path, "rb").read())
+items = sorted((info.offset, info.length, k) for k, info in md.storage_data.items()
+               if info.relative_path == os.path.basename(path) and k.offset is not None)
+if what == "between":
+    off, length, k = items[len(items) // 2]
+    z = zipfile.ZipFile(io.BytesIO(bytes(data[off:off + length])))
+    zi = z.getinfo(next(n for n in z.namelist() if n.endswith("/version")))
+    n, e = struct.unpack("<HH", data[off + zi.header_offset + 26:off + zi.header_offset + 30])
+    at = off + zi.header_offset + 30 + n + e
+else:
+    off, length, k = next(i for i in items if what in i[2].fqn)
+    d, size = data_region(bytes(data[off:off + length]), off)
+    at = d + size // 2
+data[at] ^= 0x40
+open(path, "wb").write(data)
+print(k.fqn, at)
+PY
+}
+run import --quiet --hf-path "$fixture" --out "$work/td" --tp 2 --pp 2 --format torch_dist
+cp -r "$work/td" "$work/td_qkv"
+flip_distcp "$work/td_qkv/iter_0000000/__1_0.distcp" linear_qkv.weight
+expect 1 "__1_0.distcp is corrupt: its xxh3 checksum.*tensor chunk '.*linear_qkv.weight@" -- run verify "$fixture" "$work/td_qkv"
+expect 2 "__1_0.distcp is corrupt: tensor chunk '.*linear_qkv.weight@.*' hashes to" -- run export --megatron-path "$work/td_qkv" --hf-path "$work/x1t"
+no_output "$work/x1t"
+expect 2 "__1_0.distcp is corrupt: tensor chunk '.*linear_qkv.weight@" -- run reshard --megatron-path "$work/td_qkv" --out "$work/r1t" --tp 1 --pp 2
+no_output "$work/r1t"
+cp -r "$work/td" "$work/td_gap"
+flip_distcp "$work/td_gap/iter_0000000/__1_0.distcp" between
+expect 1 "__1_0.distcp is corrupt: its xxh3 checksum" -- run verify "$fixture" "$work/td_gap"
+expect 2 "__1_0.distcp is corrupt: the bytes between its tensor chunks" -- run export --megatron-path "$work/td_gap" --hf-path "$work/x1g"
+no_output "$work/x1g"
+expect 2 "__1_0.distcp is corrupt: the bytes between its tensor chunks" -- run reshard --megatron-path "$work/td_gap" --out "$work/r1g" --tp 1 --pp 2
+no_output "$work/r1g"
+# The intact checkpoint still converts (and verify agrees with the manifest).
+run verify "$fixture" "$work/td" >/dev/null || { echo "FAIL: verify of the intact torch_dist checkpoint"; fails=$((fails + 1)); }
+
 # A missing shard file.
 cp -r "$work/meg" "$work/missing"
 rm "$work/missing/mp_rank_00_000_000.h5"

@@ -39,7 +39,7 @@ Hdf5FileChecksum hdf5_file_checksum(const std::filesystem::path& path,
                                     const std::map<std::string, uint64_t>& known = {});
 
 // The checksum of `path` under `scheme` (kHdf5RegionChecksum or
-// kWholeFileChecksum), reading every byte: what verifiers call. A mismatch
+// kWholeFileChecksum or kDistcpRegionChecksum), reading every byte: what verifiers call. A mismatch
 // message can name the datasets that differ from their own checksums
 // (`bad_datasets`, may be null).
 uint64_t file_checksum(const std::filesystem::path& path, const std::string& scheme,

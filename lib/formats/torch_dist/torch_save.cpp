@@ -286,13 +286,19 @@ std::string torch_save_archive(const std::string& data_pkl, const std::vector<st
 }
 
 TorchSaveTensorWriter::TorchSaveTensorWriter(ByteOutput& file, uint64_t base, DType dtype, const Shape& shape,
-                                             Hasher* hash)
-    : file_(file), hash_(hash), base_(base), pos_(0), expected_(checked_bytes(dtype, shape)) {
+                                             Hasher* hash, Hasher* data_hash)
+    : file_(file),
+      hash_(hash),
+      data_hash_(data_hash),
+      base_(base),
+      pos_(0),
+      expected_(checked_bytes(dtype, shape)) {
   pickle::Writer w;
   pickle_tensor(w, "0", dtype, shape);
   add_record("archive/data.pkl", w.finish());
   add_record("archive/byteorder", "little");
   begin_record("archive/data/0", expected_);
+  data_start_ = pos_;
   flush();
 }
 
@@ -327,7 +333,7 @@ void TorchSaveTensorWriter::write(const void* data, uint64_t n) {
            file_.output_path().string(), written_ + n - expected_, expected_);
   if (n == 0) return;
   file_.write_at(data, n, base_ + pos_);
-  if (hash_) hash_->update(data, n);
+  if (Hasher* h = data_hash_ ? data_hash_ : hash_) h->update(data, n);
   crc_ = crc32_of(crc_, data, n);
   pos_ += n;
   written_ += n;

@@ -39,8 +39,13 @@ class TorchSaveTensorWriter {
   // (the archive is written front to back), so that a file made of archives
   // written one after another can be checksummed without reading it back.
   // `out` is a File (any base) or an AppendFile (base = its current size).
+  // With `data_hash` too, the tensor's bytes go to it instead of `hash`
+  // (region checksums: formats/torch_dist/distcp_checksum.hpp).
   TorchSaveTensorWriter(ByteOutput& out, uint64_t base, DType dtype, const Shape& shape,
-                        Hasher* hash = nullptr);
+                        Hasher* hash = nullptr, Hasher* data_hash = nullptr);
+  // The absolute offset of the tensor's bytes (data/0's payload); known
+  // from construction on.
+  uint64_t data_offset() const { return base_ + data_start_; }
   // The constructor writes data.pkl, byteorder and data/0's local header.
   // Tensor bytes, in row-major order, in any number of calls; each call is one
   // write at the current position. More bytes than the tensor holds throw.
@@ -53,7 +58,8 @@ class TorchSaveTensorWriter {
  private:
   ByteOutput& file_;
   Hasher* hash_ = nullptr;
-  uint64_t base_, pos_;
+  Hasher* data_hash_ = nullptr;
+  uint64_t base_, pos_, data_start_ = 0;
   uint64_t expected_, written_ = 0;
   uint32_t crc_ = 0;
   struct Record {
