@@ -459,7 +459,9 @@ IoMode source_io_mode(IoMode requested, bool checksums_verified) {
 }
 
 bool checksums_streamable(const MegatronCheckpoint& ck) {
-  // Older manifests (whole-file "xxh3-64") keep the separate full pass.
+  // Older manifests (whole-file "xxh3-64") keep the separate full pass; a
+  // foreign checkpoint (no manifest of ours) has no checksums at all.
+  if (ck.foreign || ck.manifest.at("files").empty()) return false;
   const char* streamable = ck.format == "torch_dist" ? kDistcpRegionChecksum : kHdf5RegionChecksum;
   for (const auto& f : ck.manifest.at("files")) {
     const std::string scheme =

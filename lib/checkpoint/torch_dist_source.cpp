@@ -172,9 +172,13 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         Streamed* sv = nullptr;
         if (verify_) {
           sv = &streamed(std::make_pair(p.key, c.offsets), ti, rel);
-          // The reads moved on: a chunk read out of order is checked now,
-          // while its pages may still be in the page cache.
-          if (last_ && last_ != sv && !last_->checked && !last_->in_order) verify_whole(*last_);
+          // The reads moved on: a chunk read out of order, and by now as many
+          // bytes as it holds, is checked now, while its pages are in the page
+          // cache. One read only in part so far (a TP split read for one
+          // output shard at a time) waits for its other parts, or the end.
+          if (last_ && last_ != sv && !last_->checked && !last_->in_order &&
+              last_->seen >= last_->end - last_->begin)
+            verify_whole(*last_);
           last_ = sv;
         }
         // Walk the cut's innermost runs (contiguous in the chunk), merging runs
@@ -185,6 +189,7 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         unsigned char* pend_dst = nullptr;
         auto flush = [&] {
           if (pend_len == 0) return;
+          if (sv) sv->seen += pend_len;
           if (sv && !sv->checked && sv->in_order && pend_file == sv->next) {
             f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
             sv->hash.update(pend_dst, pend_len);

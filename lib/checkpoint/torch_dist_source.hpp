@@ -46,6 +46,7 @@ class TorchDistSource : public RowSource {
   struct Streamed {
     std::string file, name, want;
     uint64_t begin = 0, end = 0, next = 0;  // the chunk's data bytes in the file
+    uint64_t seen = 0;                      // bytes read so far, in any order
     Hasher hash;
     bool in_order = true;  // every read so far continued the previous one
     bool checked = false;
