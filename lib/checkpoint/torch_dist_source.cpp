@@ -55,16 +55,19 @@ void TorchDistSource::verify_whole(Streamed& s) {
   if (it == plain_.end())
     it = plain_.emplace(s.file, File(resolve_inside(ck_.iter_dir, s.file, "torch_dist item"), File::Mode::Read))
              .first;
-  // Small blocks: this memory is outside the configured buffer.
-  std::vector<unsigned char> buf(std::min<uint64_t>(1u << 20, std::max<uint64_t>(1, s.end - s.begin)));
-  Hasher h;
-  for (uint64_t at = s.begin; at < s.end;) {
+  // The prefix read in file order is hashed already (and was read direct, so
+  // it is not in the page cache): continue from where it stopped. The rest
+  // was read through the page cache. Small blocks: this memory is outside
+  // the configured buffer.
+  std::vector<unsigned char> buf(std::min<uint64_t>(1u << 20, std::max<uint64_t>(1, s.end - s.next)));
+  for (uint64_t at = s.next; at < s.end;) {
     const uint64_t n = std::min<uint64_t>(buf.size(), s.end - at);
     it->second.pread_exact(buf.data(), n, at);
-    h.update(buf.data(), n);
+    s.hash.update(buf.data(), n);
     at += n;
   }
-  check(s, h.digest());
+  s.next = s.end;
+  check(s, s.hash.digest());
 }
 
 std::string TorchDistSource::finish_verification(int rank, int ranks) {
