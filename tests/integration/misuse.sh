@@ -140,6 +140,29 @@ no_output "$work/r1g"
 # The intact checkpoint still converts (and verify agrees with the manifest).
 run verify "$fixture" "$work/td" >/dev/null || { echo "FAIL: verify of the intact torch_dist checkpoint"; fails=$((fails + 1)); }
 
+# import --resume with torch_dist keeps a committed .distcp whose region
+# checksum still matches its record, and writes again one with a flipped byte.
+for flip in no yes; do
+  rm -rf "$work/tdr" "$work/tdr.partial"
+  MEGABRIDGE_TEST_FAIL=1:60 run import --quiet --hf-path "$fixture" --out "$work/tdr" --tp 2 --pp 2 --format torch_dist >/dev/null 2>&1 || true
+  if [ ! -f "$work/tdr.partial/iter_0000000/__0_0.distcp" ]; then
+    echo "FAIL: the interrupted torch_dist import left no committed __0_0.distcp"; fails=$((fails + 1)); continue
+  fi
+  if [ "$flip" = yes ]; then  # no .metadata yet: the middle byte of the file
+    "$py" -c 'import sys; p = sys.argv[1]; d = bytearray(open(p, "rb").read()); d[len(d) // 2] ^= 0x40; open(p, "wb").write(d)' \
+      "$work/tdr.partial/iter_0000000/__0_0.distcp"
+  fi
+  out="$(run import --resume --hf-path "$fixture" --out "$work/tdr" --tp 2 --pp 2 --format torch_dist 2>&1)" || { echo "FAIL: torch_dist --resume"; fails=$((fails + 1)); continue; }
+  if [ "$flip" = no ] && ! grep -q "resume: keeping iter_0000000/__0_0.distcp" <<<"$out"; then
+    echo "FAIL: --resume did not keep the intact __0_0.distcp"; fails=$((fails + 1))
+  elif [ "$flip" = yes ] && grep -q "resume: keeping iter_0000000/__0_0.distcp" <<<"$out"; then
+    echo "FAIL: --resume kept a __0_0.distcp with a flipped byte"; fails=$((fails + 1))
+  else
+    echo "ok: torch_dist --resume (flipped: $flip)"
+  fi
+  run verify "$fixture" "$work/tdr" >/dev/null || { echo "FAIL: verify after torch_dist --resume (flipped: $flip)"; fails=$((fails + 1)); }
+done
+
 # A missing shard file.
 cp -r "$work/meg" "$work/missing"
 rm "$work/missing/mp_rank_00_000_000.h5"
