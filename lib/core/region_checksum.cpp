@@ -14,7 +14,9 @@ void RegionChecksumBuilder::add(uint64_t offset, uint64_t n, uint64_t hash) {
     for (int i = 0; i < 8; ++i) list_.push_back(static_cast<unsigned char>(v >> (8 * i)));
 }
 
-uint64_t RegionChecksumBuilder::digest() const { return hash_bytes(list_.data(), list_.size()); }
+uint64_t RegionChecksumBuilder::digest() const {
+  return hash_bytes(list_.data(), list_.size());
+}
 
 namespace {
 // XXH3-64 of bytes [offset, offset + n) of `f`, read in bounded blocks.

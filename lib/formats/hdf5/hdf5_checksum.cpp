@@ -7,8 +7,8 @@
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/region_checksum.hpp"
-#include "formats/torch_dist/distcp_checksum.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
+#include "formats/torch_dist/distcp_checksum.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;

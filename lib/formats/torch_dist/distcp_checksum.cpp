@@ -26,8 +26,8 @@ std::vector<DataRegion> distcp_data_regions(const fs::path& path, const DcpMetad
   for (const auto& [k, st] : md.storage) {
     if (st.relative_path != file || md.byte_items.count(k.first)) continue;
     const std::string name = distcp_item_name(k.first, k.second);
-    const TorchTensorItem ti =
-        read_torch_tensor_item(f, st.offset, st.length, fmt::format("{} in {}", name, path.string()));
+    const TorchTensorItem ti = read_torch_tensor_item(f, st.offset, st.length,
+                                                      fmt::format("{} in {}", name, path.string()));
     out.push_back({name, ti.data_offset, ti.storage_bytes, {}});
   }
   std::sort(out.begin(), out.end(),

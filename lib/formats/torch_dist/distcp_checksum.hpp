@@ -26,6 +26,7 @@ std::string distcp_item_name(const std::string& key, const std::vector<uint64_t>
 std::vector<DataRegion> distcp_data_regions(const std::filesystem::path& path);
 // The same with the .metadata already parsed.
 struct DcpMetadata;
-std::vector<DataRegion> distcp_data_regions(const std::filesystem::path& path, const DcpMetadata& md);
+std::vector<DataRegion> distcp_data_regions(const std::filesystem::path& path,
+                                            const DcpMetadata& md);
 
 }  // namespace mb
