@@ -21,6 +21,7 @@ import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qwen35_reference import DTYPES, TORCH_NAMES, Layout, Reference  # noqa: E402
+from region_checksum import region_file_checksum  # noqa: E402
 
 RAW = {2: np.uint16, 4: np.uint32, 8: np.uint64, 1: np.uint8}
 
@@ -46,21 +47,8 @@ def region_checksum(path):
             off, size = obj.id.get_offset(), obj.id.get_storage_size()
             if off is not None and size > 0:
                 regions.append((off, size))
-    regions.sort()
-    data = open(path, "rb").read()
-    parts, pos = [], 0
-
-    def add(off, n):
-        parts.append(np.array([off, n, xxhash.xxh3_64_intdigest(data[off:off + n])], dtype="<u8").tobytes())
-
-    for off, size in regions:
-        if off > pos:
-            add(pos, off - pos)
-        add(off, size)
-        pos = off + size
-    if len(data) > pos:
-        add(pos, len(data) - pos)
-    return xxhash.xxh3_64_hexdigest(b"".join(parts))
+    with open(path, "rb") as fh:
+        return region_file_checksum(fh.read(), regions)
 
 
 def file_checksum(path, scheme):

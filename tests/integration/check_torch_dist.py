@@ -28,6 +28,7 @@ import xxhash
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dist_reference import expected_keys, expected_objects  # noqa: E402
 from qwen35_reference import DTYPES  # noqa: E402
+from region_checksum import region_file_checksum  # noqa: E402
 
 TORCH_DTYPES = {"bfloat16": "BF16", "float32": "F32", "float16": "F16", "uint8": "U8"}
 STORAGES = {"BFloat16Storage": "BF16", "FloatStorage": "F32", "HalfStorage": "F16", "ByteStorage": "U8"}
@@ -106,27 +107,6 @@ def data_region(blob, base):
     return base + h + 30 + n + e, zi.file_size
 
 
-def distcp_region_checksum(data, regions):
-    """Scheme "xxh3-64-distcp-regions" (docs/formats.md), recomputed from the
-    file's bytes: xxh3 over (offset, length, xxh3(bytes)) little-endian u64
-    triples of the tensor chunks' data regions and the runs between them."""
-    parts, pos = [], 0
-
-    def add(off, n):
-        parts.append(struct.pack("<QQQ", off, n, xxhash.xxh3_64_intdigest(data[off:off + n])))
-
-    for off, n in sorted(regions):
-        if n == 0:
-            continue
-        if off > pos:
-            add(pos, off - pos)
-        add(off, n)
-        pos = off + n
-    if len(data) > pos:
-        add(pos, len(data) - pos)
-    return xxhash.xxh3_64_hexdigest(b"".join(parts))
-
-
 def check_manifest_checksums(out, iter_dir, md, errors):
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     by_file = {}
@@ -145,7 +125,7 @@ def check_manifest_checksums(out, iter_dir, md, errors):
             off, n = data_region(data[info.offset:info.offset + info.length], info.offset)
             regions.append((off, n))
             own[k.fqn + "@" + ",".join(str(o) for o in k.offset)] = xxhash.xxh3_64_hexdigest(data[off:off + n])
-        got = distcp_region_checksum(data, regions)
+        got = region_file_checksum(data, regions)
         if got != f["xxh3"]:
             errors.append(f"{f['path']}: region checksum {got}, manifest {f['xxh3']}")
         listed = {t["name"]: t["xxh3"] for t in f.get("tensors", [])}
