@@ -1,6 +1,7 @@
 #include "checkpoint/megatron_checkpoint.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <iterator>
 #include <memory>
 #include <numeric>
@@ -12,7 +13,9 @@
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
+#include "core/log.hpp"
 #include "core/output_lock.hpp"
+#include "dist/hash_relay.hpp"
 #include "dist/mpi_context.hpp"
 #include "formats/hdf5/hdf5_checksum.hpp"
 #include "formats/torch_dist/distcp_checksum.hpp"
@@ -471,11 +474,20 @@ bool checksums_streamable(const MegatronCheckpoint& ck) {
   return true;
 }
 
+VerifyChains source_verify_chains(const MegatronCheckpoint& ck, const std::vector<LocalTensorRef>& refs,
+                                  const std::vector<SourceReads>& reads) {
+  std::vector<uint64_t> rows;
+  rows.reserve(refs.size());
+  for (const LocalTensorRef& r : refs) rows.push_back(rows_2d(ck.shards.at(r.shard).tensors.at(r.tensor).shape));
+  return build_verify_chains(rows, reads);
+}
+
 std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                             const IoConfig& io, bool verify_streamed) {
+                                             const IoConfig& io, bool verify_streamed,
+                                             const StreamedChecks& shared) {
   if (ck.format == "torch_dist")
     return std::make_unique<TorchDistSource>(ck, std::move(refs), io, verify_streamed);
-  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed);
+  return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed, shared);
 }
 
 std::string source_checksum_problem(RowSource& source, int rank, int ranks) {
@@ -499,9 +511,13 @@ std::map<std::string, std::string> manifest_tensor_hashes(const json& manifest,
 }  // namespace
 
 Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                 const IoConfig& io, bool verify)
-    : ck_(ck), refs_(std::move(refs)), io_(io), verify_(verify) {
+                                 const IoConfig& io, bool verify, const StreamedChecks& shared)
+    : ck_(ck), refs_(std::move(refs)), io_(io), verify_(verify), shared_(shared) {
   if (!verify_) return;
+  MB_CHECK(!shared_.chains || (shared_.relay && shared_.chains->size() == refs_.size()),
+           "internal: shared checksum chains for {} of {} tensors, or without a relay",
+           shared_.chains ? shared_.chains->size() : 0, refs_.size());
+  if (shared_.relay) rank_ = shared_.relay->rank();
   streamed_.resize(refs_.size());
   want_.resize(refs_.size());
   std::map<uint32_t, std::map<std::string, std::string>> by_shard;
@@ -519,27 +535,128 @@ Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<Local
              (ck_.dir / kManifestName).string(), name, ck_.shards.at(r.shard).coord.file_name());
     want_[i] = h->second;
   }
+  if (!shared_.chains) {
+    // Alone: this rank checks every tensor it reads, each as one link.
+    own_chains_.resize(refs_.size());
+    for (uint32_t id = 0; id < refs_.size(); ++id) {
+      const LocalTensorRef& r = refs_[id];
+      own_chains_[id].push_back({rank_, 0, rows_2d(ck_.shards.at(r.shard).tensors.at(r.tensor).shape)});
+    }
+  }
+  for (uint32_t id = 0; id < refs_.size(); ++id) streamed_[id].link = next_own_link(id, 0);
 }
 
-void Hdf5ShardSource::verify_whole(uint32_t id) {
-  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+const std::vector<ChainLink>& Hdf5ShardSource::links(uint32_t id) {
+  return shared_.chains ? (*shared_.chains)[id] : own_chains_[id];
+}
+
+size_t Hdf5ShardSource::next_own_link(uint32_t id, size_t from) {
+  const auto& l = links(id);
+  while (from < l.size() && l[from].rank != rank_) ++from;
+  return from;
+}
+
+bool Hdf5ShardSource::hashes_rows(uint32_t id, uint64_t row0, uint64_t rows) {
+  const Streamed& s = streamed_.at(id);
+  const auto& l = links(id);
+  if (s.broken || s.link >= l.size()) return false;
+  const uint64_t from = std::max(s.next_row, l[s.link].row0);
+  return row0 <= from && from < row0 + rows;
+}
+
+bool Hdf5ShardSource::start_link(uint32_t id, double timeout_s) {
+  Streamed& s = streamed_.at(id);
+  const auto& l = links(id);
+  const ChainLink& link = l.at(s.link);
+  if (link.row0 == 0) {
+    s.hash = Hasher();
+  } else {
+    const int from = l.at(s.link - 1).rank;
+    auto state = shared_.relay->receive(from, id, timeout_s);
+    if (!state) return false;
+    s.hash.restore(*state);
+  }
+  s.next_row = link.row0;
+  return true;
+}
+
+void Hdf5ShardSource::end_link(uint32_t id) {
+  Streamed& s = streamed_.at(id);
+  const auto& l = links(id);
+  if (s.link + 1 == l.size()) {
+    check_streamed(id, s.hash.digest());
+    ++checked_;
+  } else {
+    shared_.relay->send(l[s.link + 1].rank, id, s.hash.save());
+    ++handed_on_;
+  }
+  s.link = next_own_link(id, s.link + 1);
+}
+
+void Hdf5ShardSource::advance(uint32_t id, uint64_t row0, uint64_t rows, const unsigned char* p,
+                              uint64_t stride) {
+  Streamed& s = streamed_.at(id);
   const LocalTensorRef& ref = refs_.at(id);
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
-  const uint64_t rows = rows_2d(t.shape), row_bytes = cols_2d(t.shape) * dtype_size(t.dtype);
-  // Small blocks: this memory is outside the configured buffer.
-  const uint64_t block = std::max<uint64_t>(1, (1u << 20) / std::max<uint64_t>(row_bytes, 1));
-  std::vector<unsigned char> buf(std::min(block, rows) * row_bytes);
-  Hasher h;
-  for (uint64_t r0 = 0; r0 < rows; r0 += block) {
-    const uint64_t n = std::min(block, rows - r0);
-    read_bytes(id, r0, n, 0, cols_2d(t.shape), buf.data(), row_bytes, /*page_cache=*/true);
-    h.update(buf.data(), n * row_bytes);
+  const uint64_t row_bytes = cols_2d(t.shape) * dtype_size(t.dtype), row1 = row0 + rows;
+  const auto& l = links(id);
+  while (!s.broken && s.link < l.size()) {
+    const ChainLink& link = l[s.link];
+    if (s.next_row < link.row0) {  // the link has not started
+      if (row1 <= link.row0) return;  // rows before it: another rank's
+      if (row0 > link.row0 || !start_link(id, wait_s_)) {
+        // Its first rows were skipped, or the state did not come in time:
+        // finish_verification continues it. Stop waiting while converting.
+        if (row0 <= link.row0) wait_s_ = 0;
+        s.broken = true;
+        return;
+      }
+    }
+    if (row0 > s.next_row) {  // rows of the link skipped
+      s.broken = true;
+      return;
+    }
+    if (s.next_row >= row1) return;  // read again, already hashed
+    const uint64_t end = std::min(row1, link.row1);
+    const unsigned char* q = p + (s.next_row - row0) * stride;
+    if (stride == row_bytes) {
+      s.hash.update(q, (end - s.next_row) * row_bytes);
+    } else {
+      for (uint64_t r = s.next_row; r < end; ++r, q += stride) s.hash.update(q, row_bytes);
+    }
+    s.next_row = end;
+    if (end < link.row1) return;
+    end_link(id);
   }
-  check_streamed(id, h.digest());
+}
+
+void Hdf5ShardSource::finish_links(uint32_t id) {
+  Streamed& s = streamed_.at(id);
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  const uint64_t cols = cols_2d(t.shape), row_bytes = cols * dtype_size(t.dtype);
+  const auto& l = links(id);
+  // Small blocks: this memory is outside the configured buffer.
+  const uint64_t block = std::max<uint64_t>(1, (4u << 20) / std::max<uint64_t>(row_bytes, 1));
+  while (s.link < l.size()) {
+    const ChainLink& link = l[s.link];
+    if (s.next_row < link.row0) start_link(id, -1);
+    if (s.next_row < link.row1) {
+      ++late_links_;
+      late_bytes_ += (link.row1 - s.next_row) * row_bytes;
+    }
+    while (s.next_row < link.row1) {
+      const uint64_t n = std::min(block, link.row1 - s.next_row);
+      scratch_.resize(n * row_bytes);
+      read_bytes(id, s.next_row, n, 0, cols, scratch_.data(), row_bytes, /*page_cache=*/false);
+      s.hash.update(scratch_.data(), n * row_bytes);
+      s.next_row += n;
+    }
+    end_link(id);
+  }
 }
 
 void Hdf5ShardSource::check_streamed(uint32_t id, uint64_t digest) {
-  streamed_[id].checked = true;
   if (hash_hex(digest) == want_[id] || !problem_.empty()) return;
   const LocalTensorRef& ref = refs_.at(id);
   problem_ = fmt::format(
@@ -552,9 +669,15 @@ void Hdf5ShardSource::check_streamed(uint32_t id, uint64_t digest) {
 std::string Hdf5ShardSource::finish_verification(int rank, int ranks) {
   MB_CHECK(verify_, "internal: finish_verification without verify");
   const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
-  // Tensors this rank read, but not in one whole-width pass: read again.
-  for (uint32_t id = 0; id < refs_.size() && problem_.empty(); ++id)
-    if (streamed_[id].touched && !streamed_[id].checked) verify_whole(id);
+  // The links this rank could not hash as it read, in tensor order on every
+  // rank: a wait for a state then only waits on work that comes before.
+  // Every link, even after a corruption was found: the next links' ranks
+  // wait for the states.
+  for (uint32_t id = 0; id < refs_.size(); ++id)
+    if (shared_.chains || streamed_[id].touched) finish_links(id);
+  log::debug("checksums as read: {} tensor(s) checked here, {} hash state(s) handed on, {} "
+             "link(s) finished by reading {} bytes again",
+             checked_, handed_on_, late_links_, late_bytes_);
   if (!problem_.empty()) return problem_;
   // Each file's metadata: with the per-tensor checksums, the file checksum.
   for (size_t i = 0; i < ck_.shards.size(); ++i) {
@@ -629,40 +752,32 @@ void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
                            void* dst, uint64_t dst_stride) {
   const LocalTensorRef& ref = refs_.at(id);
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
-  if (verify_ && last_id_ != id && last_id_ < streamed_.size()) {
-    // The reads moved on: a tensor read in pieces is checked now, while its
-    // pages are in the page cache.
-    const Streamed& prev = streamed_[last_id_];
-    if (prev.touched && !prev.checked && !prev.in_order) verify_whole(last_id_);
-  }
-  last_id_ = id;
-  // With verify, a tensor read in pieces goes through the page cache, where
-  // verify_whole finds it again.
-  bool page_cache = false;
-  if (verify_) {
-    const Streamed& s = streamed_.at(id);
-    page_cache = !s.in_order ||
-                 (!s.checked && (col0 != 0 || cols != cols_2d(t.shape) || row0 != s.next_row));
-  }
-  read_bytes(id, row0, rows, col0, cols, dst, dst_stride, page_cache);
-  bytes_read_ += rows * cols * dtype_size(t.dtype);
-  if (!verify_) return;
-  Streamed& s = streamed_.at(id);
-  s.touched = true;
-  if (s.checked) return;
-  const uint64_t all_cols = cols_2d(t.shape), row_bytes = all_cols * dtype_size(t.dtype);
-  if (!s.in_order || col0 != 0 || cols != all_cols || row0 != s.next_row) {
-    s.in_order = false;  // read back whole in finish_verification
+  const uint64_t es = dtype_size(t.dtype), all_cols = cols_2d(t.shape), row_bytes = all_cols * es;
+  bytes_read_ += rows * cols * es;
+  const bool whole = col0 == 0 && cols == all_cols;
+  if (!verify_ || whole || !hashes_rows(id, row0, rows)) {
+    read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/false);
+    if (verify_) {
+      streamed_.at(id).touched = true;
+      if (whole) advance(id, row0, rows, static_cast<const unsigned char*>(dst), dst_stride);
+    }
     return;
   }
-  const auto* p = static_cast<const unsigned char*>(dst);
-  if (dst_stride == row_bytes) {
-    s.hash.update(p, rows * row_bytes);
-  } else {
-    for (uint64_t r = 0; r < rows; ++r) s.hash.update(p + r * dst_stride, row_bytes);
+  // A column window of rows this rank hashes: read the whole rows, the way
+  // the window alone would be read (a narrow one through the page cache,
+  // where the node's other ranks share it), hash them, copy the window out.
+  streamed_.at(id).touched = true;
+  const bool cached = io_.mode == IoMode::Buffered || !column_window_direct(cols * es, row_bytes);
+  const uint64_t block = std::max<uint64_t>(1, (4u << 20) / std::max<uint64_t>(row_bytes, 1));
+  auto* d = static_cast<unsigned char*>(dst);
+  for (uint64_t r = 0; r < rows; r += block) {
+    const uint64_t n = std::min(block, rows - r);
+    scratch_.resize(n * row_bytes);
+    read_bytes(id, row0 + r, n, 0, all_cols, scratch_.data(), row_bytes, cached);
+    advance(id, row0 + r, n, scratch_.data(), row_bytes);
+    for (uint64_t i = 0; i < n; ++i)
+      std::memcpy(d + (r + i) * dst_stride, scratch_.data() + i * row_bytes + col0 * es, cols * es);
   }
-  s.next_row += rows;
-  if (s.next_row == rows_2d(t.shape)) check_streamed(id, s.hash.digest());
 }
 
 ExportIndex build_export_index(const std::vector<ShardPlan>& shards, size_t num_hf_tensors) {

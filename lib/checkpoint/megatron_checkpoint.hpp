@@ -20,10 +20,12 @@
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "layout/import_plan.hpp"
 #include "engine/copy_engine.hpp"
+#include "checkpoint/verify_chains.hpp"
 
 namespace mb {
 
 class MpiContext;
+class HashRelay;
 
 struct MegatronCheckpoint {
   std::filesystem::path dir;
@@ -108,10 +110,22 @@ IoMode source_io_mode(IoMode requested, bool checksums_verified);
 // xxh3-64-hdf5-regions file scheme): then no separate checksum pass reads the
 // files (see Hdf5ShardSource). Else the files are hashed whole, apart.
 bool checksums_streamable(const MegatronCheckpoint& ck);
+// How the ranks share the streamed checks of an HDF5 source: which rank
+// hashes which rows of each source tensor, and the relay that hands the hash
+// on (verify_chains.hpp). Without it, each rank checks every tensor it reads,
+// whole.
+struct StreamedChecks {
+  const VerifyChains* chains = nullptr;  // indexed like the source's refs
+  HashRelay* relay = nullptr;
+};
+// The chains for a conversion whose jobs read `reads` (src indexing `refs`).
+VerifyChains source_verify_chains(const MegatronCheckpoint& ck, const std::vector<LocalTensorRef>& refs,
+                                  const std::vector<SourceReads>& reads);
 // `verify_streamed`: the source checks checksums as it reads
 // (checksums_streamable must hold); see source_checksum_problem.
 std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                             const IoConfig& io, bool verify_streamed = false);
+                                             const IoConfig& io, bool verify_streamed = false,
+                                             const StreamedChecks& shared = {});
 // After the last read from a source opened with verify_streamed: the first
 // corruption found, or "". Collective in nothing; rank r also checks the
 // metadata of the files i with i % ranks == r.
@@ -124,16 +138,19 @@ struct LocalTensorRef {
 };
 
 //
-// With `verify`, the checksums are checked from the bytes as they are read:
-// a tensor read whole-width from its first row to its last, in order (the
-// common case), is hashed on the way and compared with the manifest's
-// per-tensor xxh3 when its last row arrives. A tensor read otherwise (in
-// column windows, out of order) is read again whole as soon as the reads move
-// on to another tensor, while its pages are still in the page cache (a
-// second read at the syscall level, not from storage); finish_verification()
-// then reads what is left (tensors whose reads stopped part way, and each
-// file's metadata regions, which with the
-// per-tensor checksums make up the file checksum, scheme
+// With `verify`, the checksums are checked from the bytes as they are read.
+// A tensor's checksum is one XXH3 stream over its rows; the rows are cut into
+// a chain of links (StreamedChecks), each hashed by a rank that reads them for
+// the conversion: a link is hashed as its rows arrive in order (a column
+// window of them is read as whole rows, through the page cache where the
+// window alone would be, so no storage read is added), its hash state is
+// handed to the next link's rank, and the last link's rank compares the
+// digest with the manifest's per-tensor xxh3. A link whose rows came out of
+// order, or whose predecessor's state had not arrived when its rows did, is
+// finished in finish_verification(): its remaining rows read again directly,
+// in tensor order on every rank, so the waits for states cannot deadlock.
+// finish_verification() then reads each file's metadata regions, which with
+// the per-tensor checksums make up the file checksum (scheme
 // xxh3-64-hdf5-regions). Datasets the conversion never reads (replicas of a
 // tensor on other ranks) are not read for it: what is converted is checked,
 // what is not cannot reach the output; `verify` checks everything.
@@ -143,7 +160,8 @@ class Hdf5ShardSource : public RowSource {
   // (our shards): with `io` (direct where it says so, through one read
   // window of io.chunk_bytes), as the safetensors source reads.
   Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                  const IoConfig& io = {IoMode::Buffered, 0}, bool verify = false);
+                  const IoConfig& io = {IoMode::Buffered, 0}, bool verify = false,
+                  const StreamedChecks& shared = {});
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
@@ -159,16 +177,25 @@ class Hdf5ShardSource : public RowSource {
   void read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                   void* dst, uint64_t dst_stride, bool page_cache);
   struct Streamed {
-    uint64_t next_row = 0;
+    uint64_t next_row = 0;  // the hash covers rows [0, next_row), hashed here or handed on
     Hasher hash;
-    bool in_order = true;  // every read so far continued the previous, whole-width
-    bool touched = false;  // read by this rank at all
-    bool checked = false;
+    size_t link = 0;        // this rank's next link in the tensor's chain (chain size: none)
+    bool broken = false;    // rows of a link came out of order: finish_verification reads them
+    bool touched = false;   // read by this rank at all
   };
+  const std::vector<ChainLink>& links(uint32_t id);
+  size_t next_own_link(uint32_t id, size_t from);
+  // Whether rows [row0, row0 + rows) hold the next rows this rank hashes.
+  bool hashes_rows(uint32_t id, uint64_t row0, uint64_t rows);
+  // Hashes what rows [row0, row0 + rows) (whole, `stride` apart at p) add to
+  // this rank's links of the chain; hands on or checks each link it ends.
+  void advance(uint32_t id, uint64_t row0, uint64_t rows, const unsigned char* p, uint64_t stride);
+  // Takes up the hash where the previous link's rank left it; false if its
+  // state did not come within `timeout_s` (negative: waits).
+  bool start_link(uint32_t id, double timeout_s);
+  void end_link(uint32_t id);
+  void finish_links(uint32_t id);  // reads and hashes the rest of this rank's links
   void check_streamed(uint32_t id, uint64_t digest);
-  void verify_whole(uint32_t id);  // reads tensor `id` whole and checks it
-  uint32_t last_id_ = UINT32_MAX;  // the tensor the previous read was from
-
   const MegatronCheckpoint& ck_;
   std::vector<LocalTensorRef> refs_;
   std::map<uint32_t, std::unique_ptr<Hdf5ShardReader>> open_;
@@ -178,7 +205,14 @@ class Hdf5ShardSource : public RowSource {
   ReadWindow window_;  // allocated when the first file opens for direct reads
   uint64_t bytes_read_ = 0;
   bool verify_ = false;
+  StreamedChecks shared_;                   // empty: one link per tensor, this rank's
+  int rank_ = 0;                            // the relay's, else 0
+  double wait_s_ = 2.0;                     // for a state, while converting (0 after a miss)
+  VerifyChains own_chains_;                 // without shared_: one link per tensor
+  std::vector<unsigned char> scratch_;      // whole rows of a column window being hashed
   std::vector<Streamed> streamed_;          // per ref, with verify
+  uint64_t checked_ = 0, handed_on_ = 0;    // tensors checked here; hash states sent
+  uint64_t late_links_ = 0, late_bytes_ = 0;  // links finished by reading rows again
   std::vector<std::string> want_;           // per ref: the manifest's xxh3
   std::string problem_;                     // the first corruption found
 };

@@ -1,8 +1,11 @@
 #include "core/hash.hpp"
 
+// For XXH3_state_t's layout (save/restore).
+#define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
 #include <atomic>
+#include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
@@ -33,6 +36,23 @@ void Hasher::update(const void* data, uint64_t n) {
   XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, n);
 }
 uint64_t Hasher::digest() const { return XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_)); }
+
+std::string Hasher::save() const {
+  const auto* st = static_cast<const XXH3_state_t*>(state_);
+  return std::string(reinterpret_cast<const char*>(st), sizeof(XXH3_state_t));
+}
+
+void Hasher::restore(const std::string& bytes) {
+  MB_CHECK(bytes.size() == sizeof(XXH3_state_t), "a saved hash state of {} bytes, expected {}",
+           bytes.size(), sizeof(XXH3_state_t));
+  auto* st = static_cast<XXH3_state_t*>(state_);
+  // The one pointer in the state, to the default secret, is only valid in the
+  // process that saved it: keep ours (both streams use the default secret).
+  XXH3_64bits_reset(st);
+  const unsigned char* secret = st->extSecret;
+  std::memcpy(st, bytes.data(), sizeof(XXH3_state_t));
+  st->extSecret = secret;
+}
 
 uint64_t hash_bytes(const void* data, uint64_t n) { return XXH3_64bits(data, n); }
 

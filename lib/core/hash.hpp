@@ -18,6 +18,12 @@ class Hasher {
 
   void update(const void* data, uint64_t n);
   uint64_t digest() const;
+  // The state as bytes, to continue the same stream in another process of
+  // this program (a rank that hashed the first rows of a tensor hands the
+  // hash on to the rank that read the next ones), and back.
+  std::string save() const;
+  // Throws if `bytes` is not a state saved by this build.
+  void restore(const std::string& bytes);
 
  private:
   void* state_;

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/log.hpp"
+#include "dist/hash_relay.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
@@ -433,8 +434,18 @@ void ExportStep::execute(MpiContext& mpi) {
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
   file_written_.assign(plan_.files.size(), 0);
-  const auto source =
-      open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes), streamed_);
+  // Checked as read: each source row hashed by one rank that reads it, the
+  // hash handed from rank to rank (verify_chains.hpp). Constructed on every
+  // rank (collective), destroyed after the source.
+  HashRelay relay(mpi);
+  VerifyChains chains;
+  if (streamed_) {
+    std::vector<SourceReads> reads;
+    for (const ExportTensor& t : plan_.tensors) reads.push_back({t.rank, &t.segments});
+    chains = source_verify_chains(*ck_, plan_.refs, reads);
+  }
+  const auto source = open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes),
+                                        streamed_, {&chains, &relay});
   std::map<uint32_t, RegionFile> files;
   AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
   for (const ExportTensor& t : plan_.tensors) {

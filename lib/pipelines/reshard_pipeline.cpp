@@ -8,6 +8,7 @@
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "dist/hash_relay.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
@@ -134,8 +135,19 @@ class ReshardStep : public Step {
                            (opt_.io != IoMode::Buffered ? 2 : 0);
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
-    const auto source =
-        open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes), streamed_);
+    // Checked as read: each source row hashed by one rank that reads it, the
+    // hash handed from rank to rank (verify_chains.hpp). Constructed on every
+    // rank (collective), destroyed after the source.
+    HashRelay relay(mpi);
+    VerifyChains chains;
+    if (streamed_) {
+      std::vector<SourceReads> reads;
+      for (const ShardPlan& s : plan_.shards)
+        for (const LocalTensor& t : s.tensors) reads.push_back({s.rank, &t.segments});
+      chains = source_verify_chains(*ck_, index.refs, reads);
+    }
+    const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes),
+                                          streamed_, {&chains, &relay});
     results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, *engine, *source,
                                  io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
                                     progress_->add_tensor();

@@ -51,17 +51,20 @@ expect 2 "mp_rank_01_001_000.h5 is corrupt" -- run export --megatron-path "$work
 no_output "$work/x1"
 
 # Export and reshard check the checksums as they read (docs/formats.md): a
-# tensor read whole and in order is hashed on the way, one read in pieces out
-# of order (the fused QKV weight) is read again, and the metadata between the
-# datasets is checked against the file checksum. Each must catch one flipped
-# byte, naming the file (and the dataset where it is in one).
-# flip FILE DATASET|padding: flips one byte in the middle of the dataset, or a
-# zero byte of the alignment padding just before a page-aligned dataset.
+# tensor's rows are hashed by the ranks that read them, the hash handed from
+# rank to rank along the rows (docs/design.md, "Checksums as read"), and the
+# metadata between the datasets is checked against the file checksum. Each
+# must catch one flipped byte, naming the file (and the dataset where it is in
+# one).
+# flip FILE DATASET|padding [FRACTION]: flips one byte FRACTION (default 0.5)
+# of the way into the dataset, or a zero byte of the alignment padding just
+# before a page-aligned dataset.
 flip() {
   "$py" - "$@" <<'PY'
 import sys
 import h5py
 path, what = sys.argv[1], sys.argv[2]
+fraction = float(sys.argv[3]) if len(sys.argv) > 3 else 0.5
 with h5py.File(path, "r") as f:
     regions = sorted((f[n].id.get_offset(), f[n].id.get_storage_size(), n) for n in f
                      if isinstance(f[n], h5py.Dataset) and f[n].id.get_offset() is not None)
@@ -71,7 +74,7 @@ if what == "padding":
               if o % 4096 == 0 and o > po + ps and data[o - 1] == 0)
 else:
     o, s, n = next(r for r in regions if r[2].endswith(what))
-    at = o + s // 2
+    at = o + int(s * fraction)
 data[at] ^= 0x40
 open(path, "wb").write(data)
 PY
@@ -84,6 +87,34 @@ expect 2 "mp_rank_01_001_000.h5 is corrupt" -- run reshard --megatron-path "$wor
 no_output "$work/r1q"
 expect 2 "mp_rank_01_001_000.h5 is corrupt" -- run reshard --megatron-path "$work/flipped" --out "$work/r1" --tp 1 --pp 2
 no_output "$work/r1"
+# A TP1 -> TP2 reshard on 2 ranks: rank 0 reads the first rows of each half
+# of linear_fc1 ([gate; up]), rank 1 the others, so the checksum of the
+# source's linear_fc1 is one hash handed 0 -> 1 -> 0 -> 1: a flip in any
+# rank's rows is caught (by rank 1, which ends the chain), as is one in a
+# column-split tensor (linear_fc2, hashed whole by rank 0 from whole rows).
+# Export on 2 ranks splits fc1 into gate_proj and up_proj, written by
+# different ranks: the same hand-over.
+for case in "mlp.linear_fc1.weight 0.1" "mlp.linear_fc1.weight 0.6" "mlp.linear_fc1.weight 0.9" \
+            "mlp.linear_fc2.weight 0.5" "self_attention.in_proj.weight 0.3"; do
+  set -- $case
+  d="$work/flip_chain_${1//./_}_$2"
+  cp -r "$work/meg_tp1" "$d"
+  flip "$d/mp_rank_00_000_000.h5" "layers.0.$1" "$2"
+  expect 2 "mp_rank_00_000_000.h5 is corrupt: dataset '.*layers.0.*$1'" -- run reshard --megatron-path "$d" --out "$d.r" --tp 2 --pp 1
+  no_output "$d.r"
+  expect 2 "mp_rank_00_000_000.h5 is corrupt: dataset '.*layers.0.*$1'" -- run export --megatron-path "$d" --hf-path "$d.x"
+  no_output "$d.x"
+done
+# And unflipped, the hand-over happens (the states are counted) and checks out.
+out="$(run reshard --megatron-path "$work/meg_tp1" --out "$work/r_chain" --tp 2 --pp 1 --log-level debug 2>&1)"
+if ! grep -qE "rank 1\] debug: checksums as read: [1-9][0-9]* tensor\(s\) checked here, [1-9]" <<<"$out" ||
+   ! grep -qE "rank 0\] debug: checksums as read: .* [1-9][0-9]* hash state\(s\) handed on" <<<"$out"; then
+  echo "FAIL: a 2-rank TP1 -> TP2 reshard handed no checksum state between the ranks:"
+  grep "checksums as read" <<<"$out"
+  fails=$((fails + 1))
+else
+  echo "ok: $(grep "rank 0\] debug: checksums as read" <<<"$out")"
+fi
 cp -r "$work/meg" "$work/flip_pad"
 flip "$work/flip_pad/mp_rank_01_001_000.h5" padding
 expect 1 "mp_rank_01_001_000.h5 is corrupt: its xxh3 checksum" -- run verify "$fixture" "$work/flip_pad"
