@@ -556,12 +556,34 @@ size_t Hdf5ShardSource::next_own_link(uint32_t id, size_t from) {
   return from;
 }
 
-bool Hdf5ShardSource::hashes_rows(uint32_t id, uint64_t row0, uint64_t rows) {
-  const Streamed& s = streamed_.at(id);
+bool Hdf5ShardSource::prepare_hash(uint32_t id, uint64_t row0, uint64_t rows) {
+  Streamed& s = streamed_.at(id);
   const auto& l = links(id);
   if (s.broken || s.link >= l.size()) return false;
-  const uint64_t from = std::max(s.next_row, l[s.link].row0);
-  return row0 <= from && from < row0 + rows;
+  const ChainLink& link = l[s.link];
+  const uint64_t from = std::max(s.next_row, link.row0);
+  if (row0 + rows <= from) return false;  // rows hashed already, or another rank's
+  if (row0 > from) {                      // rows of this rank's link skipped
+    s.broken = true;
+    return false;
+  }
+  if (s.next_row < link.row0 && !start_link(id, wait_s_)) {
+    wait_s_ = 0;  // late once: stop waiting while converting
+    s.broken = true;
+    return false;
+  }
+  return true;
+}
+
+bool Hdf5ShardSource::left_to_finish(uint32_t id, uint64_t row0, uint64_t rows) {
+  const Streamed& s = streamed_.at(id);
+  const auto& l = links(id);
+  for (size_t i = s.link; i < l.size(); ++i) {
+    if (l[i].rank != rank_) continue;
+    const uint64_t from = std::max(s.next_row, l[i].row0);
+    if (row0 < l[i].row1 && from < row0 + rows) return true;
+  }
+  return false;
 }
 
 bool Hdf5ShardSource::start_link(uint32_t id, double timeout_s) {
@@ -648,7 +670,8 @@ void Hdf5ShardSource::finish_links(uint32_t id) {
     while (s.next_row < link.row1) {
       const uint64_t n = std::min(block, link.row1 - s.next_row);
       scratch_.resize(n * row_bytes);
-      read_bytes(id, s.next_row, n, 0, cols, scratch_.data(), row_bytes, /*page_cache=*/false);
+      // A broken link's rows were read through the page cache (read()).
+      read_bytes(id, s.next_row, n, 0, cols, scratch_.data(), row_bytes, /*page_cache=*/s.broken);
       s.hash.update(scratch_.data(), n * row_bytes);
       s.next_row += n;
     }
@@ -754,19 +777,27 @@ void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
   const uint64_t es = dtype_size(t.dtype), all_cols = cols_2d(t.shape), row_bytes = all_cols * es;
   bytes_read_ += rows * cols * es;
-  const bool whole = col0 == 0 && cols == all_cols;
-  if (!verify_ || whole || !hashes_rows(id, row0, rows)) {
+  if (!verify_) {
     read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/false);
-    if (verify_) {
-      streamed_.at(id).touched = true;
-      if (whole) advance(id, row0, rows, static_cast<const unsigned char*>(dst), dst_stride);
-    }
+    return;
+  }
+  streamed_.at(id).touched = true;
+  const bool whole = col0 == 0 && cols == all_cols;
+  if (!prepare_hash(id, row0, rows)) {
+    // Rows that finish_verification must hash later are read through the
+    // page cache, where it reads them again (not from storage).
+    const bool later = streamed_.at(id).broken && left_to_finish(id, row0, rows);
+    read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/later);
+    return;
+  }
+  if (whole) {
+    read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/false);
+    advance(id, row0, rows, static_cast<const unsigned char*>(dst), dst_stride);
     return;
   }
   // A column window of rows this rank hashes: read the whole rows, the way
   // the window alone would be read (a narrow one through the page cache,
   // where the node's other ranks share it), hash them, copy the window out.
-  streamed_.at(id).touched = true;
   const bool cached = io_.mode == IoMode::Buffered || !column_window_direct(cols * es, row_bytes);
   const uint64_t block = std::max<uint64_t>(1, (4u << 20) / std::max<uint64_t>(row_bytes, 1));
   auto* d = static_cast<unsigned char*>(dst);

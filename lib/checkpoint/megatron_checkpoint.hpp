@@ -185,8 +185,12 @@ class Hdf5ShardSource : public RowSource {
   };
   const std::vector<ChainLink>& links(uint32_t id);
   size_t next_own_link(uint32_t id, size_t from);
-  // Whether rows [row0, row0 + rows) hold the next rows this rank hashes.
-  bool hashes_rows(uint32_t id, uint64_t row0, uint64_t rows);
+  // Whether a read of rows [row0, row0 + rows) continues (or starts, taking
+  // up the previous link's state) the rows this rank hashes; marks the tensor
+  // broken where the read skips rows of its link, or the state is late.
+  bool prepare_hash(uint32_t id, uint64_t row0, uint64_t rows);
+  // Whether any of those rows is still to be hashed by this rank.
+  bool left_to_finish(uint32_t id, uint64_t row0, uint64_t rows);
   // Hashes what rows [row0, row0 + rows) (whole, `stride` apart at p) add to
   // this rank's links of the chain; hands on or checks each link it ends.
   void advance(uint32_t id, uint64_t row0, uint64_t rows, const unsigned char* p, uint64_t stride);
