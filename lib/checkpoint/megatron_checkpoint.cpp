@@ -559,20 +559,39 @@ size_t Hdf5ShardSource::next_own_link(uint32_t id, size_t from) {
 bool Hdf5ShardSource::prepare_hash(uint32_t id, uint64_t row0, uint64_t rows) {
   Streamed& s = streamed_.at(id);
   const auto& l = links(id);
-  if (s.broken || s.link >= l.size()) return false;
-  const ChainLink& link = l[s.link];
-  const uint64_t from = std::max(s.next_row, link.row0);
-  if (row0 + rows <= from) return false;  // rows hashed already, or another rank's
-  if (row0 > from) {                      // rows of this rank's link skipped
-    s.broken = true;
-    return false;
+  while (!s.broken && s.link < l.size()) {
+    const ChainLink& link = l[s.link];
+    if (row0 + rows <= std::max(s.next_row, link.row0)) return false;  // hashed, or another rank's rows
+    if (s.next_row < link.row0 && !start_link(id, wait_s_)) {
+      wait_s_ = 0;  // late once: stop waiting while converting
+      s.broken = true;
+      return false;
+    }
+    if (row0 <= s.next_row) return true;
+    // The read skips rows of this rank's link (it reads them later, e.g. a
+    // 1-rank TP1 -> TP2 reshard reads fc1's [gate0; up0], then [gate1; up1]):
+    // hash them now, read directly once more, rather than the rest of the
+    // link again at the end.
+    fill(id, s.next_row, std::min(row0, link.row1));
   }
-  if (s.next_row < link.row0 && !start_link(id, wait_s_)) {
-    wait_s_ = 0;  // late once: stop waiting while converting
-    s.broken = true;
-    return false;
+  return false;
+}
+
+void Hdf5ShardSource::fill(uint32_t id, uint64_t row0, uint64_t row1) {
+  const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  const uint64_t cols = cols_2d(t.shape), row_bytes = cols * dtype_size(t.dtype);
+  const uint64_t block = std::max<uint64_t>(1, (4u << 20) / std::max<uint64_t>(row_bytes, 1));
+  ++filled_;
+  filled_bytes_ += (row1 - row0) * row_bytes;
+  std::vector<unsigned char> buf;  // not scratch_: a column window's read may be using it
+  for (uint64_t r = row0; r < row1; r += block) {
+    const uint64_t n = std::min(block, row1 - r);
+    buf.resize(n * row_bytes);
+    read_bytes(id, r, n, 0, cols, buf.data(), row_bytes, /*page_cache=*/false);
+    advance(id, r, n, buf.data(), row_bytes);
   }
-  return true;
 }
 
 bool Hdf5ShardSource::left_to_finish(uint32_t id, uint64_t row0, uint64_t rows) {
@@ -698,9 +717,9 @@ std::string Hdf5ShardSource::finish_verification(int rank, int ranks) {
   // wait for the states.
   for (uint32_t id = 0; id < refs_.size(); ++id)
     if (shared_.chains || streamed_[id].touched) finish_links(id);
-  log::debug("checksums as read: {} tensor(s) checked here, {} hash state(s) handed on, {} "
-             "link(s) finished by reading {} bytes again",
-             checked_, handed_on_, late_links_, late_bytes_);
+  log::debug("checksums as read: {} tensor(s) checked here, {} hash state(s) handed on; {} "
+             "skipped row range(s) read ahead ({} bytes), {} link(s) finished at the end ({} bytes)",
+             checked_, handed_on_, filled_, filled_bytes_, late_links_, late_bytes_);
   if (!problem_.empty()) return problem_;
   // Each file's metadata: with the per-tensor checksums, the file checksum.
   for (size_t i = 0; i < ck_.shards.size(); ++i) {

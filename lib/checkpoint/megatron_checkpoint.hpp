@@ -186,9 +186,12 @@ class Hdf5ShardSource : public RowSource {
   const std::vector<ChainLink>& links(uint32_t id);
   size_t next_own_link(uint32_t id, size_t from);
   // Whether a read of rows [row0, row0 + rows) continues (or starts, taking
-  // up the previous link's state) the rows this rank hashes; marks the tensor
-  // broken where the read skips rows of its link, or the state is late.
+  // up the previous link's state) the rows this rank hashes. Rows of this
+  // rank's links that the read skips are read and hashed first (fill); the
+  // tensor is marked broken if the previous link's state is late.
   bool prepare_hash(uint32_t id, uint64_t row0, uint64_t rows);
+  // Reads rows [row0, row1) whole, directly, and hashes them (advance).
+  void fill(uint32_t id, uint64_t row0, uint64_t row1);
   // Whether any of those rows is still to be hashed by this rank.
   bool left_to_finish(uint32_t id, uint64_t row0, uint64_t rows);
   // Hashes what rows [row0, row0 + rows) (whole, `stride` apart at p) add to
@@ -217,6 +220,7 @@ class Hdf5ShardSource : public RowSource {
   std::vector<Streamed> streamed_;          // per ref, with verify
   uint64_t checked_ = 0, handed_on_ = 0;    // tensors checked here; hash states sent
   uint64_t late_links_ = 0, late_bytes_ = 0;  // links finished by reading rows again
+  uint64_t filled_ = 0, filled_bytes_ = 0;    // skipped rows read ahead to hash in order
   std::vector<std::string> want_;           // per ref: the manifest's xxh3
   std::string problem_;                     // the first corruption found
 };
