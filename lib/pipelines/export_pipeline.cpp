@@ -270,17 +270,23 @@ ExportPlan build_export_plan(const MegatronCheckpoint& ck, const ExportOptions& 
 }
 
 // One tensor's bytes in an output file that other ranks fill around it.
+// One tensor's region of an output file, its rows in order, through the
+// file's write-behind writer.
 class FileRegionSink : public RowSink {
  public:
-  FileRegionSink(RegionWriter& w, uint64_t offset, uint64_t row_bytes)
-      : w_(w), offset_(offset), row_bytes_(row_bytes) {}
+  FileRegionSink(StreamingRegionWriter& w, const std::string& tensor, uint64_t row_bytes)
+      : w_(w), tensor_(tensor), row_bytes_(row_bytes) {}
   void write(uint64_t row0, uint64_t rows, const void* data) override {
-    w_.write_at(data, rows * row_bytes_, offset_ + row0 * row_bytes_);
+    MB_CHECK(row0 == next_row_, "internal: {}: rows from {} written after row {}", tensor_, row0,
+             next_row_);
+    w_.write(data, rows * row_bytes_);
+    next_row_ += rows;
   }
 
  private:
-  RegionWriter& w_;
-  uint64_t offset_, row_bytes_;
+  StreamingRegionWriter& w_;
+  const std::string& tensor_;
+  uint64_t row_bytes_, next_row_ = 0;
 };
 
 }  // namespace
@@ -426,10 +432,10 @@ class ExportStep : public Step {
 void ExportStep::execute(MpiContext& mpi) {
   // A separate checksum pass (not streamed) shares the page cache with the reads.
   const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
-  // The direct I/O buffers (the source's read window, the output's write
-  // buffer) are taken out of the configured buffer.
+  // The direct I/O buffers (the source's read window, the output's two
+  // write-behind buffers) are taken out of the configured buffer.
   const int io_buffers = (src_io != IoMode::Buffered ? 1 : 0) +
-                         (opt_.io != IoMode::Buffered ? 1 : 0);
+                         (opt_.io != IoMode::Buffered ? 2 : 0);
   const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
@@ -447,21 +453,29 @@ void ExportStep::execute(MpiContext& mpi) {
   const auto source = open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes),
                                         streamed_, {&chains, &relay});
   std::map<uint32_t, RegionFile> files;
-  AlignedBuffer write_buffer;  // for direct writes, allocated with the first file that takes them
+  // The writes of one tensor overlap the reads of the next (write-behind); one
+  // writer at a time, for the file of the tensor being written, so that its
+  // two buffers are all the memory writing takes.
+  std::unique_ptr<StreamingRegionWriter> writer;
+  uint32_t writer_file = UINT32_MAX;
   for (const ExportTensor& t : plan_.tensors) {
     if (t.rank != mpi.rank()) continue;
     auto it = files.find(t.file);
-    if (it == files.end()) {
+    if (it == files.end())
       it = files.emplace(t.file, RegionFile(out_.staging() / plan_.files[t.file], opt_.io)).first;
-      if (it->second.direct() && write_buffer.size() == 0)
-        write_buffer = AlignedBuffer(direct_io_chunk_bytes(opt_.buffer_bytes));
+    if (writer_file != t.file) {
+      if (writer) writer->finish();
+      writer.reset();
+      writer = std::make_unique<StreamingRegionWriter>(
+          it->second, it->second.direct() ? direct_io_chunk_bytes(opt_.buffer_bytes) : 0);
+      writer_file = t.file;
     }
-    RegionWriter region(it->second, t.offset, t.offset + t.nbytes(), write_buffer);
-    FileRegionSink sink(region, t.offset, cols_2d(t.shape) * dtype_size(t.dtype));
+    writer->begin(t.offset, t.offset + t.nbytes());
+    FileRegionSink sink(*writer, t.name, cols_2d(t.shape) * dtype_size(t.dtype));
     CopyJob job{t.name, &t.segments, rows_2d(t.shape), cols_2d(t.shape), t.stored_dtype, t.dtype, t.op};
     try {
       engine->run(job, *source, sink);
-      region.finish();
+      writer->end();
     } catch (...) {
       rethrow_with_context(fmt::format("exporting {}", t.name));
     }
@@ -471,6 +485,8 @@ void ExportStep::execute(MpiContext& mpi) {
     progress_->add_tensor();
     test_hook_after_tensor(mpi.rank());
   }
+  if (writer) writer->finish();
+  writer.reset();
   for (auto& [f, file] : files) file.file().fsync();
   if (streamed_) stream_problem_ = source_checksum_problem(*source, mpi.rank(), mpi.size());
 }
