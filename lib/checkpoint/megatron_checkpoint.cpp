@@ -15,11 +15,11 @@
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "core/output_lock.hpp"
+#include "core/region_checksum.hpp"
 #include "dist/hash_relay.hpp"
 #include "dist/mpi_context.hpp"
 #include "formats/hdf5/hdf5_checksum.hpp"
 #include "formats/torch_dist/distcp_checksum.hpp"
-#include "core/region_checksum.hpp"
 #include "model/qwen35_dist_keys.hpp"
 
 namespace mb {
@@ -474,17 +474,19 @@ bool checksums_streamable(const MegatronCheckpoint& ck) {
   return true;
 }
 
-VerifyChains source_verify_chains(const MegatronCheckpoint& ck, const std::vector<LocalTensorRef>& refs,
+VerifyChains source_verify_chains(const MegatronCheckpoint& ck,
+                                  const std::vector<LocalTensorRef>& refs,
                                   const std::vector<SourceReads>& reads) {
   std::vector<uint64_t> rows;
   rows.reserve(refs.size());
-  for (const LocalTensorRef& r : refs) rows.push_back(rows_2d(ck.shards.at(r.shard).tensors.at(r.tensor).shape));
+  for (const LocalTensorRef& r : refs)
+    rows.push_back(rows_2d(ck.shards.at(r.shard).tensors.at(r.tensor).shape));
   return build_verify_chains(rows, reads);
 }
 
-std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                             const IoConfig& io, bool verify_streamed,
-                                             const StreamedChecks& shared) {
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
+                                             std::vector<LocalTensorRef> refs, const IoConfig& io,
+                                             bool verify_streamed, const StreamedChecks& shared) {
   if (ck.format == "torch_dist")
     return std::make_unique<TorchDistSource>(ck, std::move(refs), io, verify_streamed);
   return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed, shared);
@@ -540,7 +542,8 @@ Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<Local
     own_chains_.resize(refs_.size());
     for (uint32_t id = 0; id < refs_.size(); ++id) {
       const LocalTensorRef& r = refs_[id];
-      own_chains_[id].push_back({rank_, 0, rows_2d(ck_.shards.at(r.shard).tensors.at(r.tensor).shape)});
+      own_chains_[id].push_back(
+          {rank_, 0, rows_2d(ck_.shards.at(r.shard).tensors.at(r.tensor).shape)});
     }
   }
   for (uint32_t id = 0; id < refs_.size(); ++id) streamed_[id].link = next_own_link(id, 0);
@@ -561,7 +564,8 @@ bool Hdf5ShardSource::prepare_hash(uint32_t id, uint64_t row0, uint64_t rows) {
   const auto& l = links(id);
   while (!s.broken && s.link < l.size()) {
     const ChainLink& link = l[s.link];
-    if (row0 + rows <= std::max(s.next_row, link.row0)) return false;  // hashed, or another rank's rows
+    if (row0 + rows <= std::max(s.next_row, link.row0))
+      return false;  // hashed, or another rank's rows
     if (s.next_row < link.row0 && !start_link(id, wait_s_)) {
       wait_s_ = 0;  // late once: stop waiting while converting
       s.broken = true;
@@ -643,7 +647,7 @@ void Hdf5ShardSource::advance(uint32_t id, uint64_t row0, uint64_t rows, const u
   const auto& l = links(id);
   while (!s.broken && s.link < l.size()) {
     const ChainLink& link = l[s.link];
-    if (s.next_row < link.row0) {  // the link has not started
+    if (s.next_row < link.row0) {     // the link has not started
       if (row1 <= link.row0) return;  // rows before it: another rank's
       if (row0 > link.row0 || !start_link(id, wait_s_)) {
         // Its first rows were skipped, or the state did not come in time:
@@ -717,9 +721,10 @@ std::string Hdf5ShardSource::finish_verification(int rank, int ranks) {
   // wait for the states.
   for (uint32_t id = 0; id < refs_.size(); ++id)
     if (shared_.chains || streamed_[id].touched) finish_links(id);
-  log::debug("checksums as read: {} tensor(s) checked here, {} hash state(s) handed on; {} "
-             "skipped row range(s) read ahead ({} bytes), {} link(s) finished at the end ({} bytes)",
-             checked_, handed_on_, filled_, filled_bytes_, late_links_, late_bytes_);
+  log::debug(
+      "checksums as read: {} tensor(s) checked here, {} hash state(s) handed on; {} "
+      "skipped row range(s) read ahead ({} bytes), {} link(s) finished at the end ({} bytes)",
+      checked_, handed_on_, filled_, filled_bytes_, late_links_, late_bytes_);
   if (!problem_.empty()) return problem_;
   // Each file's metadata: with the per-tensor checksums, the file checksum.
   for (size_t i = 0; i < ck_.shards.size(); ++i) {

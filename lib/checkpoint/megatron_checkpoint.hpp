@@ -7,20 +7,18 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "checkpoint/verify_chains.hpp"
+#include "core/direct_io.hpp"
 #include "core/hash.hpp"
 #include "core/path_safety.hpp"
-
-#include "core/direct_io.hpp"
+#include "engine/copy_engine.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "layout/import_plan.hpp"
-#include "engine/copy_engine.hpp"
-#include "checkpoint/verify_chains.hpp"
 
 namespace mb {
 
@@ -119,12 +117,14 @@ struct StreamedChecks {
   HashRelay* relay = nullptr;
 };
 // The chains for a conversion whose jobs read `reads` (src indexing `refs`).
-VerifyChains source_verify_chains(const MegatronCheckpoint& ck, const std::vector<LocalTensorRef>& refs,
+VerifyChains source_verify_chains(const MegatronCheckpoint& ck,
+                                  const std::vector<LocalTensorRef>& refs,
                                   const std::vector<SourceReads>& reads);
 // `verify_streamed`: the source checks checksums as it reads
 // (checksums_streamable must hold); see source_checksum_problem.
-std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                             const IoConfig& io, bool verify_streamed = false,
+std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
+                                             std::vector<LocalTensorRef> refs, const IoConfig& io,
+                                             bool verify_streamed = false,
                                              const StreamedChecks& shared = {});
 // After the last read from a source opened with verify_streamed: the first
 // corruption found, or "". Collective in nothing; rank r also checks the
@@ -179,9 +179,9 @@ class Hdf5ShardSource : public RowSource {
   struct Streamed {
     uint64_t next_row = 0;  // the hash covers rows [0, next_row), hashed here or handed on
     Hasher hash;
-    size_t link = 0;        // this rank's next link in the tensor's chain (chain size: none)
-    bool broken = false;    // rows of a link came out of order: finish_verification reads them
-    bool touched = false;   // read by this rank at all
+    size_t link = 0;       // this rank's next link in the tensor's chain (chain size: none)
+    bool broken = false;   // rows of a link came out of order: finish_verification reads them
+    bool touched = false;  // read by this rank at all
   };
   const std::vector<ChainLink>& links(uint32_t id);
   size_t next_own_link(uint32_t id, size_t from);

@@ -2,13 +2,12 @@
 
 // For XXH3_state_t's layout (save/restore).
 #define XXH_STATIC_LINKING_ONLY
+#include <fmt/format.h>
 #include <xxhash.h>
 
 #include <atomic>
 #include <cstring>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "core/error.hpp"
 #include "core/file.hpp"

@@ -9,6 +9,9 @@
 #include <set>
 #include <system_error>
 
+#include "checkpoint/megatron_checkpoint.hpp"
+#include "checkpoint/shard_writer.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/log.hpp"
@@ -17,9 +20,6 @@
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "formats/safetensors/safetensors_header.hpp"
-#include "checkpoint/megatron_checkpoint.hpp"
-#include "checkpoint/shard_writer.hpp"
-#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 
 namespace mb {
@@ -434,8 +434,8 @@ void ExportStep::execute(MpiContext& mpi) {
   const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
   // The direct I/O buffers (the source's read window, the output's two
   // write-behind buffers) are taken out of the configured buffer.
-  const int io_buffers = (src_io != IoMode::Buffered ? 1 : 0) +
-                         (opt_.io != IoMode::Buffered ? 2 : 0);
+  const int io_buffers =
+      (src_io != IoMode::Buffered ? 1 : 0) + (opt_.io != IoMode::Buffered ? 2 : 0);
   const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });

@@ -4,6 +4,12 @@
 #include <memory>
 #include <optional>
 
+#include "checkpoint/manifest.hpp"
+#include "checkpoint/manifest_check.hpp"
+#include "checkpoint/megatron_checkpoint.hpp"
+#include "checkpoint/rank_shards.hpp"
+#include "checkpoint/shard_writer.hpp"
+#include "checkpoint/staged_output.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
@@ -13,12 +19,6 @@
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "model/megatron_config.hpp"
-#include "checkpoint/manifest.hpp"
-#include "checkpoint/manifest_check.hpp"
-#include "checkpoint/megatron_checkpoint.hpp"
-#include "checkpoint/rank_shards.hpp"
-#include "checkpoint/shard_writer.hpp"
-#include "checkpoint/staged_output.hpp"
 #include "pipelines/step_driver.hpp"
 
 namespace mb {
