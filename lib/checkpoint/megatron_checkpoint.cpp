@@ -589,12 +589,12 @@ void Hdf5ShardSource::fill(uint32_t id, uint64_t row0, uint64_t row1) {
   const uint64_t block = std::max<uint64_t>(1, (4u << 20) / std::max<uint64_t>(row_bytes, 1));
   ++filled_;
   filled_bytes_ += (row1 - row0) * row_bytes;
-  std::vector<unsigned char> buf;  // not scratch_: a column window's read may be using it
+  // Not scratch_: a column window's read may be using it.
   for (uint64_t r = row0; r < row1; r += block) {
     const uint64_t n = std::min(block, row1 - r);
-    buf.resize(n * row_bytes);
-    read_bytes(id, r, n, 0, cols, buf.data(), row_bytes, /*page_cache=*/false);
-    advance(id, r, n, buf.data(), row_bytes);
+    fill_buf_.resize(n * row_bytes);
+    read_bytes(id, r, n, 0, cols, fill_buf_.data(), row_bytes, /*page_cache=*/false);
+    advance(id, r, n, fill_buf_.data(), row_bytes);
   }
 }
 

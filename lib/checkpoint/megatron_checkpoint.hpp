@@ -145,10 +145,12 @@ struct LocalTensorRef {
 // window of them is read as whole rows, through the page cache where the
 // window alone would be, so no storage read is added), its hash state is
 // handed to the next link's rank, and the last link's rank compares the
-// digest with the manifest's per-tensor xxh3. A link whose rows came out of
-// order, or whose predecessor's state had not arrived when its rows did, is
-// finished in finish_verification(): its remaining rows read again directly,
-// in tensor order on every rank, so the waits for states cannot deadlock.
+// digest with the manifest's per-tensor xxh3. Rows of a link that a read
+// skips (this rank reads them later) are read ahead and hashed first (fill).
+// A link whose predecessor's state had not arrived when its rows did is
+// finished in finish_verification(), in tensor order on every rank, so the
+// waits for states cannot deadlock; the rows it still needs were read through
+// the page cache, where that pass finds them.
 // finish_verification() then reads each file's metadata regions, which with
 // the per-tensor checksums make up the file checksum (scheme
 // xxh3-64-hdf5-regions). Datasets the conversion never reads (replicas of a
@@ -217,6 +219,7 @@ class Hdf5ShardSource : public RowSource {
   double wait_s_ = 2.0;                     // for a state, while converting (0 after a miss)
   VerifyChains own_chains_;                 // without shared_: one link per tensor
   std::vector<unsigned char> scratch_;      // whole rows of a column window being hashed
+  std::vector<unsigned char> fill_buf_;     // skipped rows read ahead (fill)
   std::vector<Streamed> streamed_;          // per ref, with verify
   uint64_t checked_ = 0, handed_on_ = 0;    // tensors checked here; hash states sent
   uint64_t late_links_ = 0, late_bytes_ = 0;  // links finished by reading rows again

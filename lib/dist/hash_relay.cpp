@@ -15,13 +15,8 @@ namespace {
 constexpr int kTag = 7;
 
 void check(int rc, const char* what) {
-  if (rc != MPI_SUCCESS) {
-    char msg[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    throw Error("MPI {} (checksum relay) failed: {}", what,
-                std::string(msg, static_cast<size_t>(len)));
-  }
+  if (rc != MPI_SUCCESS)
+    throw Error("MPI {} (checksum relay) failed: {}", what, mpi_error_text(rc));
 }
 MPI_Comm& comm_of(void* p) {
   return *static_cast<MPI_Comm*>(p);
@@ -42,10 +37,7 @@ HashRelay::~HashRelay() {
   // Unwinding from an error: the job is about to be aborted, and freeing the
   // communicator (collective) or waiting could hang on a rank that is gone.
   if (std::uncaught_exceptions() > 0) return;
-  for (Pending* p : sends_) {
-    MPI_Wait(&p->request, MPI_STATUS_IGNORE);
-    delete p;
-  }
+  for (Pending& p : sends_) MPI_Wait(&p.request, MPI_STATUS_IGNORE);
   MPI_Comm_free(&comm_of(comm_));
   delete static_cast<MPI_Comm*>(comm_);
 }
@@ -54,16 +46,14 @@ void HashRelay::send(int peer, uint32_t id, const std::string& state) {
   // Forget the sends that have completed, so the list stays short.
   for (auto it = sends_.begin(); it != sends_.end();) {
     int done = 0;
-    check(MPI_Test(&(*it)->request, &done, MPI_STATUS_IGNORE), "test");
+    check(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "test");
     if (!done) break;
-    delete *it;
     it = sends_.erase(it);
   }
-  auto* p = new Pending;
+  Pending* p = &sends_.emplace_back();
   p->message.resize(sizeof id + state.size());
   std::memcpy(p->message.data(), &id, sizeof id);
   std::memcpy(p->message.data() + sizeof id, state.data(), state.size());
-  sends_.push_back(p);
   check(MPI_Isend(p->message.data(), static_cast<int>(p->message.size()), MPI_BYTE, peer, kTag,
                   comm_of(comm_), &p->request),
         "send");

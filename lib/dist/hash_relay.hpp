@@ -37,8 +37,8 @@ class HashRelay {
 
   int rank_ = 0;
   void* comm_ = nullptr;  // MPI_Comm, kept out of this header
-  struct Pending;
-  std::list<Pending*> sends_;
+  struct Pending;         // a send in flight (hash_relay.cpp)
+  std::list<Pending> sends_;  // a list: the buffers must not move while in flight
   std::map<std::pair<int, uint32_t>, std::string> mailbox_;
 };
 

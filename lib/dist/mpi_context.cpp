@@ -19,14 +19,16 @@
 #include "core/log.hpp"
 
 namespace mb {
+std::string mpi_error_text(int rc) {
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) return fmt::format("MPI error code {}", rc);
+  return std::string(msg, static_cast<size_t>(len));
+}
+
 namespace {
 void check(int rc, const char* what) {
-  if (rc != MPI_SUCCESS) {
-    char msg[MPI_MAX_ERROR_STRING];
-    int len = 0;
-    MPI_Error_string(rc, msg, &len);
-    throw Error("MPI {} failed: {}", what, std::string(msg, static_cast<size_t>(len)));
-  }
+  if (rc != MPI_SUCCESS) throw Error("MPI {} failed: {}", what, mpi_error_text(rc));
 }
 constexpr uint64_t kChunk = 1u << 30;  // MPI counts are ints
 }  // namespace

@@ -14,6 +14,9 @@ namespace mb {
 // directory; StagedOutput::commit leaves it out of a finished output.
 inline constexpr const char* kErrorLogDir = ".megabridge-errors";
 
+// The text MPI gives for an error code (or the code itself).
+std::string mpi_error_text(int rc);
+
 class MpiContext {
  public:
   // Initialises MPI (if not already) and sets the logger's rank.

@@ -17,12 +17,6 @@ using Clock = std::chrono::steady_clock;
 
 std::string gb(double b) { return fmt::format("{:.2f} GB", b / 1e9); }
 
-std::string mpi_error_text(int rc) {
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) return fmt::format("MPI error code {}", rc);
-  return std::string(msg, static_cast<size_t>(len));
-}
 }  // namespace
 
 // MPI_ERRORS_RETURN is set (mpi_context.cpp): a failed call returns a code.
