@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <cstring>
 
+#include "checkpoint/manifest.hpp"
 #include "core/error.hpp"
 #include "core/nd_box.hpp"
 #include "core/path_safety.hpp"
 #include "formats/torch_dist/distcp_checksum.hpp"
-#include "checkpoint/manifest.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
@@ -51,18 +51,16 @@ void TorchDistSource::check(Streamed& s, uint64_t digest) {
 
 void TorchDistSource::verify_whole(Streamed& s) {
   const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
-  auto it = plain_.find(s.file);
-  if (it == plain_.end())
-    it = plain_.emplace(s.file, File(resolve_inside(ck_.iter_dir, s.file, "torch_dist item"), File::Mode::Read))
-             .first;
+  File& in = plain(s.file);
   // The prefix read in file order is hashed already (and was read direct, so
   // it is not in the page cache): continue from where it stopped. The rest
   // was read through the page cache. Small blocks: this memory is outside
   // the configured buffer.
-  std::vector<unsigned char> buf(std::min<uint64_t>(1u << 20, std::max<uint64_t>(1, s.end - s.next)));
+  std::vector<unsigned char> buf(
+      std::min<uint64_t>(1u << 20, std::max<uint64_t>(1, s.end - s.next)));
   for (uint64_t at = s.next; at < s.end;) {
     const uint64_t n = std::min<uint64_t>(buf.size(), s.end - at);
-    it->second.pread_exact(buf.data(), n, at);
+    in.pread_exact(buf.data(), n, at);
     s.hash.update(buf.data(), n);
     at += n;
   }
@@ -101,6 +99,54 @@ std::string TorchDistSource::finish_verification(int rank, int ranks) {
   return {};
 }
 
+File& TorchDistSource::plain(const std::string& relative) {
+  auto it = plain_.find(relative);
+  if (it == plain_.end())
+    it = plain_
+             .emplace(relative, File(resolve_inside(ck_.iter_dir, relative, "torch_dist item"),
+                                     File::Mode::Read))
+             .first;
+  return it->second;
+}
+
+void TorchDistSource::read_window(Streamed* sv, const std::string& rel, InputFile& f,
+                                  unsigned char* dst, uint64_t dst_stride, uint64_t rows,
+                                  uint64_t piece, uint64_t at, uint64_t row_bytes, uint64_t lead,
+                                  const std::string& key) {
+  bytes_read_ += rows * piece;
+  if (sv == nullptr || sv->checked) {
+    // Narrow windows through the page cache, where the neighbouring columns
+    // (another output shard's, another rank's) are then found (pread_rows).
+    f.pread_rows(dst, dst_stride, rows, piece, at, row_bytes, window_, key);
+    return;
+  }
+  // A chunk still to be checked: read its whole rows through the page cache,
+  // as a narrow window is read anyway, and hash them if they continue the
+  // chunk in order. The other columns of these rows, read next for another
+  // shard or rank, and verify_whole's pass over an out-of-order chunk then
+  // come from the page cache, not from storage.
+  sv->seen += rows * piece;
+  const uint64_t first = at - lead;
+  const bool hashed = sv->in_order && first == sv->next;
+  if (!hashed) sv->in_order = false;
+  File& in = plain(rel);
+  // Blocks of whole rows, 4 MiB at most (outside the configured buffer, as
+  // verify_whole's block is).
+  const uint64_t block = std::max<uint64_t>(1, (4u << 20) / row_bytes);
+  for (uint64_t r = 0; r < rows; r += block) {
+    const uint64_t k = std::min(block, rows - r);
+    scratch_.resize(k * row_bytes);
+    in.pread_exact(scratch_.data(), k * row_bytes, first + r * row_bytes, key);
+    if (hashed) {
+      sv->hash.update(scratch_.data(), k * row_bytes);
+      sv->next += k * row_bytes;
+    }
+    for (uint64_t i = 0; i < k; ++i)
+      std::memcpy(dst + (r + i) * dst_stride, scratch_.data() + i * row_bytes + lead, piece);
+  }
+  if (hashed && sv->next == sv->end) check(*sv, sv->hash.digest());
+}
+
 const std::vector<DistPiece>& TorchDistSource::pieces(uint32_t id) {
   auto it = pieces_.find(id);
   if (it != pieces_.end()) return it->second;
@@ -113,7 +159,9 @@ const std::vector<DistPiece>& TorchDistSource::pieces(uint32_t id) {
 InputFile& TorchDistSource::file(const std::string& relative) {
   auto it = files_.find(relative);
   if (it == files_.end())
-    it = files_.emplace(relative, InputFile(resolve_inside(ck_.iter_dir, relative, "torch_dist item"), io_.mode))
+    it = files_
+             .emplace(relative, InputFile(resolve_inside(ck_.iter_dir, relative, "torch_dist item"),
+                                          io_.mode))
              .first;
   if (it->second.direct() && window_.capacity() == 0) window_ = ReadWindow(io_.chunk_bytes);
   return it->second;
@@ -124,9 +172,10 @@ const TorchTensorItem& TorchDistSource::item(const std::string& key, const DcpCh
   auto it = items_.find(k);
   if (it != items_.end()) return it->second;
   const DcpStorage& st = ck_.dcp.storage_of(key, chunk.offsets);
-  const std::string what = fmt::format("{} chunk at [{}] in {}", key, fmt::join(chunk.offsets, ", "),
-                                       st.relative_path);
-  TorchTensorItem ti = read_torch_tensor_item(file(st.relative_path).file(), st.offset, st.length, what);
+  const std::string what =
+      fmt::format("{} chunk at [{}] in {}", key, fmt::join(chunk.offsets, ", "), st.relative_path);
+  TorchTensorItem ti =
+      read_torch_tensor_item(file(st.relative_path).file(), st.offset, st.length, what);
   MB_CHECK(ti.shape == chunk.sizes, "{}: the archive holds shape {} but .metadata says {}", what,
            shape_str(ti.shape), shape_str(chunk.sizes));
   // Chunks are written contiguous; anything else would need a gather.
@@ -146,7 +195,8 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
     if (a >= b) continue;
     const DcpTensor* meta = nullptr;
     if (auto it = ck_.dcp.tensors.find(p.key); it != ck_.dcp.tensors.end()) meta = &it->second;
-    MB_CHECK(meta != nullptr, "{}: key '{}' is missing from the checkpoint", ck_.dir.string(), p.key);
+    MB_CHECK(meta != nullptr, "{}: key '{}' is missing from the checkpoint", ck_.dir.string(),
+             p.key);
     const size_t es = dtype_size(meta->dtype);
     // Work in the local tensor's 2-D view. A 1-D local tensor ([n], viewed as
     // [n, 1]) gets a trailing axis of extent 1 on its key boxes, so that each
@@ -184,10 +234,47 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
             verify_whole(*last_);
           last_ = sv;
         }
-        // Walk the cut's innermost runs (contiguous in the chunk), merging runs
-        // that continue each other both in the file and in the destination.
-        const uint64_t run = cut->sizes[nd - 1];
         std::vector<uint64_t> pt = cut->offsets;
+        // Where the point pt of the cut lies: its byte in the file, and in dst.
+        auto locate = [&](uint64_t& file_off) {
+          std::vector<uint64_t> in_chunk(nd), in_piece(nd);
+          for (size_t d = 0; d < nd; ++d) {
+            in_chunk[d] = pt[d] - coffsets[d];
+            in_piece[d] = pt[d] - poffsets[d];
+          }
+          file_off = ti.data_offset + (ti.storage_offset + linear_index(in_chunk, csizes)) * es;
+          const uint64_t local_row =
+              p.row0 + linear_index(std::vector<uint64_t>(in_piece.begin(), in_piece.end() - 1),
+                                    Shape(psizes.begin(), psizes.end() - 1));
+          MB_CHECK(local_row >= row0 && local_row < row0 + rows && in_piece[nd - 1] >= col0 &&
+                       in_piece[nd - 1] + cut->sizes[nd - 1] <= col0 + cols,
+                   "internal: {} box maps outside the requested rows", p.key);
+          return out + (local_row - row0) * dst_stride + (in_piece[nd - 1] - col0) * es;
+        };
+        // The next point: an odometer over the dims before `end`; false when done.
+        auto next = [&](size_t end) {
+          for (size_t k = end; k-- > 0;) {
+            if (++pt[k] < cut->offsets[k] + cut->sizes[k]) return true;
+            pt[k] = cut->offsets[k];
+          }
+          return false;
+        };
+        const uint64_t run = cut->sizes[nd - 1];
+        if (nd >= 2 && run < csizes[nd - 1]) {
+          // A column window (a TP split across the chunk's rows): each stretch
+          // of rows is one strided read, so that a narrow window is read in
+          // whole row spans rather than piece by piece (read_window).
+          const uint64_t lead = (cut->offsets[nd - 1] - coffsets[nd - 1]) * es;
+          do {
+            uint64_t at = 0;
+            unsigned char* d = locate(at);
+            read_window(sv, rel, f, d, dst_stride, cut->sizes[nd - 2], run * es, at,
+                        csizes[nd - 1] * es, lead, p.key);
+          } while (next(nd - 2));
+          continue;
+        }
+        // Whole rows: walk the cut's innermost runs (contiguous in the chunk),
+        // merging runs that continue each other both in the file and in dst.
         uint64_t pend_file = 0, pend_len = 0;
         unsigned char* pend_dst = nullptr;
         auto flush = [&] {
@@ -201,32 +288,16 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
           } else if (sv && !sv->checked) {
             // Out of order: through the page cache, where verify_whole finds it.
             sv->in_order = false;
-            auto it = plain_.find(rel);
-            if (it == plain_.end())
-              it = plain_.emplace(rel, File(resolve_inside(ck_.iter_dir, rel, "torch_dist item"), File::Mode::Read))
-                       .first;
-            it->second.pread_exact(pend_dst, pend_len, pend_file);
+            plain(rel).pread_exact(pend_dst, pend_len, pend_file, p.key);
           } else {
             f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
           }
           bytes_read_ += pend_len;
           pend_len = 0;
         };
-        while (true) {
-          std::vector<uint64_t> in_chunk(nd), in_piece(nd);
-          for (size_t d = 0; d < nd; ++d) {
-            in_chunk[d] = pt[d] - coffsets[d];
-            in_piece[d] = pt[d] - poffsets[d];
-          }
-          const uint64_t file_off =
-              ti.data_offset + (ti.storage_offset + linear_index(in_chunk, csizes)) * es;
-          const uint64_t local_row = p.row0 + linear_index(
-                                                  std::vector<uint64_t>(in_piece.begin(), in_piece.end() - 1),
-                                                  Shape(psizes.begin(), psizes.end() - 1));
-          MB_CHECK(local_row >= row0 && local_row < row0 + rows && in_piece[nd - 1] >= col0 &&
-                       in_piece[nd - 1] + run <= col0 + cols,
-                   "internal: {} box maps outside the requested rows", p.key);
-          unsigned char* d = out + (local_row - row0) * dst_stride + (in_piece[nd - 1] - col0) * es;
+        do {
+          uint64_t file_off = 0;
+          unsigned char* d = locate(file_off);
           if (pend_len && pend_file + pend_len == file_off && pend_dst + pend_len == d) {
             pend_len += run * es;
           } else {
@@ -235,14 +306,7 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
             pend_dst = d;
             pend_len = run * es;
           }
-          // Next run: odometer over all dims but the last.
-          size_t k = nd - 1;
-          while (k-- > 0) {
-            if (++pt[k] < cut->offsets[k] + cut->sizes[k]) break;
-            pt[k] = cut->offsets[k];
-          }
-          if (k == static_cast<size_t>(-1)) break;
-        }
+        } while (next(nd - 1));
         flush();
       }
     }

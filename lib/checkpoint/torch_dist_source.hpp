@@ -51,9 +51,16 @@ class TorchDistSource : public RowSource {
     bool in_order = true;  // every read so far continued the previous one
     bool checked = false;
   };
-  Streamed& streamed(const std::pair<std::string, std::vector<uint64_t>>& k, const TorchTensorItem& ti,
-                     const std::string& file);
+  Streamed& streamed(const std::pair<std::string, std::vector<uint64_t>>& k,
+                     const TorchTensorItem& ti, const std::string& file);
   void verify_whole(Streamed& s);
+  // Reads a column window: `rows` pieces of `piece` bytes, the first at `at`,
+  // each `row_bytes` after the previous, whose rows begin `lead` bytes before
+  // their pieces; to dst rows `dst_stride` apart.
+  void read_window(Streamed* sv, const std::string& rel, InputFile& f, unsigned char* dst,
+                   uint64_t dst_stride, uint64_t rows, uint64_t piece, uint64_t at,
+                   uint64_t row_bytes, uint64_t lead, const std::string& key);
+  File& plain(const std::string& relative);  // the buffered handle of a file
   void check(Streamed& s, uint64_t digest);
   const std::vector<DistPiece>& pieces(uint32_t id);
   const TorchTensorItem& item(const std::string& key, const DcpChunk& chunk);
@@ -71,7 +78,8 @@ class TorchDistSource : public RowSource {
   std::map<std::string, std::string> want_;  // chunk name -> the manifest's checksum
   std::map<std::pair<std::string, std::vector<uint64_t>>, Streamed> streamed_;
   Streamed* last_ = nullptr;
-  std::map<std::string, File> plain_;  // buffered handles for the out-of-order reads
+  std::map<std::string, File> plain_;   // buffered handles for the out-of-order reads
+  std::vector<unsigned char> scratch_;  // whole rows of a column window
   std::string problem_;
 };
 

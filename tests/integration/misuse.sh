@@ -167,6 +167,18 @@ expect 2 "__1_0.distcp is corrupt: the bytes between its tensor chunks" -- run e
 no_output "$work/x1g"
 expect 2 "__1_0.distcp is corrupt: the bytes between its tensor chunks" -- run reshard --megatron-path "$work/td_gap" --out "$work/r1g" --tp 1 --pp 2
 no_output "$work/r1g"
+# A row-parallel chunk (linear_fc2) of a TP1 checkpoint resharded to TP2 is
+# read as column windows: in whole rows through the page cache, hashed in
+# order (docs/formats.md). One rank writing both TP shards, and two ranks
+# reading a half each, must both catch a flipped byte in it.
+run import --quiet --hf-path "$fixture" --out "$work/td1" --tp 1 --pp 2 --format torch_dist
+cp -r "$work/td1" "$work/td1_fc2"
+flip_distcp "$work/td1_fc2/iter_0000000/__0_0.distcp" linear_fc2.weight >/dev/null
+for np in 1 2; do
+  expect 2 "__0_0.distcp is corrupt: tensor chunk '.*linear_fc2.weight@.*' hashes to" -- \
+    mpirun --allow-run-as-root --oversubscribe -np $np "$bin" reshard --megatron-path "$work/td1_fc2" --out "$work/r1f$np" --tp 2 --pp 2
+  no_output "$work/r1f$np"
+done
 # The intact checkpoint still converts (and verify agrees with the manifest).
 run verify "$fixture" "$work/td" >/dev/null || { echo "FAIL: verify of the intact torch_dist checkpoint"; fails=$((fails + 1)); }
 
