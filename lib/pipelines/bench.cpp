@@ -187,64 +187,90 @@ struct Timed {
   json stats;
 };
 
-// The storage floor, two ways: the same bytes copied on the same
-// filesystem by `cp -r` (through the page cache, then sync, since we fsync
-// what we write) and by a direct-I/O copy (direct_copy_tree: O_DIRECT both
-// ways, 64 MiB requests, fsync). Phases are judged against the faster.
-struct Floor {
-  Timed cp, dio;
-  bool dio_direct = true;  // no file fell back to the page cache
-  double wall() const { return std::min(cp.wall, dio.wall); }
+// The storage floor. The disk's speed drifts by tens of percent from one
+// minute to the next (a cloud volume), so one floor at the start of a run
+// says little about a phase three minutes later: each phase is judged
+// against direct-I/O copies of its own input (direct_copy_tree: O_DIRECT
+// both ways, 64 MiB requests, fsync) taken just before it and just after it,
+// at their mean speed. `cp -r` + sync (through the page cache, then sync,
+// since we fsync what we write) is measured once, first; where it is faster
+// it is the floor.
+struct Copy {
+  Timed t;
+  uint64_t bytes = 0;
+  bool all_direct = true;  // no file fell back to the page cache
+  double seconds_for(uint64_t b) const {
+    return t.wall * static_cast<double>(b) / static_cast<double>(std::max<uint64_t>(bytes, 1));
+  }
 };
 
-Floor measure_floor(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi) {
-  Floor f;
+// Rank 0 copies `src` to the floor's scratch directory, timed like a phase
+// on every rank, then removes the copy.
+Copy timed_copy(const BenchOptions& opt, const BenchPaths& p, const fs::path& src, bool use_cp,
+                MpiContext& mpi) {
+  Copy c;
+  if (mpi.is_root()) c.bytes = dir_bytes(src);
+  std::string error;
   int code = 0;
-  f.cp.stats = measure(
-      mpi,
-      [&] {
-        if (!mpi.is_root()) return 0;
-        const std::string cmd =
-            fmt::format("cp -r '{}' '{}' && sync", p.hf.string(), p.cp.string());
-        return std::system(cmd.c_str());
-      },
-      f.cp.wall, code, opt.cold);
-  MB_CHECK(code == 0, "bench: cp -r failed");
-  if (mpi.is_root()) {
-    fs::remove_all(p.cp);
-    sync_all();
-  }
-  std::string dio_error;
-  f.dio.stats = measure(
+  c.t.stats = measure(
       mpi,
       [&] {
         if (!mpi.is_root()) return 0;
         try {
-          direct_copy_tree(p.hf, p.cp, 64ull << 20, &f.dio_direct);
+          if (use_cp) {
+            const std::string cmd =
+                fmt::format("cp -r '{}' '{}' && sync", src.string(), p.cp.string());
+            MB_CHECK(std::system(cmd.c_str()) == 0, "{} failed", cmd);
+          } else {
+            direct_copy_tree(src, p.cp, 64ull << 20, &c.all_direct);
+          }
           return 0;
         } catch (const std::exception& e) {
-          dio_error = e.what();
+          error = e.what();
           return 1;
         }
       },
-      f.dio.wall, code, opt.cold);
-  MB_CHECK(code == 0, "bench: direct copy failed: {}", dio_error);
+      c.t.wall, code, opt.cold);
+  MB_CHECK(code == 0, "bench: {} of {} failed: {}", use_cp ? "cp -r" : "the direct copy",
+           src.string(), error);
   if (mpi.is_root()) {
     fs::remove_all(p.cp);
     sync_all();
   }
-  return f;
+  return c;
 }
 
-struct Phases {
-  Timed imp, exp, rsh;
-  ParallelLayout reshard_layout;
+// A phase and the floor it is judged against.
+struct Phase {
+  const char* name = "";
+  Timed t;
+  uint64_t in_bytes = 0;         // its input: HF for import, the Megatron checkpoint after
+  const Copy* before = nullptr;  // direct copies of its input next to it
+  const Copy* after = nullptr;
+  const Copy* cp = nullptr;
+  double direct_floor() const {
+    return (before->seconds_for(in_bytes) + after->seconds_for(in_bytes)) / 2;
+  }
+  double floor() const { return std::min(cp->seconds_for(in_bytes), direct_floor()); }
 };
 
-// Import, export and reshard, each timed with every rank's counters.
-Phases run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi) {
-  Phases ph;
+struct Run {
+  Copy cp;
+  Copy copies[4];  // before import, between the phases, after reshard
+  Phase imp, exp, rsh;
+  ParallelLayout reshard_layout;
+  bool all_direct() const {
+    return std::all_of(std::begin(copies), std::end(copies),
+                       [](const Copy& c) { return c.all_direct; });
+  }
+};
+
+// cp -r, then import, export and reshard, each between direct copies of its
+// input, each timed with every rank's counters.
+void run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi, Run& run) {
   int code = 0;
+  run.cp = timed_copy(opt, p, p.hf, /*use_cp=*/true, mpi);
+  run.copies[0] = timed_copy(opt, p, p.hf, false, mpi);
   ImportOptions io;
   io.hf_path = p.hf;
   io.out = p.meg;
@@ -254,23 +280,25 @@ Phases run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi)
   io.read_once = opt.read_once;
   io.device = opt.device;
   io.io = opt.io;
-  ph.imp.stats = measure(
-      mpi, [&] { return run_import(io, mpi); }, ph.imp.wall, code, opt.cold);
+  run.imp.t.stats = measure(
+      mpi, [&] { return run_import(io, mpi); }, run.imp.t.wall, code, opt.cold);
   MB_CHECK(code == 0, "bench: import failed");
   if (mpi.is_root()) sync_all();
+  run.copies[1] = timed_copy(opt, p, p.meg, false, mpi);
   ExportOptions eo;
   eo.megatron_path = p.meg;
   eo.hf_path = p.back;
   eo.buffer_bytes = opt.buffer_bytes;
   eo.device = opt.device;
   eo.io = opt.io;
-  ph.exp.stats = measure(
-      mpi, [&] { return run_export(eo, mpi); }, ph.exp.wall, code, opt.cold);
+  run.exp.t.stats = measure(
+      mpi, [&] { return run_export(eo, mpi); }, run.exp.t.wall, code, opt.cold);
   MB_CHECK(code == 0, "bench: export failed");
   if (mpi.is_root()) {
     if (!opt.keep) fs::remove_all(p.back);  // not needed any more: keeps the disk use lower
     sync_all();
   }
+  run.copies[2] = timed_copy(opt, p, p.meg, false, mpi);
   ReshardOptions ro;
   ro.src = p.meg;
   ro.out = p.resh;
@@ -278,11 +306,18 @@ Phases run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi)
   ro.buffer_bytes = opt.buffer_bytes;
   ro.device = opt.device;
   ro.io = opt.io;
-  ph.reshard_layout = ro.layout;
-  ph.rsh.stats = measure(
-      mpi, [&] { return run_reshard(ro, mpi); }, ph.rsh.wall, code, opt.cold);
+  run.reshard_layout = ro.layout;
+  run.rsh.t.stats = measure(
+      mpi, [&] { return run_reshard(ro, mpi); }, run.rsh.t.wall, code, opt.cold);
   MB_CHECK(code == 0, "bench: reshard failed");
-  return ph;
+  if (mpi.is_root()) {
+    if (!opt.keep) fs::remove_all(p.resh);
+    sync_all();
+  }
+  run.copies[3] = timed_copy(opt, p, p.meg, false, mpi);
+  run.imp = {"import", run.imp.t, run.copies[0].bytes, &run.copies[0], &run.copies[1], &run.cp};
+  run.exp = {"export", run.exp.t, run.copies[1].bytes, &run.copies[1], &run.copies[2], &run.cp};
+  run.rsh = {"reshard", run.rsh.t, run.copies[2].bytes, &run.copies[2], &run.copies[3], &run.cp};
 }
 
 // The input and output sizes, shared by the report and the JSON record.
@@ -291,9 +326,9 @@ struct Sizes {
   uint64_t planned_reads = 0;  // what the import should read from storage, by the plan
 };
 
-// The setup, the floor and one line per phase.
-std::string phase_table(const BenchOptions& opt, int ranks, const Sizes& sz, const Floor& f,
-                        const Phases& ph) {
+// The setup, then every copy and phase in the order they ran, each phase
+// with its floor.
+std::string phase_table(const BenchOptions& opt, int ranks, const Sizes& sz, const Run& run) {
   std::string out = fmt::format(
       "bench: {} ({} layers), HF {} GB, Megatron {} GB; {} ranks, {}, {}{}, buffer {} MiB, "
       "device {}, "
@@ -301,24 +336,30 @@ std::string phase_table(const BenchOptions& opt, int ranks, const Sizes& sz, con
       opt.hf_config.filename().string(), opt.layers, gb(sz.hf), gb(sz.meg), ranks,
       opt.layout.describe(), opt.format, opt.read_once ? " read-once" : "", opt.buffer_bytes >> 20,
       opt.device, io_mode_name(opt.io), opt.cold ? "dropped before each phase" : "warm",
-      ph.reshard_layout.describe());
+      run.reshard_layout.describe());
   out += fmt::format(
-      "storage floor: {:.2f} s, the faster of cp -r + sync ({:.2f} s) and a direct-I/O copy "
-      "({:.2f} s{})\n",
-      f.wall(), f.cp.wall, f.dio.wall,
-      f.dio_direct ? "" : ", some files fell back to the page cache");
-  out += "phase         wall s    GB/s  x cp  x direct  x floor  load avg\n";
-  auto row = [&](const char* name, const Timed& t, uint64_t bytes) {
-    out += fmt::format("{:<12} {:>7.2f} {:>7.2f} {:>5.2f} {:>9.2f} {:>8.2f} {:>9.1f}\n", name,
-                       t.wall, static_cast<double>(bytes) / t.wall / 1e9, t.wall / f.cp.wall,
-                       t.wall / f.dio.wall, t.wall / f.wall(),
-                       t.stats.at(0).at("load_average").get<double>());
+      "storage floor of a phase: the mean of direct-I/O copies of its input just before and just "
+      "after it{}, or cp -r + sync where faster\n",
+      run.all_direct() ? "" : " (some files fell back to the page cache)");
+  out += "step            wall s    GB/s  floor s  x floor  load avg\n";
+  auto copy = [&](const char* name, const Copy& c) {
+    out += fmt::format("{:<14} {:>7.2f} {:>7.2f} {:>8} {:>8} {:>9.1f}\n", name, c.t.wall,
+                       static_cast<double>(c.bytes) / c.t.wall / 1e9, "", "",
+                       c.t.stats.at(0).at("load_average").get<double>());
   };
-  row("cp -r", f.cp, sz.hf);
-  row("direct copy", f.dio, sz.hf);
-  row("import", ph.imp, sz.hf);
-  row("export", ph.exp, sz.hf);
-  row("reshard", ph.rsh, sz.meg);
+  auto phase = [&](const Phase& ph) {
+    out += fmt::format("{:<14} {:>7.2f} {:>7.2f} {:>8.2f} {:>8.2f} {:>9.1f}\n", ph.name, ph.t.wall,
+                       static_cast<double>(ph.in_bytes) / ph.t.wall / 1e9, ph.floor(),
+                       ph.t.wall / ph.floor(), ph.t.stats.at(0).at("load_average").get<double>());
+  };
+  copy("cp -r", run.cp);
+  copy("direct copy", run.copies[0]);
+  phase(run.imp);
+  copy("direct copy", run.copies[1]);
+  phase(run.exp);
+  copy("direct copy", run.copies[2]);
+  phase(run.rsh);
+  copy("direct copy", run.copies[3]);
   return out;
 }
 
@@ -386,52 +427,56 @@ std::string planned_reads_line(const BenchOptions& opt, const BenchPaths& p, int
 
 // The `bench-json:` line: the setup, the sizes, every wall time and every
 // rank's counters.
-json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Floor& f,
-                  const Phases& ph) {
-  return {{"config", opt.hf_config.filename().string()},
-          {"layers", opt.layers},
-          {"ranks", ranks},
-          {"layout", opt.layout.describe()},
-          {"reshard_layout", ph.reshard_layout.describe()},
-          {"buffer_mb", opt.buffer_bytes >> 20},
-          {"device", opt.device},
-          {"io", io_mode_name(opt.io)},
-          {"format", opt.format},
-          {"read_once", opt.read_once},
-          {"cold", opt.cold},
-          {"hf_bytes", sz.hf},
-          {"megatron_bytes", sz.meg},
-          {"import_planned_read_bytes", sz.planned_reads},
-          {"cp_seconds", f.cp.wall},
-          {"direct_copy_seconds", f.dio.wall},
-          {"direct_copy_all_direct", f.dio_direct},
-          {"floor_seconds", f.wall()},
-          {"import_seconds", ph.imp.wall},
-          {"export_seconds", ph.exp.wall},
-          {"reshard_seconds", ph.rsh.wall},
-          {"cp", f.cp.stats},
-          {"direct_copy", f.dio.stats},
-          {"import", ph.imp.stats},
-          {"export", ph.exp.stats},
-          {"reshard", ph.rsh.stats}};
+json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Run& run) {
+  json copies = json::array(), copy_seconds = json::array();
+  for (const Copy& c : run.copies) {
+    copies.push_back(c.t.stats);
+    copy_seconds.push_back(c.t.wall);
+  }
+  json r = {{"config", opt.hf_config.filename().string()},
+            {"layers", opt.layers},
+            {"ranks", ranks},
+            {"layout", opt.layout.describe()},
+            {"reshard_layout", run.reshard_layout.describe()},
+            {"buffer_mb", opt.buffer_bytes >> 20},
+            {"device", opt.device},
+            {"io", io_mode_name(opt.io)},
+            {"format", opt.format},
+            {"read_once", opt.read_once},
+            {"cold", opt.cold},
+            {"hf_bytes", sz.hf},
+            {"megatron_bytes", sz.meg},
+            {"import_planned_read_bytes", sz.planned_reads},
+            {"cp_seconds", run.cp.t.wall},
+            // Before import, between the phases, after reshard.
+            {"direct_copy_seconds", copy_seconds},
+            {"direct_copy_all_direct", run.all_direct()},
+            {"cp", run.cp.t.stats},
+            {"direct_copies", copies}};
+  for (const Phase* ph : {&run.imp, &run.exp, &run.rsh}) {
+    r[fmt::format("{}_seconds", ph->name)] = ph->t.wall;
+    r[fmt::format("{}_floor_seconds", ph->name)] = ph->floor();
+    r[fmt::format("{}_direct_floor_seconds", ph->name)] = ph->direct_floor();
+    r[ph->name] = ph->t.stats;
+  }
+  return r;
 }
 
 // Rank 0: the tables on stdout, then the `bench-json:` record.
-void report(const BenchOptions& opt, const BenchPaths& p, int ranks, const Floor& f,
-            const Phases& ph) {
+void report(const BenchOptions& opt, const BenchPaths& p, int ranks, const Run& run) {
   Sizes sz;
-  sz.hf = dir_bytes(p.hf);
-  sz.meg = dir_bytes(p.meg);
-  std::string out = phase_table(opt, ranks, sz, f, ph);
+  sz.hf = run.copies[0].bytes;
+  sz.meg = run.copies[1].bytes;
+  std::string out = phase_table(opt, ranks, sz, run);
   out +=
       "phase   rank  seconds  CPU s   GB/s  read GB (syscall / storage)  written GB (syscall / "
       "storage)  peak RSS MiB\n";
-  out += rank_rows("import", ph.imp.stats, sz.hf);
-  out += rank_rows("export", ph.exp.stats, sz.hf);
-  out += rank_rows("reshard", ph.rsh.stats, sz.meg);
-  out += planned_reads_line(opt, p, ranks, ph.imp.stats, sz);
+  out += rank_rows("import", run.imp.t.stats, sz.hf);
+  out += rank_rows("export", run.exp.t.stats, sz.hf);
+  out += rank_rows("reshard", run.rsh.t.stats, sz.meg);
+  out += planned_reads_line(opt, p, ranks, run.imp.t.stats, sz);
   std::fputs(out.c_str(), stdout);
-  std::printf("bench-json: %s\n", bench_record(opt, ranks, sz, f, ph).dump().c_str());
+  std::printf("bench-json: %s\n", bench_record(opt, ranks, sz, run).dump().c_str());
   std::fflush(stdout);
 }
 
@@ -454,16 +499,13 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
   }
   const auto level = log::level();
   log::set_level(log::Level::Warn);
-  const Floor floor = measure_floor(opt, p, mpi);
-  const Phases phases = run_phases(opt, p, mpi);
+  Run run;
+  run_phases(opt, p, mpi, run);
   log::set_level(level);
 
   if (mpi.is_root()) {
-    report(opt, p, mpi.size(), floor, phases);
-    if (!opt.keep) {
-      fs::remove_all(p.meg);
-      fs::remove_all(p.resh);
-    }
+    report(opt, p, mpi.size(), run);
+    if (!opt.keep) fs::remove_all(p.meg);
   }
   mpi.barrier();
   return 0;

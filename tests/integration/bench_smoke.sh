@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `megabridge bench` on a tiny synthetic checkpoint (2 ranks, EP2, torch_dist):
+# the report lists every copy and phase in the order they ran, each phase's
+# floor is what its neighbouring direct copies say (recomputed here from the
+# JSON record's own wall times and sizes), and the work directory keeps only
+# the synthetic input. The figures themselves are not judged: speed is
+# measured by the benchmark, not by tests.
+#   bench_smoke.sh BIN FIXTURE_DIR PYTHON
+set -euo pipefail
+bin="$1" fixture="$2" py="$3"
+work="$(mktemp -d "${TMPDIR:-/tmp}/mb-bench-XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+out="$(mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" bench --hf-config "$fixture/config.json" \
+  --layers 1 --dir "$work/b" --ep 2 --format torch_dist)"
+steps="$(sed -n '/^step /,/^phase /p' <<<"$out" | awk 'NR > 1 && !/^phase / {print $1}' | tr '\n' ' ')"
+want="cp direct import direct export direct reshard direct "
+[ "$steps" = "$want" ] || { echo "$out"; echo "FAIL: steps '$steps', want '$want'"; exit 1; }
+grep '^bench-json: ' <<<"$out" | cut -c13- | "$py" -c '
+import json, sys
+r = json.load(sys.stdin)
+d = r["direct_copy_seconds"]
+assert len(d) == 4 and all(s > 0 for s in d), d
+sizes = [r["hf_bytes"]] + [r["megatron_bytes"]] * 3  # what each direct copy copied
+for i, name in enumerate(["import", "export", "reshard"]):
+    n = r["hf_bytes"] if name == "import" else r["megatron_bytes"]
+    direct = (d[i] * n / sizes[i] + d[i + 1] * n / sizes[i + 1]) / 2
+    want = min(direct, r["cp_seconds"] * n / r["hf_bytes"])
+    assert abs(r[name + "_direct_floor_seconds"] - direct) <= 1e-9 * max(direct, 1), name
+    got = r[name + "_floor_seconds"]
+    assert abs(got - want) <= 1e-9 * max(want, 1), (name, got, want)
+    assert len(r[name]) == 2 and r[name + "_seconds"] > 0, name
+print("floors agree:", {k: round(v, 4) for k, v in r.items() if k.endswith("_floor_seconds")})
+'
+left="$(cd "$work/b" && ls -A | tr '\n' ' ')"
+[ "$left" = ".megabridge-bench hf " ] || { echo "FAIL: bench left '$left' in its work directory"; exit 1; }
+echo "OK: bench report and floors"
