@@ -514,7 +514,12 @@ std::map<std::string, std::string> manifest_tensor_hashes(const json& manifest,
 
 Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
                                  const IoConfig& io, bool verify, const StreamedChecks& shared)
-    : ck_(ck), refs_(std::move(refs)), io_(io), verify_(verify), shared_(shared) {
+    : ck_(ck),
+      refs_(std::move(refs)),
+      io_(io),
+      windows_(io.chunk_bytes),
+      verify_(verify),
+      shared_(shared) {
   if (!verify_) return;
   MB_CHECK(!shared_.chains || (shared_.relay && shared_.chains->size() == refs_.size()),
            "internal: shared checksum chains for {} of {} tensors, or without a relay",
@@ -771,9 +776,9 @@ InputFile& Hdf5ShardSource::input(uint32_t shard) {
   reader(shard);  // opened (and checked) by HDF5 first; keeps the two maps in step
   auto it = inputs_.find(shard);
   if (it == inputs_.end())
-    it = inputs_.emplace(shard, InputFile(ck_.dir / ck_.shards.at(shard).coord.file_name(), io_.mode))
+    it = inputs_
+             .emplace(shard, InputFile(ck_.dir / ck_.shards.at(shard).coord.file_name(), io_.mode))
              .first;
-  if (it->second.direct() && window_.capacity() == 0) window_ = ReadWindow(io_.chunk_bytes);
   return it->second;
 }
 
@@ -790,9 +795,9 @@ void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint
   }
   const uint64_t es = dtype_size(d->dtype), row_bytes = cols_2d(d->shape) * es;
   const std::string what = fmt::format("{}: dataset '{}'", r.path().string(), t.name);
-  input(ref.shard).pread_rows(dst, dst_stride, rows, cols * es,
-                              d->data_offset + row0 * row_bytes + col0 * es, row_bytes, window_,
-                              what);
+  InputFile& in = input(ref.shard);
+  in.pread_rows(dst, dst_stride, rows, cols * es, d->data_offset + row0 * row_bytes + col0 * es,
+                row_bytes, windows_.of(in), what);
 }
 
 void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,

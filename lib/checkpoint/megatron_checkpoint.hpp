@@ -211,7 +211,7 @@ class Hdf5ShardSource : public RowSource {
   std::map<uint32_t, InputFile> inputs_;  // the open_ files' raw handles
   std::vector<uint32_t> lru_;
   IoConfig io_;
-  ReadWindow window_;  // allocated when the first file opens for direct reads
+  ReadWindows windows_;
   uint64_t bytes_read_ = 0;
   bool verify_ = false;
   StreamedChecks shared_;                   // empty: one link per tensor, this rank's

@@ -12,9 +12,17 @@
 namespace mb {
 namespace fs = std::filesystem;
 
+namespace {
+uint64_t cut_bytes(const Box& b, uint64_t es) {
+  uint64_t n = es;
+  for (uint64_t v : b.sizes) n *= v;
+  return n;
+}
+}  // namespace
+
 TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
                                  IoConfig io, bool verify)
-    : ck_(ck), refs_(std::move(refs)), io_(io), verify_(verify) {
+    : ck_(ck), refs_(std::move(refs)), io_(io), windows_(io.chunk_bytes), verify_(verify) {
   if (!verify_) return;
   for (const auto& f : ck_.manifest.at("files"))
     for (const auto& t : f.at("tensors"))
@@ -117,7 +125,7 @@ void TorchDistSource::read_window(Streamed* sv, const std::string& rel, InputFil
   if (sv == nullptr || sv->checked) {
     // Narrow windows through the page cache, where the neighbouring columns
     // (another output shard's, another rank's) are then found (pread_rows).
-    f.pread_rows(dst, dst_stride, rows, piece, at, row_bytes, window_, key);
+    f.pread_rows(dst, dst_stride, rows, piece, at, row_bytes, windows_.of(f), key);
     return;
   }
   // A chunk still to be checked: read its whole rows through the page cache,
@@ -163,7 +171,6 @@ InputFile& TorchDistSource::file(const std::string& relative) {
              .emplace(relative, InputFile(resolve_inside(ck_.iter_dir, relative, "torch_dist item"),
                                           io_.mode))
              .first;
-  if (it->second.direct() && window_.capacity() == 0) window_ = ReadWindow(io_.chunk_bytes);
   return it->second;
 }
 
@@ -275,13 +282,26 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         }
         // Whole rows: walk the cut's innermost runs (contiguous in the chunk),
         // merging runs that continue each other both in the file and in dst.
+        // Runs that do not merge (the destination strided: one TP half of an
+        // HF row) are small reads that load ahead. Where this local tensor's
+        // part of the chunk is large, its load-ahead stops at that part's
+        // end: the next bytes may be another rank's (the next expert of a
+        // stacked chunk). A small part's (norms side by side) does not.
+        uint64_t until = UINT64_MAX;
+        const auto part = intersect(Box{poffsets, psizes}, Box{coffsets, csizes});
+        if (part && cut_bytes(*part, es) >= InputFile::kSmallReadBytes) {
+          std::vector<uint64_t> last(nd);
+          for (size_t d = 0; d < nd; ++d)
+            last[d] = part->offsets[d] + part->sizes[d] - 1 - coffsets[d];
+          until = ti.data_offset + (ti.storage_offset + linear_index(last, csizes) + 1) * es;
+        }
         uint64_t pend_file = 0, pend_len = 0;
         unsigned char* pend_dst = nullptr;
         auto flush = [&] {
           if (pend_len == 0) return;
           if (sv) sv->seen += pend_len;
           if (sv && !sv->checked && sv->in_order && pend_file == sv->next) {
-            f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
+            f.pread_exact(pend_dst, pend_len, pend_file, windows_.of(f), p.key, until);
             sv->hash.update(pend_dst, pend_len);
             sv->next += pend_len;
             if (sv->next == sv->end) check(*sv, sv->hash.digest());
@@ -290,7 +310,7 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
             sv->in_order = false;
             plain(rel).pread_exact(pend_dst, pend_len, pend_file, p.key);
           } else {
-            f.pread_exact(pend_dst, pend_len, pend_file, window_, p.key);
+            f.pread_exact(pend_dst, pend_len, pend_file, windows_.of(f), p.key, until);
           }
           bytes_read_ += pend_len;
           pend_len = 0;

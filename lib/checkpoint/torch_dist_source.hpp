@@ -71,7 +71,7 @@ class TorchDistSource : public RowSource {
   std::map<uint32_t, std::vector<DistPiece>> pieces_;
   std::map<std::pair<std::string, std::vector<uint64_t>>, TorchTensorItem> items_;
   IoConfig io_;
-  ReadWindow window_;  // allocated when the first file opens for direct reads
+  ReadWindows windows_;
   std::map<std::string, InputFile> files_;
   uint64_t bytes_read_ = 0;
   bool verify_ = false;

@@ -203,7 +203,7 @@ int64_t InputFile::load(ReadWindow& w, uint64_t start, uint64_t len, std::string
 }
 
 void InputFile::pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& w,
-                            std::string_view what) {
+                            std::string_view what, uint64_t ahead_until) {
   auto* d = static_cast<unsigned char*>(dst);
   const uint64_t end = offset + n;
   uint64_t pos = offset;
@@ -224,7 +224,12 @@ void InputFile::pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& 
     const bool small = n < kSmallReadBytes;
     const bool forward = w.file_ == id_ && w.ahead_ > 0 && start >= w.off_ &&
                          start <= w.off_ + w.len_ + kSmallReadBytes;
-    if (small && forward) len = std::min(cap, std::max(len, round_up(2 * w.ahead_, align_)));
+    if (small && forward) {
+      const uint64_t need = len;
+      len = std::min(cap, std::max(len, round_up(2 * w.ahead_, align_)));
+      if (ahead_until != UINT64_MAX)
+        len = std::max(need, std::min(len, round_up(ahead_until, align_) - start));
+    }
     const int64_t got = load(w, start, len, what);
     w.ahead_ = small && got > 0 ? static_cast<uint64_t>(got) : 0;
     if (got < 0) break;  // refused: the rest through the page cache
@@ -296,6 +301,14 @@ void InputFile::pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64
     for (uint64_t r = 0; r < k; ++r)
       std::memcpy(d + (r0 + r) * dst_stride, w.buf_.data() + r * row_bytes, piece);
   }
+}
+
+ReadWindow& ReadWindows::of(const InputFile& f) {
+  int i = owner_[0] == f.id() ? 0 : owner_[1] == f.id() ? 1 : 1 - last_;
+  owner_[i] = f.id();
+  last_ = i;
+  if (f.direct() && w_[i].capacity() == 0) w_[i] = ReadWindow(bytes_);
+  return w_[i];
 }
 
 // --------------------------------------------------------------- AppendFile

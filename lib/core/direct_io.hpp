@@ -133,9 +133,13 @@ class InputFile {
   // the page cache, since the data is then read again, directly.
   const File& file() const { return file_; }
   bool direct() const { return direct_fd_ >= 0; }
+  uint64_t id() const { return id_; }  // unique per open file: what a ReadWindow holds
   // Reads exactly [offset, offset + n); a short file is an error naming `what`.
+  // Load-ahead stops at `ahead_until` where the caller knows its reads end
+  // there (a tensor block read row by row, whose next bytes another rank
+  // reads): what lies after it would be read from storage for nothing.
   void pread_exact(void* dst, uint64_t n, uint64_t offset, ReadWindow& window,
-                   std::string_view what);
+                   std::string_view what, uint64_t ahead_until = UINT64_MAX);
   // Reads `rows` pieces of `piece` bytes, the first at `offset`, each
   // `row_bytes` after the previous, to dst rows `dst_stride` apart. Direct
   // or through the page cache as column_window_direct() says (see there).
@@ -152,6 +156,26 @@ class InputFile {
   // Loads [start, start + len) (aligned) into the window; returns the bytes
   // loaded (fewer at the end of the file), or -1 if direct I/O was refused.
   int64_t load(ReadWindow& w, uint64_t start, uint64_t len, std::string_view what);
+};
+
+// Two read windows, one per file, for a source whose reads alternate between
+// two files: the TP halves of one tensor (a torch_dist chunk per rank, an
+// HDF5 shard per rank) read row block by row block for one output tensor.
+// One shared window would be evicted at every switch and reload what it had
+// just loaded ahead (a TP2·ETP2 export read its expert chunks 1.15x). Each
+// file keeps the window it used last; a third file takes the one used less
+// recently. Allocated on first use by a file read directly.
+class ReadWindows {
+ public:
+  ReadWindows() = default;
+  explicit ReadWindows(uint64_t bytes) : bytes_(bytes) {}
+  ReadWindow& of(const InputFile& f);
+
+ private:
+  uint64_t bytes_ = 0;
+  ReadWindow w_[2];
+  uint64_t owner_[2] = {0, 0};  // InputFile::id() of the file each last served
+  int last_ = 0;
 };
 
 // A file written front to back only (a .distcp file, a whole output file).

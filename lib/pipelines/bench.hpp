@@ -1,7 +1,8 @@
 // `megabridge bench`: import, export and reshard of a synthetic checkpoint,
-// timed against the storage floor measured in the same run on the same
-// filesystem: the faster of `cp -r` + sync and a direct-I/O copy of the same
-// files (direct_copy_tree). Per rank: throughput, peak RSS, /proc/self/io bytes.
+// each timed against the storage floor measured next to it on the same
+// filesystem: the mean of direct-I/O copies of the phase's input taken just
+// before and just after it (direct_copy_tree), or `cp -r` + sync (measured
+// once, first) where faster. Per rank: throughput, peak RSS, /proc/self/io bytes.
 #pragma once
 
 #include <cstdint>

@@ -432,10 +432,10 @@ class ExportStep : public Step {
 void ExportStep::execute(MpiContext& mpi) {
   // A separate checksum pass (not streamed) shares the page cache with the reads.
   const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
-  // The direct I/O buffers (the source's read window, the output's two
-  // write-behind buffers) are taken out of the configured buffer.
+  // The direct I/O buffers (the source's two read windows, ReadWindows; the
+  // output's two write-behind buffers) are taken out of the configured buffer.
   const int io_buffers =
-      (src_io != IoMode::Buffered ? 1 : 0) + (opt_.io != IoMode::Buffered ? 2 : 0);
+      (src_io != IoMode::Buffered ? 2 : 0) + (opt_.io != IoMode::Buffered ? 2 : 0);
   const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });

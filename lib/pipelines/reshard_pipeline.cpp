@@ -129,10 +129,10 @@ class ReshardStep : public Step {
     const ExportIndex index = build_export_index(ck_->shards, ck_->source.tensors.size());
     // A separate checksum pass (not streamed) shares the page cache with the reads.
     const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
-    // A source read directly takes its window out of the buffer, the direct
-    // writes of the output their two write-behind buffers.
-    const int io_buffers = (src_io != IoMode::Buffered ? 1 : 0) +
-                           (opt_.io != IoMode::Buffered ? 2 : 0);
+    // A source read directly takes its two windows (ReadWindows) out of the
+    // buffer, the direct writes of the output their two write-behind buffers.
+    const int io_buffers =
+        (src_io != IoMode::Buffered ? 2 : 0) + (opt_.io != IoMode::Buffered ? 2 : 0);
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     // Checked as read: each source row hashed by one rank that reads it, the

@@ -9,6 +9,7 @@
 #include "checkpoint/safetensors_source.hpp"
 #include "core/direct_io.hpp"
 #include "core/error.hpp"
+#include "core/proc_stats.hpp"
 #include "test_util.hpp"
 
 using namespace mb;
@@ -398,4 +399,53 @@ TEST(DirectIo, RowReadsGiveTheFileBytesOnEveryPath) {
   evict(p);
   in.pread_rows(buf.data(), 512, 2048, 512, 0, 1024, w, "narrow");
   EXPECT_EQ(resident_pages(p, 0, 2 << 20), 512u);  // the 2 MiB row span, once
+}
+
+// Small reads alternating between two files (the TP halves of one HF row,
+// stored in two files): ReadWindows gives each file its own load-ahead, so
+// each byte comes from storage once; a load-ahead bounded by ahead_until
+// stops there (the next bytes being another rank's). Bytes are checked on
+// every path; the storage counters where O_DIRECT works and are counted.
+TEST(DirectIo, AlternatingFilesKeepTheirWindowsAndLoadAheadStopsWhereTold) {
+  TempDir tmp;
+  const uint64_t size = 4 << 20, piece = 512;
+  const fs::path pa = tmp.path / "a", pb = tmp.path / "b";
+  const std::string ba = pattern(size, 3), bb = pattern(size, 4);
+  write_bytes(pa, ba);
+  write_bytes(pb, bb);
+  for (IoMode mode : {IoMode::Buffered, IoMode::Direct}) {
+    InputFile a(pa, mode), b(pb, mode);
+    ReadWindows windows(8 << 20);
+    std::string got(2 * piece, '\0');
+    for (uint64_t at = 0; at < size; at += piece) {
+      a.pread_exact(got.data(), piece, at, windows.of(a), "a");
+      b.pread_exact(got.data() + piece, piece, at, windows.of(b), "b");
+      ASSERT_EQ(got.substr(0, piece), ba.substr(at, piece)) << io_mode_name(mode) << " at " << at;
+      ASSERT_EQ(got.substr(piece), bb.substr(at, piece)) << io_mode_name(mode) << " at " << at;
+    }
+  }
+  if (!direct_supported(tmp.path)) GTEST_SKIP() << tmp.path << " refuses O_DIRECT";
+
+  const auto storage_reads = [] { return read_thread_io_counters().read_bytes; };
+  InputFile a(pa, IoMode::Direct), b(pb, IoMode::Direct);
+  ReadWindows windows(8 << 20);
+  std::string buf(piece, '\0');
+  // Runs of 64 rows from each file in turn, as rows of one HF tensor come
+  // from its two TP halves: each run's load-ahead reaches past the run.
+  const uint64_t r0 = storage_reads();
+  for (uint64_t at = 0; at < size; at += 64 * piece)
+    for (InputFile* f : {&a, &b})
+      for (uint64_t r = 0; r < 64; ++r)
+        f->pread_exact(buf.data(), piece, at + r * piece, windows.of(*f), "run");
+  const uint64_t alternating = storage_reads() - r0;
+  if (alternating == 0) GTEST_SKIP() << "this kernel does not count this thread's storage reads";
+  EXPECT_LE(alternating, 2 * size + 2 * 8192)
+      << "a window shared by both files reloads at each switch";
+
+  // Reads of the first MiB, 512 bytes at a time, told that they end there.
+  ReadWindow w(8 << 20);
+  const uint64_t r1 = storage_reads();
+  for (uint64_t at = 0; at < (1 << 20); at += piece)
+    a.pread_exact(buf.data(), piece, at, w, "a", 1 << 20);
+  EXPECT_LE(storage_reads() - r1, (1u << 20) + 4096) << "the load-ahead went past ahead_until";
 }
