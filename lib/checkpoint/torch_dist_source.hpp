@@ -2,13 +2,16 @@
 // each rectangle becomes boxes of the checkpoint keys (dist_pieces), each box
 // is cut by the stored chunks, and the bytes are read with pread straight
 // from the chunks' torch.save archives (large runs with O_DIRECT). Any chunking works, including
-// checkpoints written by Megatron-Core or PyTorch.
+// checkpoints written by Megatron-Core or PyTorch. A column window of a chunk
+// (a TP split of its rows) is one strided read per stretch of rows
+// (InputFile::pread_rows), not one request per piece.
 //
 // With verify (manifests whose files use "xxh3-64-distcp-regions"), each
-// chunk's bytes are hashed as they are read when they are read in file order,
-// else read again (through the page cache) once the reads move on or at the
-// end; finish_verification then checks each file's region checksum, reading
-// only the bytes between the chunks' data. No separate full pass.
+// chunk's bytes are hashed as they are read when they are read in file order
+// (a column window's whole rows through the page cache), else read again
+// (through the page cache) once the reads move on or at the end;
+// finish_verification then checks each file's region checksum, reading only
+// the bytes between the chunks' data. No separate full pass.
 #pragma once
 
 #include <filesystem>
