@@ -16,6 +16,7 @@
 #include "core/log.hpp"
 #include "core/output_lock.hpp"
 #include "core/region_checksum.hpp"
+#include "core/row_window.hpp"
 #include "dist/hash_relay.hpp"
 #include "dist/mpi_context.hpp"
 #include "formats/hdf5/hdf5_checksum.hpp"
@@ -828,16 +829,14 @@ void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
   // the window alone would be read (a narrow one through the page cache,
   // where the node's other ranks share it), hash them, copy the window out.
   const bool cached = io_.mode == IoMode::Buffered || !column_window_direct(cols * es, row_bytes);
-  const uint64_t block = std::max<uint64_t>(1, (4u << 20) / std::max<uint64_t>(row_bytes, 1));
-  auto* d = static_cast<unsigned char*>(dst);
-  for (uint64_t r = 0; r < rows; r += block) {
-    const uint64_t n = std::min(block, rows - r);
-    scratch_.resize(n * row_bytes);
-    read_bytes(id, row0 + r, n, 0, all_cols, scratch_.data(), row_bytes, cached);
-    advance(id, row0 + r, n, scratch_.data(), row_bytes);
-    for (uint64_t i = 0; i < n; ++i)
-      std::memcpy(d + (r + i) * dst_stride, scratch_.data() + i * row_bytes + col0 * es, cols * es);
-  }
+  window_from_whole_rows(
+      rows, row_bytes, col0 * es, cols * es, static_cast<unsigned char*>(dst), dst_stride, scratch_,
+      [&](uint64_t r, uint64_t n, unsigned char* buf) {
+        read_bytes(id, row0 + r, n, 0, all_cols, buf, row_bytes, cached);
+      },
+      [&](const unsigned char* buf, uint64_t r, uint64_t n) {
+        advance(id, row0 + r, n, buf, row_bytes);
+      });
 }
 
 ExportIndex build_export_index(const std::vector<ShardPlan>& shards, size_t num_hf_tensors) {

@@ -7,18 +7,11 @@
 #include "core/error.hpp"
 #include "core/nd_box.hpp"
 #include "core/path_safety.hpp"
+#include "core/row_window.hpp"
 #include "formats/torch_dist/distcp_checksum.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
-
-namespace {
-uint64_t cut_bytes(const Box& b, uint64_t es) {
-  uint64_t n = es;
-  for (uint64_t v : b.sizes) n *= v;
-  return n;
-}
-}  // namespace
 
 TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
                                  IoConfig io, bool verify)
@@ -138,20 +131,16 @@ void TorchDistSource::read_window(Streamed* sv, const std::string& rel, InputFil
   const bool hashed = sv->in_order && first == sv->next;
   if (!hashed) sv->in_order = false;
   File& in = plain(rel);
-  // Blocks of whole rows, 4 MiB at most (outside the configured buffer, as
-  // verify_whole's block is).
-  const uint64_t block = std::max<uint64_t>(1, (4u << 20) / row_bytes);
-  for (uint64_t r = 0; r < rows; r += block) {
-    const uint64_t k = std::min(block, rows - r);
-    scratch_.resize(k * row_bytes);
-    in.pread_exact(scratch_.data(), k * row_bytes, first + r * row_bytes, key);
-    if (hashed) {
-      sv->hash.update(scratch_.data(), k * row_bytes);
-      sv->next += k * row_bytes;
-    }
-    for (uint64_t i = 0; i < k; ++i)
-      std::memcpy(dst + (r + i) * dst_stride, scratch_.data() + i * row_bytes + lead, piece);
-  }
+  window_from_whole_rows(
+      rows, row_bytes, lead, piece, dst, dst_stride, scratch_,
+      [&](uint64_t r, uint64_t n, unsigned char* buf) {
+        in.pread_exact(buf, n * row_bytes, first + r * row_bytes, key);
+      },
+      [&](const unsigned char* buf, uint64_t, uint64_t n) {
+        if (!hashed) return;
+        sv->hash.update(buf, n * row_bytes);
+        sv->next += n * row_bytes;
+      });
   if (hashed && sv->next == sv->end) check(*sv, sv->hash.digest());
 }
 
@@ -289,7 +278,7 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
         // stacked chunk). A small part's (norms side by side) does not.
         uint64_t until = UINT64_MAX;
         const auto part = intersect(Box{poffsets, psizes}, Box{coffsets, csizes});
-        if (part && cut_bytes(*part, es) >= InputFile::kSmallReadBytes) {
+        if (part && part->volume() * es >= InputFile::kSmallReadBytes) {
           std::vector<uint64_t> last(nd);
           for (size_t d = 0; d < nd; ++d)
             last[d] = part->offsets[d] + part->sizes[d] - 1 - coffsets[d];

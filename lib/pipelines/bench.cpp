@@ -1,7 +1,9 @@
 #include "pipelines/bench.hpp"
 
 #include <fcntl.h>
+#include <spawn.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -140,7 +142,22 @@ struct BenchPaths {
 };
 
 void sync_all() {
-  MB_CHECK(std::system("sync") == 0, "bench: sync failed");
+  ::sync();
+}
+
+// `cp -r SRC DST`, run without a shell: --dir is the user's, and a quote in
+// it must not turn the command line into another command.
+void copy_with_cp(const fs::path& src, const fs::path& dst) {
+  std::string a0 = "cp", a1 = "-r", a2 = src.string(), a3 = dst.string();
+  char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
+  pid_t pid = 0;
+  const int err = ::posix_spawnp(&pid, "cp", nullptr, nullptr, argv, environ);
+  MB_CHECK(err == 0, "bench: cannot run cp: {}", std::strerror(err));
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    MB_CHECK(errno == EINTR, "bench: waiting for cp: {}", std::strerror(errno));
+  MB_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "bench: cp -r {} {} failed (status {})",
+           src.string(), dst.string(), status);
 }
 
 // Rank 0: checks that --dir is bench's own, writes the synthetic checkpoint
@@ -218,9 +235,8 @@ Copy timed_copy(const BenchOptions& opt, const BenchPaths& p, const fs::path& sr
         if (!mpi.is_root()) return 0;
         try {
           if (use_cp) {
-            const std::string cmd =
-                fmt::format("cp -r '{}' '{}' && sync", src.string(), p.cp.string());
-            MB_CHECK(std::system(cmd.c_str()) == 0, "{} failed", cmd);
+            copy_with_cp(src, p.cp);
+            sync_all();
           } else {
             direct_copy_tree(src, p.cp, 64ull << 20, &c.all_direct);
           }

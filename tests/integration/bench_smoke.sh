@@ -3,15 +3,16 @@
 # the report lists every copy and phase in the order they ran, each phase's
 # floor is what its neighbouring direct copies say (recomputed here from the
 # JSON record's own wall times and sizes), and the work directory keeps only
-# the synthetic input. The figures themselves are not judged: speed is
-# measured by the benchmark, not by tests.
+# the synthetic input. The work directory's name holds a quote and a space:
+# bench runs cp without a shell, so the name stays a name. The figures
+# themselves are not judged: speed is measured by the benchmark, not by tests.
 #   bench_smoke.sh BIN FIXTURE_DIR PYTHON
 set -euo pipefail
 bin="$1" fixture="$2" py="$3"
 work="$(mktemp -d "${TMPDIR:-/tmp}/mb-bench-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 out="$(mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" bench --hf-config "$fixture/config.json" \
-  --layers 1 --dir "$work/b" --ep 2 --format torch_dist)"
+  --layers 1 --dir "$work/it's b" --ep 2 --format torch_dist)"
 steps="$(sed -n '/^step /,/^phase /p' <<<"$out" | awk 'NR > 1 && !/^phase / {print $1}' | tr '\n' ' ')"
 want="cp direct import direct export direct reshard direct "
 [ "$steps" = "$want" ] || { echo "$out"; echo "FAIL: steps '$steps', want '$want'"; exit 1; }
@@ -31,6 +32,7 @@ for i, name in enumerate(["import", "export", "reshard"]):
     assert len(r[name]) == 2 and r[name + "_seconds"] > 0, name
 print("floors agree:", {k: round(v, 4) for k, v in r.items() if k.endswith("_floor_seconds")})
 '
-left="$(cd "$work/b" && ls -A | tr '\n' ' ')"
+left="$(cd "$work/it's b" && ls -A | tr '\n' ' ')"
 [ "$left" = ".megabridge-bench hf " ] || { echo "FAIL: bench left '$left' in its work directory"; exit 1; }
+[ "$(ls -A "$work" | wc -l)" -eq 1 ] || { ls -A "$work"; echo "FAIL: bench wrote outside its work directory"; exit 1; }
 echo "OK: bench report and floors"
