@@ -489,7 +489,7 @@ std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
                                              std::vector<LocalTensorRef> refs, const IoConfig& io,
                                              bool verify_streamed, const StreamedChecks& shared) {
   if (ck.format == "torch_dist")
-    return std::make_unique<TorchDistSource>(ck, std::move(refs), io, verify_streamed);
+    return std::make_unique<TorchDistSource>(ck, std::move(refs), io, verify_streamed, shared);
   return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed, shared);
 }
 
@@ -567,24 +567,15 @@ size_t Hdf5ShardSource::next_own_link(uint32_t id, size_t from) {
 
 bool Hdf5ShardSource::prepare_hash(uint32_t id, uint64_t row0, uint64_t rows) {
   Streamed& s = streamed_.at(id);
-  const auto& l = links(id);
-  while (!s.broken && s.link < l.size()) {
-    const ChainLink& link = l[s.link];
-    if (row0 + rows <= std::max(s.next_row, link.row0))
-      return false;  // hashed, or another rank's rows
-    if (s.next_row < link.row0 && !start_link(id, wait_s_)) {
-      wait_s_ = 0;  // late once: stop waiting while converting
-      s.broken = true;
-      return false;
-    }
-    if (row0 <= s.next_row) return true;
-    // The read skips rows of this rank's link (it reads them later, e.g. a
-    // 1-rank TP1 -> TP2 reshard reads fc1's [gate0; up0], then [gate1; up1]):
-    // hash them now, read directly once more, rather than the rest of the
-    // link again at the end.
-    fill(id, s.next_row, std::min(row0, link.row1));
-  }
-  return false;
+  // A read that skips rows of this rank's link (it reads them later, e.g. a
+  // 1-rank TP1 -> TP2 reshard reads fc1's [gate0; up0], then [gate1; up1])
+  // hashes them first, read ahead through the page cache, where the later
+  // read finds them (read directly, they came from storage twice: a 1-rank
+  // reshard read 1.17x its input), rather than the rest of the link again at
+  // the end.
+  return ChainWalk{links(id), s.link, s.next_row, s.broken, wait_s_}.prepare(
+      row0, row0 + rows, [&](double wait) { return start_link(id, wait); },
+      [&](uint64_t from, uint64_t to) { fill(id, from, to); });
 }
 
 void Hdf5ShardSource::fill(uint32_t id, uint64_t row0, uint64_t row1) {
@@ -595,11 +586,14 @@ void Hdf5ShardSource::fill(uint32_t id, uint64_t row0, uint64_t row1) {
   const uint64_t block = std::max<uint64_t>(1, (4u << 20) / std::max<uint64_t>(row_bytes, 1));
   ++filled_;
   filled_bytes_ += (row1 - row0) * row_bytes;
+  Streamed& s = streamed_.at(id);
+  s.filled_from = std::min(s.filled_from, row0);
+  s.filled_to = std::max(s.filled_to, row1);
   // Not scratch_: a column window's read may be using it.
   for (uint64_t r = row0; r < row1; r += block) {
     const uint64_t n = std::min(block, row1 - r);
     fill_buf_.resize(n * row_bytes);
-    read_bytes(id, r, n, 0, cols, fill_buf_.data(), row_bytes, /*page_cache=*/false);
+    read_bytes(id, r, n, 0, cols, fill_buf_.data(), row_bytes, /*page_cache=*/true);
     advance(id, r, n, fill_buf_.data(), row_bytes);
   }
 }
@@ -649,36 +643,18 @@ void Hdf5ShardSource::advance(uint32_t id, uint64_t row0, uint64_t rows, const u
   Streamed& s = streamed_.at(id);
   const LocalTensorRef& ref = refs_.at(id);
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
-  const uint64_t row_bytes = cols_2d(t.shape) * dtype_size(t.dtype), row1 = row0 + rows;
-  const auto& l = links(id);
-  while (!s.broken && s.link < l.size()) {
-    const ChainLink& link = l[s.link];
-    if (s.next_row < link.row0) {     // the link has not started
-      if (row1 <= link.row0) return;  // rows before it: another rank's
-      if (row0 > link.row0 || !start_link(id, wait_s_)) {
-        // Its first rows were skipped, or the state did not come in time:
-        // finish_verification continues it. Stop waiting while converting.
-        if (row0 <= link.row0) wait_s_ = 0;
-        s.broken = true;
-        return;
-      }
-    }
-    if (row0 > s.next_row) {  // rows of the link skipped
-      s.broken = true;
-      return;
-    }
-    if (s.next_row >= row1) return;  // read again, already hashed
-    const uint64_t end = std::min(row1, link.row1);
-    const unsigned char* q = p + (s.next_row - row0) * stride;
-    if (stride == row_bytes) {
-      s.hash.update(q, (end - s.next_row) * row_bytes);
-    } else {
-      for (uint64_t r = s.next_row; r < end; ++r, q += stride) s.hash.update(q, row_bytes);
-    }
-    s.next_row = end;
-    if (end < link.row1) return;
-    end_link(id);
-  }
+  const uint64_t row_bytes = cols_2d(t.shape) * dtype_size(t.dtype);
+  ChainWalk{links(id), s.link, s.next_row, s.broken, wait_s_}.advance(
+      row0, row0 + rows, [&](double wait) { return start_link(id, wait); },
+      [&](uint64_t from, uint64_t to) {
+        const unsigned char* q = p + (from - row0) * stride;
+        if (stride == row_bytes) {
+          s.hash.update(q, (to - from) * row_bytes);
+        } else {
+          for (uint64_t r = from; r < to; ++r, q += stride) s.hash.update(q, row_bytes);
+        }
+      },
+      [&] { end_link(id); });
 }
 
 void Hdf5ShardSource::finish_links(uint32_t id) {
@@ -789,7 +765,7 @@ void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint
   const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
   const Hdf5ShardReader& r = reader(ref.shard);
   const ShardDatasetInfo* d = r.find(t.name);
-  if (page_cache || d == nullptr || d->data_offset == UINT64_MAX || io_.chunk_bytes == 0 ||
+  if (d == nullptr || d->data_offset == UINT64_MAX || io_.chunk_bytes == 0 ||
       row0 + rows > rows_2d(d->shape) || col0 + cols > cols_2d(d->shape)) {
     r.read(t.name, row0, rows, col0, cols, dst, dst_stride);  // HDF5 (and its errors)
     return;
@@ -797,6 +773,15 @@ void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint
   const uint64_t es = dtype_size(d->dtype), row_bytes = cols_2d(d->shape) * es;
   const std::string what = fmt::format("{}: dataset '{}'", r.path().string(), t.name);
   InputFile& in = input(ref.shard);
+  if (page_cache) {
+    // Through the InputFile's buffered handle, not libhdf5's: under direct
+    // I/O that handle is POSIX_FADV_RANDOM, so the kernel does not read ahead
+    // (8 MiB here) into bytes the conversion then reads directly, a second
+    // time from storage (TorchDistSource reads through the same handle).
+    in.file().pread_rows(dst, dst_stride, rows, cols * es,
+                         d->data_offset + row0 * row_bytes + col0 * es, row_bytes, what);
+    return;
+  }
   in.pread_rows(dst, dst_stride, rows, cols * es, d->data_offset + row0 * row_bytes + col0 * es,
                 row_bytes, windows_.of(in), what);
 }
@@ -813,22 +798,27 @@ void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
   }
   streamed_.at(id).touched = true;
   const bool whole = col0 == 0 && cols == all_cols;
-  if (!prepare_hash(id, row0, rows)) {
+  const bool hashed = prepare_hash(id, row0, rows);
+  // Rows fill() read ahead are in the page cache (after prepare_hash: it may
+  // fill rows this read skips, never rows it reads).
+  const bool filled = streamed_.at(id).filled(row0, rows);
+  if (!hashed) {
     // Rows that finish_verification must hash later are read through the
     // page cache, where it reads them again (not from storage).
     const bool later = streamed_.at(id).broken && left_to_finish(id, row0, rows);
-    read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/later);
+    read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/later || filled);
     return;
   }
   if (whole) {
-    read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/false);
+    read_bytes(id, row0, rows, col0, cols, dst, dst_stride, /*page_cache=*/filled);
     advance(id, row0, rows, static_cast<const unsigned char*>(dst), dst_stride);
     return;
   }
   // A column window of rows this rank hashes: read the whole rows, the way
   // the window alone would be read (a narrow one through the page cache,
   // where the node's other ranks share it), hash them, copy the window out.
-  const bool cached = io_.mode == IoMode::Buffered || !column_window_direct(cols * es, row_bytes);
+  const bool cached =
+      io_.mode == IoMode::Buffered || !column_window_direct(cols * es, row_bytes) || filled;
   window_from_whole_rows(
       rows, row_bytes, col0 * es, cols * es, static_cast<unsigned char*>(dst), dst_stride, scratch_,
       [&](uint64_t r, uint64_t n, unsigned char* buf) {

@@ -115,6 +115,10 @@ bool checksums_streamable(const MegatronCheckpoint& ck);
 struct StreamedChecks {
   const VerifyChains* chains = nullptr;  // indexed like the source's refs
   HashRelay* relay = nullptr;
+  // Every rank's reads: a torch_dist source builds from them the chains of
+  // its chunks (TorchDistSource). Without them, each rank checks every chunk
+  // it reads, whole.
+  const std::vector<SourceReads>* reads = nullptr;
 };
 // The chains for a conversion whose jobs read `reads` (src indexing `refs`).
 VerifyChains source_verify_chains(const MegatronCheckpoint& ck,
@@ -184,6 +188,12 @@ class Hdf5ShardSource : public RowSource {
     size_t link = 0;       // this rank's next link in the tensor's chain (chain size: none)
     bool broken = false;   // rows of a link came out of order: finish_verification reads them
     bool touched = false;  // read by this rank at all
+    // The hull of the rows fill() read ahead, through the page cache: the
+    // conversion's own reads of them later go there too, not to storage again.
+    uint64_t filled_from = UINT64_MAX, filled_to = 0;
+    bool filled(uint64_t row0, uint64_t rows) const {
+      return row0 < filled_to && row0 + rows > filled_from;
+    }
   };
   const std::vector<ChainLink>& links(uint32_t id);
   size_t next_own_link(uint32_t id, size_t from);
@@ -192,7 +202,8 @@ class Hdf5ShardSource : public RowSource {
   // rank's links that the read skips are read and hashed first (fill); the
   // tensor is marked broken if the previous link's state is late.
   bool prepare_hash(uint32_t id, uint64_t row0, uint64_t rows);
-  // Reads rows [row0, row1) whole, directly, and hashes them (advance).
+  // Reads rows [row0, row1) whole, through the page cache, and hashes them
+  // (advance).
   void fill(uint32_t id, uint64_t row0, uint64_t row1);
   // Whether any of those rows is still to be hashed by this rank.
   bool left_to_finish(uint32_t id, uint64_t row0, uint64_t rows);

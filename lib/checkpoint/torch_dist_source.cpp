@@ -1,48 +1,134 @@
 #include "checkpoint/torch_dist_source.hpp"
 
+#include <fcntl.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "checkpoint/manifest.hpp"
 #include "core/error.hpp"
+#include "core/log.hpp"
 #include "core/nd_box.hpp"
 #include "core/path_safety.hpp"
 #include "core/row_window.hpp"
+#include "dist/hash_relay.hpp"
+#include "dist/test_hooks.hpp"
 #include "formats/torch_dist/distcp_checksum.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
 
 TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
-                                 IoConfig io, bool verify)
+                                 IoConfig io, bool verify, const StreamedChecks& shared)
     : ck_(ck), refs_(std::move(refs)), io_(io), windows_(io.chunk_bytes), verify_(verify) {
   if (!verify_) return;
   for (const auto& f : ck_.manifest.at("files"))
     for (const auto& t : f.at("tensors"))
       want_[t.at("name").get<std::string>()] = t.at("xxh3").get<std::string>();
+  wait_s_ = test_hook_hash_wait_s(wait_s_);
+  if (shared.relay && shared.reads) {
+    relay_ = shared.relay;
+    rank_ = relay_->rank();
+    build_chains(*shared.reads);
+  }
 }
 
-TorchDistSource::Streamed& TorchDistSource::streamed(
-    const std::pair<std::string, std::vector<uint64_t>>& k, const TorchTensorItem& ti,
-    const std::string& file) {
+// Planning walks every rank's reads on every rank, so row by row it grew
+// with the model's bytes (0.24-0.31 s for the 11 GB benchmark checkpoint,
+// some 20 s for 397B-A17B by scale; now 0.02-0.04 s). A cut that walk() reads as whole rows in
+// order and that lies in one run of the chunk (a block of whole rows of a 2-D chunk, one expert of
+// a stacked one) is that run. A column window is not: walk() reads its whole rows, which is what
+// the chain must record.
+std::optional<std::pair<uint64_t, uint64_t>> TorchDistSource::contiguous_in_chunk(const Cut& k) {
+  const size_t nd = k.csizes.size();
+  if (nd >= 2 && k.box.sizes[nd - 1] < k.csizes[nd - 1]) return std::nullopt;
+  return linear_run(k.box, Box{k.coffsets, k.csizes});
+}
+
+void TorchDistSource::build_chains(const std::vector<SourceReads>& reads) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // The bytes each rank reads of each chunk, walked as read() walks them: a
+  // run of whole rows as itself, a column window as its whole rows (the
+  // rank that hashes them reads them all).
+  std::map<ChunkId, ReadRanges> ranges;
+  std::map<ChunkId, std::pair<const DcpChunk*, uint64_t>> extent;
+  for (const SourceReads& r : reads)
+    for (const Segment& g : *r.segments) {
+      if (g.rows == 0 || g.cols == 0) continue;
+      for_each_cut(g.src, g.src_row, g.rows, g.src_col, g.cols, [&](const Cut& k) {
+        const ChunkId id{k.piece->key, k.chunk->offsets};
+        auto& mine = ranges[id][r.rank];
+        // Runs that continue the last one extend it (a whole-width read is
+        // one range, not one per row).
+        auto add = [&](uint64_t a, uint64_t b) {
+          if (!mine.empty() && mine.back().second == a)
+            mine.back().second = b;
+          else
+            mine.push_back({a, b});
+        };
+        const uint64_t es = dtype_size(k.meta->dtype);
+        if (auto run = contiguous_in_chunk(k)) {
+          add(run->first * es, run->second * es);
+        } else {
+          walk(
+              k, g.src_row, g.rows, g.src_col, g.cols, g.cols * es,
+              [&](uint64_t at, uint64_t n, uint64_t, uint64_t) { add(at, at + n); },
+              [&](uint64_t at, uint64_t rows, uint64_t, uint64_t row_bytes, uint64_t lead,
+                  uint64_t) { add(at - lead, at - lead + rows * row_bytes); });
+        }
+        uint64_t numel = 1;
+        for (uint64_t d : k.chunk->sizes) numel *= d;
+        extent[id] = {k.chunk, numel * es};
+      });
+    }
+  uint32_t index = 0;
+  for (auto& [id, by_rank] : ranges) {
+    Chain c;
+    c.index = index++;
+    c.chunk = extent.at(id).first;
+    c.links = build_chain(extent.at(id).second, std::move(by_rank));
+    chains_.emplace(id, std::move(c));
+  }
+  log::debug("torch_dist checksum chains: {} chunk(s) read, {:.2f} s to plan", chains_.size(),
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+}
+
+TorchDistSource::Streamed& TorchDistSource::streamed(const ChunkId& k, const DcpChunk& chunk) {
   auto it = streamed_.find(k);
   if (it != streamed_.end()) return it->second;
+  const TorchTensorItem& ti = item(k.first, chunk);
   Streamed s;
-  s.file = file;
+  s.file = ck_.dcp.storage_of(k.first, k.second).relative_path;
   s.name = distcp_item_name(k.first, k.second);
   auto w = want_.find(s.name);
   MB_CHECK(w != want_.end(), "{}: the manifest records no checksum for chunk '{}' of {}",
-           (ck_.dir / kManifestName).string(), s.name, file);
+           (ck_.dir / kManifestName).string(), s.name, s.file);
   s.want = w->second;
   // The data region is the whole storage record (what the region checksum
   // covers); the chunk's elements lie inside it.
   s.begin = s.next = ti.data_offset;
   s.end = ti.data_offset + ti.storage_bytes;
+  auto c = chains_.find(k);
+  if (c != chains_.end() && !c->second.links.empty()) {
+    const uint64_t base = ti.data_offset + ti.storage_offset * dtype_size(ti.dtype);
+    s.index = c->second.index;
+    for (const ChainLink& l : c->second.links)
+      s.links.push_back({l.rank, base + l.row0, base + l.row1});
+    s.links.front().row0 = s.begin;
+    s.links.back().row1 = s.end;
+  } else {
+    // No chain (checked alone, or read although no plan said so): this rank
+    // checks the chunk whole.
+    s.links.push_back({rank_, s.begin, s.end});
+    s.index = UINT32_MAX;
+  }
+  s.link = next_own_link(s, 0);
   return streamed_.emplace(k, std::move(s)).first->second;
 }
 
 void TorchDistSource::check(Streamed& s, uint64_t digest) {
-  s.checked = true;
   if (hash_hex(digest) == s.want || !problem_.empty()) return;
   problem_ = fmt::format(
       "{} is corrupt: tensor chunk '{}' hashes to {} as read but the manifest recorded {} (pass "
@@ -50,32 +136,128 @@ void TorchDistSource::check(Streamed& s, uint64_t digest) {
       (ck_.iter_dir / s.file).string(), s.name, hash_hex(digest), s.want);
 }
 
-void TorchDistSource::verify_whole(Streamed& s) {
+size_t TorchDistSource::next_own_link(const Streamed& s, size_t from) const {
+  while (from < s.links.size() && s.links[from].rank != rank_) ++from;
+  return from;
+}
+
+bool TorchDistSource::start_link(Streamed& s, double timeout_s) {
+  const ChainLink& link = s.links.at(s.link);
+  if (s.link == 0) {
+    s.hash = Hasher();
+  } else {
+    MB_CHECK(relay_ != nullptr && s.index != UINT32_MAX,
+             "internal: {} has a link after another rank's but no relay", s.name);
+    auto state = relay_->receive(s.links[s.link - 1].rank, s.index, timeout_s);
+    if (!state) return false;
+    s.hash.restore(*state);
+  }
+  s.next = link.row0;
+  return true;
+}
+
+void TorchDistSource::end_link(Streamed& s) {
+  if (s.link + 1 == s.links.size()) {
+    check(s, s.hash.digest());
+    ++checked_;
+  } else {
+    relay_->send(s.links[s.link + 1].rank, s.index, s.hash.save());
+    ++handed_on_;
+  }
+  s.link = next_own_link(s, s.link + 1);
+}
+
+bool TorchDistSource::prepare(Streamed& s, uint64_t a, uint64_t b) {
+  // Bytes of this rank's link that the read skips (it reads them later, or
+  // never: a 1-rank export reads a QKV chunk's q rows first) are hashed
+  // first (fill).
+  return ChainWalk{s.links, s.link, s.next, s.broken, wait_s_}.prepare(
+      a, b, [&](double wait) { return start_link(s, wait); },
+      [&](uint64_t from, uint64_t to) { fill(s, from, to); });
+}
+
+void TorchDistSource::advance(Streamed& s, const unsigned char* p, uint64_t a, uint64_t n) {
+  ChainWalk{s.links, s.link, s.next, s.broken, wait_s_}.advance(
+      a, a + n, [&](double wait) { return start_link(s, wait); },
+      [&](uint64_t from, uint64_t to) { s.hash.update(p + (from - a), to - from); },
+      [&] { end_link(s); });
+}
+
+bool TorchDistSource::left_to_finish(const Streamed& s, uint64_t a, uint64_t b) const {
+  for (size_t i = s.link; i < s.links.size(); ++i) {
+    if (s.links[i].rank != rank_) continue;
+    const uint64_t from = std::max(s.next, s.links[i].row0);
+    if (a < s.links[i].row1 && from < b) return true;
+  }
+  return false;
+}
+
+void TorchDistSource::fill(Streamed& s, uint64_t a, uint64_t b) {
   const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
-  File& in = plain(s.file);
-  // The prefix read in file order is hashed already (and was read direct, so
-  // it is not in the page cache): continue from where it stopped. The rest
-  // was read through the page cache. Small blocks: this memory is outside
-  // the configured buffer.
-  std::vector<unsigned char> buf(
-      std::min<uint64_t>(1u << 20, std::max<uint64_t>(1, s.end - s.next)));
-  for (uint64_t at = s.next; at < s.end;) {
-    const uint64_t n = std::min<uint64_t>(buf.size(), s.end - at);
-    in.pread_exact(buf.data(), n, at);
-    s.hash.update(buf.data(), n);
+  // Through the page cache, where this rank's later read of these bytes
+  // finds them (read_span): a 1-rank export reads a QKV chunk's q rows for
+  // q_proj, skipping k and v for k_proj and v_proj. Read directly they came
+  // from storage twice (exports read 1.044x their input, 1.006x before).
+  const File& in = file(s.file).file();
+  filled_bytes_ += b - a;
+  s.filled_from = std::min(s.filled_from, a);
+  s.filled_to = std::max(s.filled_to, b);
+  // Small blocks: this memory is outside the configured buffer. Not
+  // scratch_: a column window's read may be using it.
+  for (uint64_t at = a; at < b;) {
+    const uint64_t n = std::min<uint64_t>(4u << 20, b - at);
+    fill_buf_.resize(n);
+    in.pread_exact(fill_buf_.data(), n, at, s.name);
+    advance(s, fill_buf_.data(), at, n);
     at += n;
   }
-  s.next = s.end;
-  check(s, s.hash.digest());
+}
+
+void TorchDistSource::finish_links(Streamed& s) {
+  while (s.link < s.links.size()) {
+    const ChainLink& link = s.links[s.link];
+    if (s.next < link.row0) start_link(s, -1);
+    if (s.next < link.row1) {
+      ++late_links_;
+      late_bytes_ += link.row1 - s.next;
+    }
+    // A broken link's bytes were read through the page cache (read_span).
+    while (s.next < link.row1) {
+      const uint64_t n = std::min<uint64_t>(4u << 20, link.row1 - s.next);
+      fill_buf_.resize(n);
+      if (s.broken) {
+        file(s.file).file().pread_exact(fill_buf_.data(), n, s.next, s.name);
+      } else {
+        InputFile& f = file(s.file);
+        f.pread_exact(fill_buf_.data(), n, s.next, windows_.of(f), s.name);
+      }
+      s.hash.update(fill_buf_.data(), n);
+      s.next += n;
+    }
+    end_link(s);
+  }
 }
 
 std::string TorchDistSource::finish_verification(int rank, int ranks) {
   MB_CHECK(verify_, "internal: finish_verification without verify");
   const ChecksumReadScope counted;  // reported apart from the conversion's reads by bench
-  for (auto& [k, s] : streamed_) {
-    if (!problem_.empty()) break;
-    if (!s.checked) verify_whole(s);
-  }
+  // The links this rank could not hash as it read, in chunk order on every
+  // rank: a wait for a state then only waits on work that comes before.
+  // Every link, even after a corruption was found: the next links' ranks
+  // wait for the states.
+  for (const auto& [k, c] : chains_)
+    for (const ChainLink& l : c.links)
+      if (l.rank == rank_) {
+        finish_links(streamed(k, *c.chunk));
+        break;
+      }
+  // Chunks read without a chain: checked whole here, waiting on nobody.
+  for (auto& [k, s] : streamed_)
+    if (s.index == UINT32_MAX) finish_links(s);
+  log::debug(
+      "torch_dist checksums as read: {} chunk(s) checked here, {} hash state(s) handed on; {} "
+      "bytes of skipped ranges read ahead, {} link(s) finished at the end ({} bytes)",
+      checked_, handed_on_, filled_bytes_, late_links_, late_bytes_);
   if (!problem_.empty()) return problem_;
   std::map<std::string, uint64_t> known;
   for (const auto& [name, hex] : want_) known[name] = hash_from_hex(hex);
@@ -100,48 +282,50 @@ std::string TorchDistSource::finish_verification(int rank, int ranks) {
   return {};
 }
 
-File& TorchDistSource::plain(const std::string& relative) {
-  auto it = plain_.find(relative);
-  if (it == plain_.end())
-    it = plain_
-             .emplace(relative, File(resolve_inside(ck_.iter_dir, relative, "torch_dist item"),
-                                     File::Mode::Read))
-             .first;
-  return it->second;
+void TorchDistSource::read_span(Streamed* sv, InputFile& f, unsigned char* dst, uint64_t n,
+                                uint64_t at, const std::string& key, uint64_t until) {
+  bytes_read_ += n;
+  const bool hashed = sv && prepare(*sv, at, at + n);
+  // Through the page cache: bytes hashed ahead (fill) are there, and bytes
+  // that finish_links must hash later are read where it reads them again
+  // (not from storage).
+  if (sv && ((at < sv->filled_to && at + n > sv->filled_from) ||
+             (!hashed && sv->broken && left_to_finish(*sv, at, at + n))))
+    f.file().pread_exact(dst, n, at, key);
+  else
+    f.pread_exact(dst, n, at, windows_.of(f), key, until);
+  if (hashed) advance(*sv, dst, at, n);
 }
 
-void TorchDistSource::read_window(Streamed* sv, const std::string& rel, InputFile& f,
-                                  unsigned char* dst, uint64_t dst_stride, uint64_t rows,
-                                  uint64_t piece, uint64_t at, uint64_t row_bytes, uint64_t lead,
-                                  const std::string& key) {
+void TorchDistSource::read_window(Streamed* sv, InputFile& f, unsigned char* dst,
+                                  uint64_t dst_stride, uint64_t rows, uint64_t piece, uint64_t at,
+                                  uint64_t row_bytes, uint64_t lead, const std::string& key) {
   bytes_read_ += rows * piece;
-  if (sv == nullptr || sv->checked) {
+  const uint64_t first = at - lead, span = rows * row_bytes;
+  const bool hashed = sv && prepare(*sv, first, first + span);
+  if (!hashed && !(sv && sv->broken && left_to_finish(*sv, first, first + span))) {
     // Narrow windows through the page cache, where the neighbouring columns
     // (another output shard's, another rank's) are then found (pread_rows).
     f.pread_rows(dst, dst_stride, rows, piece, at, row_bytes, windows_.of(f), key);
     return;
   }
-  // A chunk still to be checked: read its whole rows through the page cache,
-  // as a narrow window is read anyway, and hash them if they continue the
-  // chunk in order. The other columns of these rows, read next for another
-  // shard or rank, and verify_whole's pass over an out-of-order chunk then
-  // come from the page cache, not from storage.
-  sv->seen += rows * piece;
-  const uint64_t first = at - lead;
-  const bool hashed = sv->in_order && first == sv->next;
-  if (!hashed) sv->in_order = false;
-  File& in = plain(rel);
+  // Rows this rank hashes, now or at the end: read whole, the way the window
+  // alone would be read (a narrow one through the page cache, where the
+  // node's other ranks share it, and where finish_links finds them), and
+  // hashed if they continue the link.
+  const bool cached =
+      !hashed || io_.mode == IoMode::Buffered || !column_window_direct(piece, row_bytes);
   window_from_whole_rows(
       rows, row_bytes, lead, piece, dst, dst_stride, scratch_,
       [&](uint64_t r, uint64_t n, unsigned char* buf) {
-        in.pread_exact(buf, n * row_bytes, first + r * row_bytes, key);
+        if (cached)
+          f.file().pread_exact(buf, n * row_bytes, first + r * row_bytes, key);
+        else
+          f.pread_exact(buf, n * row_bytes, first + r * row_bytes, windows_.of(f), key);
       },
-      [&](const unsigned char* buf, uint64_t, uint64_t n) {
-        if (!hashed) return;
-        sv->hash.update(buf, n * row_bytes);
-        sv->next += n * row_bytes;
+      [&](const unsigned char* buf, uint64_t r, uint64_t n) {
+        if (hashed) advance(*sv, buf, first + r * row_bytes, n * row_bytes);
       });
-  if (hashed && sv->next == sv->end) check(*sv, sv->hash.digest());
 }
 
 const std::vector<DistPiece>& TorchDistSource::pieces(uint32_t id) {
@@ -183,9 +367,47 @@ const TorchTensorItem& TorchDistSource::item(const std::string& key, const DcpCh
   return items_.emplace(k, ti).first->second;
 }
 
-void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
-                           void* dst, uint64_t dst_stride) {
-  auto* out = static_cast<unsigned char*>(dst);
+std::vector<const DcpChunk*> TorchDistSource::chunks_near(const std::string& key,
+                                                          const DcpTensor& meta, const Box& box) {
+  auto it = by_first_axis_.find(key);
+  if (it == by_first_axis_.end()) {
+    ByFirstAxis b;
+    for (const DcpChunk& c : meta.chunks) {
+      b.chunks.push_back(&c);
+      b.widest = std::max<uint64_t>(b.widest, c.sizes.empty() ? 1 : c.sizes[0]);
+    }
+    auto first = [](const DcpChunk* c) { return c->offsets.empty() ? 0 : c->offsets[0]; };
+    std::stable_sort(b.chunks.begin(), b.chunks.end(),
+                     [&](const DcpChunk* x, const DcpChunk* y) { return first(x) < first(y); });
+    it = by_first_axis_.emplace(key, std::move(b)).first;
+  }
+  const ByFirstAxis& b = it->second;
+  if (box.offsets.empty()) return b.chunks;
+  // A chunk meets the box on the first axis only if it starts in
+  // (box start - widest, box end).
+  const uint64_t lo = box.offsets[0] >= b.widest ? box.offsets[0] - b.widest + 1 : 0;
+  const uint64_t hi = box.offsets[0] + box.sizes[0];
+  auto first = [](const DcpChunk* c) { return c->offsets.empty() ? 0 : c->offsets[0]; };
+  auto from = std::lower_bound(b.chunks.begin(), b.chunks.end(), lo,
+                               [&](const DcpChunk* c, uint64_t v) { return first(c) < v; });
+  auto to = std::lower_bound(from, b.chunks.end(), hi,
+                             [&](const DcpChunk* c, uint64_t v) { return first(c) < v; });
+  return {from, to};
+}
+
+template <class F>
+void TorchDistSource::for_each_cut(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
+                                   uint64_t cols, F&& f) {
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& lt = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  // Work in the local tensor's 2-D view. A 1-D local tensor ([n], viewed as
+  // [n, 1]) gets a trailing axis of extent 1 on its key boxes, so that each
+  // element is a row (its key may be [n], or [depth, n] when stacked).
+  const bool one_d = lt.shape.size() <= 1;
+  auto widen = [&](std::vector<uint64_t> v, uint64_t extra) {
+    if (one_d) v.push_back(extra);
+    return v;
+  };
   for (const DistPiece& p : pieces(id)) {
     const uint64_t a = std::max(row0, p.row0), b = std::min(row0 + rows, p.row0 + p.rows);
     if (a >= b) continue;
@@ -193,133 +415,137 @@ void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t c
     if (auto it = ck_.dcp.tensors.find(p.key); it != ck_.dcp.tensors.end()) meta = &it->second;
     MB_CHECK(meta != nullptr, "{}: key '{}' is missing from the checkpoint", ck_.dir.string(),
              p.key);
-    const size_t es = dtype_size(meta->dtype);
-    // Work in the local tensor's 2-D view. A 1-D local tensor ([n], viewed as
-    // [n, 1]) gets a trailing axis of extent 1 on its key boxes, so that each
-    // element is a row (its key may be [n], or [depth, n] when stacked).
-    const LocalTensorRef& ref = refs_.at(id);
-    const LocalTensor& lt = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
-    const bool one_d = lt.shape.size() <= 1;
-    auto widen = [&](std::vector<uint64_t> v, uint64_t extra) {
-      if (one_d) v.push_back(extra);
-      return v;
-    };
-    const std::vector<uint64_t> psizes = widen(p.sizes, 1), poffsets = widen(p.offsets, 0);
-    const size_t nd = psizes.size();
+    Cut k;
+    k.piece = &p;
+    k.meta = meta;
+    k.psizes = widen(p.sizes, 1);
+    k.poffsets = widen(p.offsets, 0);
+    const size_t nd = k.psizes.size();
     // The rows of this piece we need, as boxes of the piece, then of the key.
-    for (Box box : rows_to_boxes(psizes, a - p.row0, b - p.row0, col0, col0 + cols)) {
-      for (size_t d = 0; d < nd; ++d) box.offsets[d] += poffsets[d];
-      for (const DcpChunk& c : meta->chunks) {
-        const std::vector<uint64_t> csizes = widen(c.sizes, 1), coffsets = widen(c.offsets, 0);
-        const auto cut = intersect(box, Box{coffsets, csizes});
+    for (Box box : rows_to_boxes(k.psizes, a - p.row0, b - p.row0, col0, col0 + cols)) {
+      for (size_t d = 0; d < nd; ++d) box.offsets[d] += k.poffsets[d];
+      for (const DcpChunk* c : chunks_near(p.key, *meta, box)) {
+        k.csizes = widen(c->sizes, 1);
+        k.coffsets = widen(c->offsets, 0);
+        auto cut = intersect(box, Box{k.coffsets, k.csizes});
         if (!cut) continue;
-        const TorchTensorItem& ti = item(p.key, c);
-        MB_CHECK(ti.dtype == meta->dtype, "{}: chunk dtype {} differs from .metadata's {}", p.key,
-                 dtype_name(ti.dtype), dtype_name(meta->dtype));
-        const std::string& rel = ck_.dcp.storage_of(p.key, c.offsets).relative_path;
-        InputFile& f = file(rel);
-        Streamed* sv = nullptr;
-        if (verify_) {
-          sv = &streamed(std::make_pair(p.key, c.offsets), ti, rel);
-          // The reads moved on: a chunk read out of order, and by now as many
-          // bytes as it holds, is checked now, while its pages are in the page
-          // cache. One read only in part so far (a TP split read for one
-          // output shard at a time) waits for its other parts, or the end.
-          if (last_ && last_ != sv && !last_->checked && !last_->in_order &&
-              last_->seen >= last_->end - last_->begin)
-            verify_whole(*last_);
-          last_ = sv;
-        }
-        std::vector<uint64_t> pt = cut->offsets;
-        // Where the point pt of the cut lies: its byte in the file, and in dst.
-        auto locate = [&](uint64_t& file_off) {
-          std::vector<uint64_t> in_chunk(nd), in_piece(nd);
-          for (size_t d = 0; d < nd; ++d) {
-            in_chunk[d] = pt[d] - coffsets[d];
-            in_piece[d] = pt[d] - poffsets[d];
-          }
-          file_off = ti.data_offset + (ti.storage_offset + linear_index(in_chunk, csizes)) * es;
-          const uint64_t local_row =
-              p.row0 + linear_index(std::vector<uint64_t>(in_piece.begin(), in_piece.end() - 1),
-                                    Shape(psizes.begin(), psizes.end() - 1));
-          MB_CHECK(local_row >= row0 && local_row < row0 + rows && in_piece[nd - 1] >= col0 &&
-                       in_piece[nd - 1] + cut->sizes[nd - 1] <= col0 + cols,
-                   "internal: {} box maps outside the requested rows", p.key);
-          return out + (local_row - row0) * dst_stride + (in_piece[nd - 1] - col0) * es;
-        };
-        // The next point: an odometer over the dims before `end`; false when done.
-        auto next = [&](size_t end) {
-          for (size_t k = end; k-- > 0;) {
-            if (++pt[k] < cut->offsets[k] + cut->sizes[k]) return true;
-            pt[k] = cut->offsets[k];
-          }
-          return false;
-        };
-        const uint64_t run = cut->sizes[nd - 1];
-        if (nd >= 2 && run < csizes[nd - 1]) {
-          // A column window (a TP split across the chunk's rows): each stretch
-          // of rows is one strided read, so that a narrow window is read in
-          // whole row spans rather than piece by piece (read_window).
-          const uint64_t lead = (cut->offsets[nd - 1] - coffsets[nd - 1]) * es;
-          do {
-            uint64_t at = 0;
-            unsigned char* d = locate(at);
-            read_window(sv, rel, f, d, dst_stride, cut->sizes[nd - 2], run * es, at,
-                        csizes[nd - 1] * es, lead, p.key);
-          } while (next(nd - 2));
-          continue;
-        }
-        // Whole rows: walk the cut's innermost runs (contiguous in the chunk),
-        // merging runs that continue each other both in the file and in dst.
-        // Runs that do not merge (the destination strided: one TP half of an
-        // HF row) are small reads that load ahead. Where this local tensor's
-        // part of the chunk is large, its load-ahead stops at that part's
-        // end: the next bytes may be another rank's (the next expert of a
-        // stacked chunk). A small part's (norms side by side) does not.
-        uint64_t until = UINT64_MAX;
-        const auto part = intersect(Box{poffsets, psizes}, Box{coffsets, csizes});
-        if (part && part->volume() * es >= InputFile::kSmallReadBytes) {
-          std::vector<uint64_t> last(nd);
-          for (size_t d = 0; d < nd; ++d)
-            last[d] = part->offsets[d] + part->sizes[d] - 1 - coffsets[d];
-          until = ti.data_offset + (ti.storage_offset + linear_index(last, csizes) + 1) * es;
-        }
-        uint64_t pend_file = 0, pend_len = 0;
-        unsigned char* pend_dst = nullptr;
-        auto flush = [&] {
-          if (pend_len == 0) return;
-          if (sv) sv->seen += pend_len;
-          if (sv && !sv->checked && sv->in_order && pend_file == sv->next) {
-            f.pread_exact(pend_dst, pend_len, pend_file, windows_.of(f), p.key, until);
-            sv->hash.update(pend_dst, pend_len);
-            sv->next += pend_len;
-            if (sv->next == sv->end) check(*sv, sv->hash.digest());
-          } else if (sv && !sv->checked) {
-            // Out of order: through the page cache, where verify_whole finds it.
-            sv->in_order = false;
-            plain(rel).pread_exact(pend_dst, pend_len, pend_file, p.key);
-          } else {
-            f.pread_exact(pend_dst, pend_len, pend_file, windows_.of(f), p.key, until);
-          }
-          bytes_read_ += pend_len;
-          pend_len = 0;
-        };
-        do {
-          uint64_t file_off = 0;
-          unsigned char* d = locate(file_off);
-          if (pend_len && pend_file + pend_len == file_off && pend_dst + pend_len == d) {
-            pend_len += run * es;
-          } else {
-            flush();
-            pend_file = file_off;
-            pend_dst = d;
-            pend_len = run * es;
-          }
-        } while (next(nd - 1));
-        flush();
+        k.chunk = c;
+        k.box = std::move(*cut);
+        f(static_cast<const Cut&>(k));
       }
     }
   }
+}
+
+template <class Span, class Window>
+void TorchDistSource::walk(const Cut& k, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                           uint64_t dst_stride, Span&& span, Window&& window) {
+  const DistPiece& p = *k.piece;
+  const std::vector<uint64_t>& psizes = k.psizes;
+  const std::vector<uint64_t>& poffsets = k.poffsets;
+  const std::vector<uint64_t>& csizes = k.csizes;
+  const std::vector<uint64_t>& coffsets = k.coffsets;
+  const Box& cut = k.box;
+  const size_t nd = psizes.size();
+  const size_t es = dtype_size(k.meta->dtype);
+  std::vector<uint64_t> pt = cut.offsets;
+  // Where the point pt of the cut lies: its byte in the chunk, and in dst.
+  auto locate = [&](uint64_t& at) {
+    std::vector<uint64_t> in_chunk(nd), in_piece(nd);
+    for (size_t d = 0; d < nd; ++d) {
+      in_chunk[d] = pt[d] - coffsets[d];
+      in_piece[d] = pt[d] - poffsets[d];
+    }
+    at = linear_index(in_chunk, csizes) * es;
+    const uint64_t local_row =
+        p.row0 + linear_index(std::vector<uint64_t>(in_piece.begin(), in_piece.end() - 1),
+                              Shape(psizes.begin(), psizes.end() - 1));
+    MB_CHECK(local_row >= row0 && local_row < row0 + rows && in_piece[nd - 1] >= col0 &&
+                 in_piece[nd - 1] + cut.sizes[nd - 1] <= col0 + cols,
+             "internal: {} box maps outside the requested rows", p.key);
+    return (local_row - row0) * dst_stride + (in_piece[nd - 1] - col0) * es;
+  };
+  // The next point: an odometer over the dims before `end`; false when done.
+  auto next = [&](size_t end) {
+    for (size_t dim = end; dim-- > 0;) {
+      if (++pt[dim] < cut.offsets[dim] + cut.sizes[dim]) return true;
+      pt[dim] = cut.offsets[dim];
+    }
+    return false;
+  };
+  const uint64_t run = cut.sizes[nd - 1];
+  if (nd >= 2 && run < csizes[nd - 1]) {
+    // A column window (a TP split across the chunk's rows): each stretch of
+    // rows is one strided read, so that a narrow window is read in whole row
+    // spans rather than piece by piece (read_window).
+    const uint64_t lead = (cut.offsets[nd - 1] - coffsets[nd - 1]) * es;
+    do {
+      uint64_t at = 0;
+      const uint64_t d = locate(at);
+      window(at, cut.sizes[nd - 2], run * es, csizes[nd - 1] * es, lead, d);
+    } while (next(nd - 2));
+    return;
+  }
+  // Whole rows: walk the cut's innermost runs (contiguous in the chunk),
+  // merging runs that continue each other both in the file and in dst. Runs
+  // that do not merge (the destination strided: one TP half of an HF row)
+  // are small reads that load ahead. Where this local tensor's part of the
+  // chunk is large, its load-ahead stops at that part's end: the next bytes
+  // may be another rank's (the next expert of a stacked chunk). A small
+  // part's (norms side by side) does not.
+  uint64_t until = UINT64_MAX;
+  const auto part = intersect(Box{poffsets, psizes}, Box{coffsets, csizes});
+  if (part && part->volume() * es >= InputFile::kSmallReadBytes) {
+    std::vector<uint64_t> last(nd);
+    for (size_t d = 0; d < nd; ++d) last[d] = part->offsets[d] + part->sizes[d] - 1 - coffsets[d];
+    until = (linear_index(last, csizes) + 1) * es;
+  }
+  uint64_t pend_at = 0, pend_len = 0, pend_dst = 0;
+  auto flush = [&] {
+    if (pend_len == 0) return;
+    span(pend_at, pend_len, pend_dst, until);
+    pend_len = 0;
+  };
+  do {
+    uint64_t at = 0;
+    const uint64_t d = locate(at);
+    if (pend_len && pend_at + pend_len == at && pend_dst + pend_len == d) {
+      pend_len += run * es;
+    } else {
+      flush();
+      pend_at = at;
+      pend_dst = d;
+      pend_len = run * es;
+    }
+  } while (next(nd - 1));
+  flush();
+}
+
+void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                           void* dst, uint64_t dst_stride) {
+  auto* out = static_cast<unsigned char*>(dst);
+  for_each_cut(id, row0, rows, col0, cols, [&](const Cut& k) {
+    const DistPiece& p = *k.piece;
+    const DcpChunk& c = *k.chunk;
+    const TorchTensorItem& ti = item(p.key, c);
+    MB_CHECK(ti.dtype == k.meta->dtype, "{}: chunk dtype {} differs from .metadata's {}", p.key,
+             dtype_name(ti.dtype), dtype_name(k.meta->dtype));
+    const std::string& rel = ck_.dcp.storage_of(p.key, c.offsets).relative_path;
+    InputFile& f = file(rel);
+    Streamed* sv = verify_ ? &streamed(ChunkId{p.key, c.offsets}, c) : nullptr;
+    // The chunk's first element in the file.
+    const uint64_t base = ti.data_offset + ti.storage_offset * dtype_size(ti.dtype);
+    walk(
+        k, row0, rows, col0, cols, dst_stride,
+        [&](uint64_t at, uint64_t n, uint64_t d, uint64_t until) {
+          read_span(sv, f, out + d, n, base + at, p.key,
+                    until == UINT64_MAX ? until : base + until);
+        },
+        [&](uint64_t at, uint64_t wrows, uint64_t piece, uint64_t row_bytes, uint64_t lead,
+            uint64_t d) {
+          read_window(sv, f, out + d, dst_stride, wrows, piece, base + at, row_bytes, lead, p.key);
+        });
+  });
 }
 
 }  // namespace mb

@@ -77,11 +77,14 @@ VerifyChains build_verify_chains(const std::vector<uint64_t>& source_rows,
         by_source[g.src][r.rank].push_back({g.src_row, g.src_row + g.rows});
     }
   VerifyChains chains(source_rows.size());
-  for (size_t id = 0; id < source_rows.size(); ++id) {
-    for (auto& [rank, ivs] : by_source[id]) ivs = merged(std::move(ivs));
-    chains[id] = chain_for(source_rows[id], by_source[id]);
-  }
+  for (size_t id = 0; id < source_rows.size(); ++id)
+    chains[id] = build_chain(source_rows[id], std::move(by_source[id]));
   return chains;
+}
+
+std::vector<ChainLink> build_chain(uint64_t extent, ReadRanges by_rank) {
+  for (auto& [rank, ivs] : by_rank) ivs = merged(std::move(ivs));
+  return chain_for(extent, by_rank);
 }
 
 }  // namespace mb

@@ -128,9 +128,12 @@ class InputFile {
   InputFile& operator=(InputFile&&) = delete;
   InputFile(const InputFile&) = delete;
 
-  // The buffered handle, for parsing headers. With direct I/O it is marked
-  // POSIX_FADV_RANDOM: a header read must not pull the data after it into
-  // the page cache, since the data is then read again, directly.
+  // The buffered handle, for parsing headers and for the sources' reads
+  // through the page cache (narrow windows, bytes hashed ahead). With direct
+  // I/O it is marked POSIX_FADV_RANDOM: such a read must not pull the data
+  // after it into the page cache (the kernel reads ahead 8 MiB here), since
+  // that data is then read again, directly (an EP2 -> TP2·ETP2 torch_dist
+  // reshard read 1.19x its input before).
   const File& file() const { return file_; }
   bool direct() const { return direct_fd_ >= 0; }
   uint64_t id() const { return id_; }  // unique per open file: what a ReadWindow holds

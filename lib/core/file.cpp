@@ -133,6 +133,22 @@ void File::preadv_exact(std::vector<iovec>& iov, uint64_t offset, std::string_vi
   }
 }
 
+void File::pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64_t piece,
+                      uint64_t offset, uint64_t row_bytes, std::string_view what) const {
+  auto* d = static_cast<unsigned char*>(dst);
+  if (rows == 0 || piece == 0) return;
+  if (piece == row_bytes && dst_stride == row_bytes) {
+    pread_exact(d, rows * piece, offset, what);
+  } else if (piece == row_bytes) {  // contiguous in the file, strided in memory
+    std::vector<iovec> iov(rows);
+    for (uint64_t r = 0; r < rows; ++r) iov[r] = {d + r * dst_stride, piece};
+    preadv_exact(iov, offset, what);
+  } else {
+    for (uint64_t r = 0; r < rows; ++r)
+      pread_exact(d + r * dst_stride, piece, offset + r * row_bytes, what);
+  }
+}
+
 void File::pwrite_exact(const void* buf, uint64_t n, uint64_t offset) {
   const auto* p = static_cast<const char*>(buf);
   uint64_t done = 0;

@@ -44,6 +44,11 @@ class File : public ByteOutput {
   void pread_exact(void* buf, uint64_t n, uint64_t offset, std::string_view what = {}) const;
   // Scatter read of consecutive file bytes starting at `offset`.
   void preadv_exact(std::vector<iovec>& iov, uint64_t offset, std::string_view what = {}) const;
+  // Reads `rows` pieces of `piece` bytes, the first at `offset`, each
+  // `row_bytes` after the previous, to dst rows `dst_stride` apart: one read
+  // where the pieces are whole rows (contiguous in the file), else one each.
+  void pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64_t piece, uint64_t offset,
+                  uint64_t row_bytes, std::string_view what = {}) const;
   void pwrite_exact(const void* buf, uint64_t n, uint64_t offset);
   void write_at(const void* buf, uint64_t n, uint64_t offset) override { pwrite_exact(buf, n, offset); }
   const std::filesystem::path& output_path() const override { return path_; }

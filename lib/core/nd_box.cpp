@@ -64,4 +64,20 @@ uint64_t linear_index(const std::vector<uint64_t>& point, const std::vector<uint
   return idx;
 }
 
+std::optional<std::pair<uint64_t, uint64_t>> linear_run(const Box& box, const Box& outer) {
+  const size_t nd = outer.sizes.size();
+  size_t partial = 0;  // the last dim the box does not span whole
+  for (size_t d = nd; d-- > 0;)
+    if (box.sizes[d] != outer.sizes[d]) {
+      partial = d;
+      break;
+    }
+  for (size_t d = 0; d < partial; ++d)
+    if (box.sizes[d] != 1) return std::nullopt;
+  std::vector<uint64_t> at(nd);
+  for (size_t d = 0; d < nd; ++d) at[d] = box.offsets[d] - outer.offsets[d];
+  const uint64_t first = linear_index(at, outer.sizes);
+  return std::pair<uint64_t, uint64_t>{first, first + box.volume()};
+}
+
 }  // namespace mb

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "core/shape.hpp"
@@ -31,5 +32,12 @@ std::optional<Box> intersect(const Box& a, const Box& b);
 
 // Row-major linear index of `point` in a box of extent `sizes`.
 uint64_t linear_index(const std::vector<uint64_t>& point, const std::vector<uint64_t>& sizes);
+
+// Where `box` (inside `outer`, same rank) is one run of outer's elements in
+// row-major order: the linear indices [first, last) of that run; nullopt
+// where its elements are not consecutive. A box is a run when every dim after
+// its last partial one spans `outer` whole and every dim before it is one
+// element wide.
+std::optional<std::pair<uint64_t, uint64_t>> linear_run(const Box& box, const Box& outer);
 
 }  // namespace mb

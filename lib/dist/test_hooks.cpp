@@ -15,6 +15,7 @@ struct Hooks {
   int fail_rank = -1;
   long fail_after = 0;
   long delay_ms = 0;
+  int delay_rank = -1;  // -1: every rank
   long count = 0;
   int fail_step = 0;  // 0: any
   int step = 0;
@@ -26,7 +27,12 @@ struct Hooks {
       fail_after = colon == std::string::npos ? 0 : std::stol(s.substr(colon + 1));
       if (const auto at = s.find('@'); at != std::string::npos) fail_step = std::stoi(s.substr(at + 1));
     }
-    if (const char* d = std::getenv("MEGABRIDGE_TEST_DELAY_MS")) delay_ms = std::stol(d);
+    if (const char* d = std::getenv("MEGABRIDGE_TEST_DELAY_MS")) {
+      const std::string s(d);
+      delay_ms = std::stol(s);
+      if (const auto at = s.find('@'); at != std::string::npos)
+        delay_rank = std::stoi(s.substr(at + 1));
+    }
   }
 };
 Hooks& hooks() {
@@ -37,10 +43,16 @@ Hooks& hooks() {
 
 void test_hook_after_tensor(int rank) {
   Hooks& h = hooks();
-  if (h.delay_ms > 0) usleep(static_cast<useconds_t>(h.delay_ms * 1000));
+  if (h.delay_ms > 0 && (h.delay_rank < 0 || h.delay_rank == rank))
+    usleep(static_cast<useconds_t>(h.delay_ms * 1000));
   if (h.fail_rank == rank && (h.fail_step == 0 || h.fail_step == h.step) && ++h.count > h.fail_after)
     throw Error("injected failure on rank {} after {} tensors (MEGABRIDGE_TEST_FAIL)", rank,
                 h.fail_after);
+}
+
+double test_hook_hash_wait_s(double normal) {
+  const char* w = std::getenv("MEGABRIDGE_TEST_HASH_WAIT_S");
+  return w ? std::stod(w) : normal;
 }
 
 void test_hook_begin_step(int step) {

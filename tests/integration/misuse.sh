@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Corruption and misuse (issue: export/verify): each case must fail with a
 # clear error naming the problem, and leave nothing that looks complete.
-#   misuse.sh BIN FIXTURE_DIR PYTHON (with h5py)
+#   misuse.sh BIN FIXTURE_DIR MOE_FIXTURE_DIR PYTHON (with h5py)
 set -euo pipefail
-bin="$1" fixture="$2" py="$3"
+bin="$1" fixture="$2" moe="$3" py="$4"
 work="$(mktemp -d "${TMPDIR:-/tmp}/mb-misuse-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 run() { mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" "$@"; }
@@ -104,6 +104,26 @@ for case in "mlp.linear_fc1.weight 0.1" "mlp.linear_fc1.weight 0.9" "mlp.linear_
   expect 2 "mp_rank_00_000_000.h5 is corrupt: dataset '.*layers.0.*$1'" -- run export --megatron-path "$d" --hf-path "$d.x"
   no_output "$d.x"
 done
+# On one rank the same reshard reads fc1's [gate0; up0] for the tp=0 shard,
+# so it reads gate1 (rows 0.25-0.5 of fc1) ahead for the hash, through the
+# page cache, where the tp=1 shard's read finds them. A flip there is caught,
+# and the debug log shows the read-ahead happened.
+d="$work/flip_fill"
+cp -r "$work/meg_tp1" "$d"
+flip "$d/mp_rank_00_000_000.h5" "layers.0.mlp.linear_fc1.weight" 0.3
+expect 2 "mp_rank_00_000_000.h5 is corrupt: dataset '.*layers.0.*mlp.linear_fc1.weight'" -- \
+  mpirun --allow-run-as-root -np 1 "$bin" reshard --megatron-path "$d" --out "$d.r" --tp 2 --pp 1
+no_output "$d.r"
+out="$(mpirun --allow-run-as-root -np 1 "$bin" reshard --megatron-path "$work/meg_tp1" --out "$work/r_fill" --tp 2 --pp 1 --log-level debug 2>&1)" ||
+  { echo "FAIL: 1-rank reshard of the intact TP1 checkpoint"; fails=$((fails + 1)); }
+if grep -qE "debug: checksums as read: .* [1-9][0-9]* skipped row range\(s\) read ahead" <<<"$out"; then
+  echo "ok: $(grep "debug: checksums as read" <<<"$out")"
+else
+  echo "FAIL: a 1-rank TP1 -> TP2 reshard read no skipped rows ahead:"
+  grep "checksums as read" <<<"$out"
+  fails=$((fails + 1))
+fi
+run verify "$fixture" "$work/r_fill" >/dev/null || { echo "FAIL: verify of the 1-rank TP1 -> TP2 reshard"; fails=$((fails + 1)); }
 # And unflipped, the hand-over happens (the states are counted) and checks out.
 out="$(run reshard --megatron-path "$work/meg_tp1" --out "$work/r_chain" --tp 2 --pp 1 --log-level debug 2>&1)"
 if ! grep -qE "rank 1\] debug: checksums as read: [1-9][0-9]* tensor\(s\) checked here, [1-9]" <<<"$out" ||
@@ -125,8 +145,10 @@ no_output "$work/r1p"
 # The same for torch_dist (scheme "xxh3-64-distcp-regions"): a flipped byte
 # in a tensor chunk's data and one between the chunks (the payload of an
 # archive's `version` record), each caught by verify, export and reshard.
-# flip_distcp FILE KEY|between: the regions are found from .metadata and the
-# zip records with the independent reader of check_torch_dist.py.
+# flip_distcp FILE KEY|between [N [AT]]: the regions are found from .metadata
+# and the zip records with the independent reader of check_torch_dist.py; KEY
+# flips the N-th (from 0) chunk of a key containing KEY, in file order, at the
+# fraction AT of its data (default 0.5).
 flip_distcp() {
   "$py" - "$(dirname "$0")" "$@" <<'PY'
 import io, os, struct, sys, zipfile
@@ -144,9 +166,10 @@ if what == "between":
     n, e = struct.unpack("<HH", data[off + zi.header_offset + 26:off + zi.header_offset + 30])
     at = off + zi.header_offset + 30 + n + e
 else:
-    off, length, k = next(i for i in items if what in i[2].fqn)
+    nth = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    off, length, k = [i for i in items if what in i[2].fqn][nth]
     d, size = data_region(bytes(data[off:off + length]), off)
-    at = d + size // 2
+    at = d + int(size * (float(sys.argv[5]) if len(sys.argv) > 5 else 0.5))
 data[at] ^= 0x40
 open(path, "wb").write(data)
 print(k.fqn, at)
@@ -179,6 +202,44 @@ for np in 1 2; do
     mpirun --allow-run-as-root --oversubscribe -np $np "$bin" reshard --megatron-path "$work/td1_fc2" --out "$work/r1f$np" --tp 2 --pp 2
   no_output "$work/r1f$np"
 done
+# An EP2 MoE checkpoint resharded to TP2·ETP2 on two ranks: each rank reads
+# half of every expert chunk. A linear_fc1 chunk (rows split) is hashed by
+# rank 0 over its half, the state handed to rank 1 for the rest; a
+# linear_fc2 chunk (column windows) by one rank from whole rows. A flipped
+# byte in either half of either, in two different chunks, is caught.
+run import --quiet --hf-path "$moe" --out "$work/tde" --ep 2 --format torch_dist
+for flip in "linear_fc1 0 0.25" "linear_fc1 1 0.75" "linear_fc2 0 0.25" "linear_fc2 1 0.75"; do
+  read -r key nth at <<<"$flip"
+  rm -rf "$work/tde_flip"
+  cp -r "$work/tde" "$work/tde_flip"
+  flip_distcp "$work/tde_flip/iter_0000000/__1_0.distcp" "experts.experts.$key.weight" "$nth" "$at" >/dev/null
+  expect 2 "__1_0.distcp is corrupt: tensor chunk '.*experts.experts.$key.weight@.*' hashes to" -- \
+    run reshard --megatron-path "$work/tde_flip" --out "$work/r1e" --tp 2 --etp 2
+  no_output "$work/r1e"
+done
+# Rank 0 slowed down (after each tensor it writes) and no wait for states:
+# rank 1 finds the hash states of its links late, reads those bytes through
+# the page cache and finishes the links after the conversion, in chunk order. A flipped byte in
+# its half is still caught, and the intact checkpoint still converts.
+rm -rf "$work/tde_flip"
+cp -r "$work/tde" "$work/tde_flip"
+flip_distcp "$work/tde_flip/iter_0000000/__1_0.distcp" "experts.experts.linear_fc1.weight" 3 0.75 >/dev/null
+expect 2 "__1_0.distcp is corrupt: tensor chunk '.*experts.experts.linear_fc1.weight@.*' hashes to" -- \
+  env MEGABRIDGE_TEST_DELAY_MS=30@0 MEGABRIDGE_TEST_HASH_WAIT_S=0 mpirun --allow-run-as-root --oversubscribe -np 2 -x MEGABRIDGE_TEST_DELAY_MS -x MEGABRIDGE_TEST_HASH_WAIT_S "$bin" \
+  reshard --megatron-path "$work/tde_flip" --out "$work/r1e" --tp 2 --etp 2
+no_output "$work/r1e"
+late="$(MEGABRIDGE_TEST_DELAY_MS=30@0 MEGABRIDGE_TEST_HASH_WAIT_S=0 mpirun --allow-run-as-root --oversubscribe -np 2 -x MEGABRIDGE_TEST_DELAY_MS -x MEGABRIDGE_TEST_HASH_WAIT_S "$bin" \
+  reshard --megatron-path "$work/tde" --out "$work/r1e" --tp 2 --etp 2 --log-level debug 2>&1)" ||
+  { echo "FAIL: reshard of the intact EP2 torch_dist checkpoint with a slow rank 0"; fails=$((fails + 1)); }
+if ! grep -Eq "rank 1\] debug: torch_dist checksums as read: .* [1-9][0-9]* link\(s\) finished at the end" <<<"$late"; then
+  echo "FAIL: with rank 0 slowed down, rank 1 finished no link late:"; grep "checksums as read" <<<"$late"
+  fails=$((fails + 1))
+fi
+run verify "$moe" "$work/r1e" >/dev/null || { echo "FAIL: verify of the reshard with a slow rank 0"; fails=$((fails + 1)); }
+rm -rf "$work/r1e"
+run reshard --quiet --megatron-path "$work/tde" --out "$work/r1e" --tp 2 --etp 2 >/dev/null ||
+  { echo "FAIL: reshard of the intact EP2 torch_dist checkpoint"; fails=$((fails + 1)); }
+run verify "$moe" "$work/r1e" >/dev/null || { echo "FAIL: verify of the EP2 -> TP2·ETP2 reshard"; fails=$((fails + 1)); }
 # The intact checkpoint still converts (and verify agrees with the manifest).
 run verify "$fixture" "$work/td" >/dev/null || { echo "FAIL: verify of the intact torch_dist checkpoint"; fails=$((fails + 1)); }
 

@@ -68,6 +68,21 @@ TEST(VerifyChains, RowsNobodyReadsJoinALink) {
   expect_links(chains[0], {{0, 0, 60}, {1, 60, 100}});
 }
 
+TEST(VerifyChains, ByteRangesOfAChunkAlternateBetweenRanks) {
+  // A torch_dist chunk of 400 bytes, read as two TP halves of two stacked
+  // parts (gate, up) by two ranks, the ranges given out of order and in
+  // pieces; rank 1 also reads bytes 150-160 again (a replica). Bytes 390-399
+  // nobody reads join the last link.
+  ReadRanges by_rank;
+  by_rank[1] = {{300, 390}, {100, 150}, {150, 200}, {150, 160}};
+  by_rank[0] = {{200, 300}, {0, 100}};
+  expect_links(build_chain(400, by_rank),
+               {{0, 0, 100}, {1, 100, 200}, {0, 200, 300}, {1, 300, 400}});
+  // One rank reading every byte (a column window read as whole rows) holds
+  // the one link even where another reads a part.
+  expect_links(build_chain(400, {{1, {{0, 400}}}, {0, {{0, 200}}}}), {{1, 0, 400}});
+}
+
 TEST(VerifyChains, UnreadTensorsAndEmptySegmentsHaveNoChain) {
   const std::vector<Segment> r0 = {rows_of(1, 0, 4), rows_of(0, 0, 0)};
   const auto chains = build_verify_chains({4, 4}, {{0, &r0}});
