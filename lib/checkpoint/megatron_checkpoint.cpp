@@ -19,6 +19,7 @@
 #include "core/row_window.hpp"
 #include "dist/hash_relay.hpp"
 #include "dist/mpi_context.hpp"
+#include "dist/test_hooks.hpp"
 #include "formats/hdf5/hdf5_checksum.hpp"
 #include "formats/torch_dist/distcp_checksum.hpp"
 #include "model/qwen35_dist_keys.hpp"
@@ -475,16 +476,6 @@ bool checksums_streamable(const MegatronCheckpoint& ck) {
   return true;
 }
 
-VerifyChains source_verify_chains(const MegatronCheckpoint& ck,
-                                  const std::vector<LocalTensorRef>& refs,
-                                  const std::vector<SourceReads>& reads) {
-  std::vector<uint64_t> rows;
-  rows.reserve(refs.size());
-  for (const LocalTensorRef& r : refs)
-    rows.push_back(rows_2d(ck.shards.at(r.shard).tensors.at(r.tensor).shape));
-  return build_verify_chains(rows, reads);
-}
-
 std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
                                              std::vector<LocalTensorRef> refs, const IoConfig& io,
                                              bool verify_streamed, const StreamedChecks& shared) {
@@ -522,10 +513,9 @@ Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<Local
       verify_(verify),
       shared_(shared) {
   if (!verify_) return;
-  MB_CHECK(!shared_.chains || (shared_.relay && shared_.chains->size() == refs_.size()),
-           "internal: shared checksum chains for {} of {} tensors, or without a relay",
-           shared_.chains ? shared_.chains->size() : 0, refs_.size());
+  MB_CHECK(!shared_.reads || shared_.relay, "internal: shared checksum reads without a relay");
   if (shared_.relay) rank_ = shared_.relay->rank();
+  wait_s_ = test_hook_hash_wait_s(wait_s_);
   streamed_.resize(refs_.size());
   want_.resize(refs_.size());
   std::map<uint32_t, std::map<std::string, std::string>> by_shard;
@@ -543,20 +533,26 @@ Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<Local
              (ck_.dir / kManifestName).string(), name, ck_.shards.at(r.shard).coord.file_name());
     want_[i] = h->second;
   }
-  if (!shared_.chains) {
+  if (shared_.reads) {
+    // The chains of every rank's reads, the same on every rank.
+    std::vector<uint64_t> rows;
+    rows.reserve(refs_.size());
+    for (const LocalTensorRef& r : refs_)
+      rows.push_back(rows_2d(ck_.shards.at(r.shard).tensors.at(r.tensor).shape));
+    chains_ = build_verify_chains(rows, *shared_.reads);
+  } else {
     // Alone: this rank checks every tensor it reads, each as one link.
-    own_chains_.resize(refs_.size());
+    chains_.resize(refs_.size());
     for (uint32_t id = 0; id < refs_.size(); ++id) {
       const LocalTensorRef& r = refs_[id];
-      own_chains_[id].push_back(
-          {rank_, 0, rows_2d(ck_.shards.at(r.shard).tensors.at(r.tensor).shape)});
+      chains_[id].push_back({rank_, 0, rows_2d(ck_.shards.at(r.shard).tensors.at(r.tensor).shape)});
     }
   }
   for (uint32_t id = 0; id < refs_.size(); ++id) streamed_[id].link = next_own_link(id, 0);
 }
 
 const std::vector<ChainLink>& Hdf5ShardSource::links(uint32_t id) {
-  return shared_.chains ? (*shared_.chains)[id] : own_chains_[id];
+  return chains_[id];
 }
 
 size_t Hdf5ShardSource::next_own_link(uint32_t id, size_t from) {
@@ -702,7 +698,7 @@ std::string Hdf5ShardSource::finish_verification(int rank, int ranks) {
   // Every link, even after a corruption was found: the next links' ranks
   // wait for the states.
   for (uint32_t id = 0; id < refs_.size(); ++id)
-    if (shared_.chains || streamed_[id].touched) finish_links(id);
+    if (shared_.reads || streamed_[id].touched) finish_links(id);
   log::debug(
       "checksums as read: {} tensor(s) checked here, {} hash state(s) handed on; {} "
       "skipped row range(s) read ahead ({} bytes), {} link(s) finished at the end ({} bytes)",

@@ -108,22 +108,15 @@ IoMode source_io_mode(IoMode requested, bool checksums_verified);
 // xxh3-64-hdf5-regions file scheme): then no separate checksum pass reads the
 // files (see Hdf5ShardSource). Else the files are hashed whole, apart.
 bool checksums_streamable(const MegatronCheckpoint& ck);
-// How the ranks share the streamed checks of an HDF5 source: which rank
-// hashes which rows of each source tensor, and the relay that hands the hash
-// on (verify_chains.hpp). Without it, each rank checks every tensor it reads,
-// whole.
+// How the ranks share the streamed checks of a source: every rank's reads,
+// from which each source plans the same chains on every rank (which rank
+// hashes which rows of an HDF5 tensor, which bytes of a torch_dist chunk:
+// verify_chains.hpp), and the relay that hands the hash states on. Without
+// them, each rank checks every tensor or chunk it reads, whole.
 struct StreamedChecks {
-  const VerifyChains* chains = nullptr;  // indexed like the source's refs
   HashRelay* relay = nullptr;
-  // Every rank's reads: a torch_dist source builds from them the chains of
-  // its chunks (TorchDistSource). Without them, each rank checks every chunk
-  // it reads, whole.
-  const std::vector<SourceReads>* reads = nullptr;
+  const std::vector<SourceReads>* reads = nullptr;  // src indexing the source's refs
 };
-// The chains for a conversion whose jobs read `reads` (src indexing `refs`).
-VerifyChains source_verify_chains(const MegatronCheckpoint& ck,
-                                  const std::vector<LocalTensorRef>& refs,
-                                  const std::vector<SourceReads>& reads);
 // `verify_streamed`: the source checks checksums as it reads
 // (checksums_streamable must hold); see source_checksum_problem.
 std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
@@ -228,7 +221,7 @@ class Hdf5ShardSource : public RowSource {
   StreamedChecks shared_;                   // empty: one link per tensor, this rank's
   int rank_ = 0;                            // the relay's, else 0
   double wait_s_ = 2.0;                     // for a state, while converting (0 after a miss)
-  VerifyChains own_chains_;                 // without shared_: one link per tensor
+  VerifyChains chains_;                     // per ref; without shared_: one link per tensor
   std::vector<unsigned char> scratch_;      // whole rows of a column window being hashed
   std::vector<unsigned char> fill_buf_;     // skipped rows read ahead (fill)
   std::vector<Streamed> streamed_;          // per ref, with verify

@@ -289,8 +289,7 @@ void TorchDistSource::read_span(Streamed* sv, InputFile& f, unsigned char* dst, 
   // Through the page cache: bytes hashed ahead (fill) are there, and bytes
   // that finish_links must hash later are read where it reads them again
   // (not from storage).
-  if (sv && ((at < sv->filled_to && at + n > sv->filled_from) ||
-             (!hashed && sv->broken && left_to_finish(*sv, at, at + n))))
+  if (sv && (sv->filled(at, at + n) || (!hashed && sv->broken && left_to_finish(*sv, at, at + n))))
     f.file().pread_exact(dst, n, at, key);
   else
     f.pread_exact(dst, n, at, windows_.of(f), key, until);

@@ -84,6 +84,7 @@ class TorchDistSource : public RowSource {
     size_t link = 0;               // this rank's next link
     bool broken = false;           // a link not hashed as read: finish_links continues it
     uint64_t filled_from = UINT64_MAX, filled_to = 0;  // the hull of the bytes fill read
+    bool filled(uint64_t a, uint64_t b) const { return a < filled_to && b > filled_from; }
     Hasher hash;
   };
   // One box of a read that falls in one stored chunk, in the key's

@@ -440,20 +440,18 @@ void ExportStep::execute(MpiContext& mpi) {
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
   file_written_.assign(plan_.files.size(), 0);
-  // Checked as read: an HDF5 source's rows each hashed by one rank that reads
-  // them, the hash handed from rank to rank (verify_chains.hpp); a torch_dist
-  // source's chunks each hashed whole by one rank that reads them
-  // (TorchDistSource). The relay is constructed on every rank (collective),
-  // destroyed after the source.
+  // Checked as read: each source's bytes (an HDF5 tensor's rows, a torch_dist
+  // chunk's bytes) hashed by the ranks that read them, the hash state handed
+  // from rank to rank (verify_chains.hpp); the source plans who hashes what
+  // from every rank's reads. The relay is constructed on every rank
+  // (collective), destroyed after the source.
   HashRelay relay(mpi);
-  VerifyChains chains;
   std::vector<SourceReads> reads;
   if (streamed_) {
     for (const ExportTensor& t : plan_.tensors) reads.push_back({t.rank, &t.segments});
-    if (ck_->format != "torch_dist") chains = source_verify_chains(*ck_, plan_.refs, reads);
   }
   const auto source = open_local_source(*ck_, plan_.refs, io_config(src_io, opt_.buffer_bytes),
-                                        streamed_, {&chains, &relay, &reads});
+                                        streamed_, {&relay, &reads});
   std::map<uint32_t, RegionFile> files;
   // The writes of one tensor overlap the reads of the next (write-behind); one
   // writer at a time, for the file of the tensor being written, so that its

@@ -135,21 +135,19 @@ class ReshardStep : public Step {
         (src_io != IoMode::Buffered ? 2 : 0) + (opt_.io != IoMode::Buffered ? 2 : 0);
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
-    // Checked as read: an HDF5 source's rows each hashed by one rank that reads
-    // them, the hash handed from rank to rank (verify_chains.hpp); a torch_dist
-    // source's chunks each hashed whole by one rank that reads them
-    // (TorchDistSource). The relay is constructed on every rank (collective),
-    // destroyed after the source.
+    // Checked as read: each source's bytes (an HDF5 tensor's rows, a torch_dist
+    // chunk's bytes) hashed by the ranks that read them, the hash state handed
+    // from rank to rank (verify_chains.hpp); the source plans who hashes what
+    // from every rank's reads. The relay is constructed on every rank
+    // (collective), destroyed after the source.
     HashRelay relay(mpi);
-    VerifyChains chains;
     std::vector<SourceReads> reads;
     if (streamed_) {
       for (const ShardPlan& s : plan_.shards)
         for (const LocalTensor& t : s.tensors) reads.push_back({s.rank, &t.segments});
-      if (ck_->format != "torch_dist") chains = source_verify_chains(*ck_, index.refs, reads);
     }
     const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes),
-                                          streamed_, {&chains, &relay, &reads});
+                                          streamed_, {&relay, &reads});
     results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, *engine, *source,
                                  io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
                                     progress_->add_tensor();

@@ -134,6 +134,28 @@ if ! grep -qE "rank 1\] debug: checksums as read: [1-9][0-9]* tensor\(s\) checke
 else
   echo "ok: $(grep "rank 0\] debug: checksums as read" <<<"$out")"
 fi
+# Rank 0 slowed down (after each tensor it writes) and no wait for states
+# (MEGABRIDGE_TEST_HASH_WAIT_S, which both sources honour): rank 1 finds the
+# hash states of its links late and finishes them after the conversion, from
+# the page cache. A flipped byte in its rows is still caught, and the intact
+# checkpoint still converts and verifies.
+slow=(env MEGABRIDGE_TEST_DELAY_MS=30@0 MEGABRIDGE_TEST_HASH_WAIT_S=0 mpirun --allow-run-as-root
+  --oversubscribe -np 2 -x MEGABRIDGE_TEST_DELAY_MS -x MEGABRIDGE_TEST_HASH_WAIT_S "$bin")
+d="$work/flip_late"
+cp -r "$work/meg_tp1" "$d"
+flip "$d/mp_rank_00_000_000.h5" "layers.0.mlp.linear_fc1.weight" 0.9
+expect 2 "mp_rank_00_000_000.h5 is corrupt: dataset '.*layers.0.*mlp.linear_fc1.weight'" -- \
+  "${slow[@]}" reshard --megatron-path "$d" --out "$d.r" --tp 2 --pp 1
+no_output "$d.r"
+late="$("${slow[@]}" reshard --megatron-path "$work/meg_tp1" --out "$work/r_late" --tp 2 --pp 1 --log-level debug 2>&1)" ||
+  { echo "FAIL: 2-rank reshard of the intact TP1 checkpoint with a slow rank 0"; fails=$((fails + 1)); }
+if grep -qE "rank 1\] debug: checksums as read: .* [1-9][0-9]* link\(s\) finished at the end" <<<"$late"; then
+  echo "ok: $(grep "rank 1\] debug: checksums as read" <<<"$late")"
+else
+  echo "FAIL: with rank 0 slowed down, rank 1 finished no link late:"; grep "checksums as read" <<<"$late"
+  fails=$((fails + 1))
+fi
+run verify "$fixture" "$work/r_late" >/dev/null || { echo "FAIL: verify of the reshard with a slow rank 0"; fails=$((fails + 1)); }
 cp -r "$work/meg" "$work/flip_pad"
 flip "$work/flip_pad/mp_rank_01_001_000.h5" padding
 expect 1 "mp_rank_01_001_000.h5 is corrupt: its xxh3 checksum" -- run verify "$fixture" "$work/flip_pad"
