@@ -102,22 +102,28 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
         wait_writing();
         continue;
       }
-      hash.update(out, n * ds);
-      // Blocks reach the sink in order: the previous write finishes first.
+      // Blocks reach the sink, and the hash, in order: the previous write
+      // finishes first. The hash is taken on the writing thread, beside the
+      // write: the reading thread is the one that sets the pace (a 1-rank
+      // reshard's profile put 88% of the samples on it, XXH3 of the output
+      // about 6%), and here the hash runs while the next block is read.
       wait_writing();
       report_block(n * ds);
+      auto hash_and_write = [&sink, &hash, b0, b1, out, bytes = n * ds] {
+        hash.update(out, bytes);
+        sink.write(b0, b1 - b0, out);
+      };
       bool async = n * ds >= kAsyncWriteBytes && b1 < job.rows;
       if (async) {
         try {
-          writing = std::async(std::launch::async,
-                               [&sink, b0, b1, out] { sink.write(b0, b1 - b0, out); });
+          writing = std::async(std::launch::async, hash_and_write);
         } catch (const std::system_error&) {
           // No thread to be had (EAGAIN under load: thread or pid limits):
           // the overlap is an optimisation, so write this block inline.
           async = false;
         }
       }
-      if (!async) sink.write(b0, b1 - b0, out);
+      if (!async) hash_and_write();
     }
     wait_writing();
     if (overflow > 0)
