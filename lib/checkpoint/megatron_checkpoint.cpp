@@ -585,9 +585,21 @@ void Hdf5ShardSource::fill(uint32_t id, uint64_t row0, uint64_t row1) {
   Streamed& s = streamed_.at(id);
   s.filled_from = std::min(s.filled_from, row0);
   s.filled_to = std::max(s.filled_to, row1);
-  // Not scratch_: a column window's read may be using it.
+  // The rows are asked of the kernel kReadAheadBytes ahead of the reads:
+  // the handle reads nothing ahead by itself (InputFile::file()).
+  InputFile& in = input(ref.shard);
+  const ShardDatasetInfo* d = reader(ref.shard).find(t.name);
+  const uint64_t at = d != nullptr && in.direct() ? d->data_offset : UINT64_MAX;
+  uint64_t asked = row0;  // asked for up to this row
+  // Into fill_buf_, not scratch_: a column window's read may be using it.
   for (uint64_t r = row0; r < row1; r += block) {
     const uint64_t n = std::min(block, row1 - r);
+    const uint64_t ask_to =
+        std::min(row1, r + n + kReadAheadBytes / std::max<uint64_t>(row_bytes, 1));
+    if (at != UINT64_MAX && ask_to > asked) {
+      in.file().will_need(at + asked * row_bytes, (ask_to - asked) * row_bytes);
+      asked = ask_to;
+    }
     fill_buf_.resize(n * row_bytes);
     read_bytes(id, r, n, 0, cols, fill_buf_.data(), row_bytes, /*page_cache=*/true);
     advance(id, r, n, fill_buf_.data(), row_bytes);
@@ -780,6 +792,23 @@ void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint
   }
   in.pread_rows(dst, dst_stride, rows, cols * es, d->data_offset + row0 * row_bytes + col0 * es,
                 row_bytes, windows_.of(in), what);
+}
+
+uint64_t Hdf5ShardSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
+                                   uint64_t cols, uint64_t max_bytes) {
+  if (io_.mode == IoMode::Buffered || io_.chunk_bytes == 0 || rows == 0) return 0;
+  const LocalTensorRef& ref = refs_.at(id);
+  const LocalTensor& t = ck_.shards.at(ref.shard).tensors.at(ref.tensor);
+  const ShardDatasetInfo* d = reader(ref.shard).find(t.name);
+  if (d == nullptr || d->data_offset == UINT64_MAX || row0 + rows > rows_2d(d->shape) ||
+      col0 + cols > cols_2d(d->shape))
+    return 0;
+  const uint64_t row_bytes = cols_2d(d->shape) * dtype_size(d->dtype);
+  InputFile& in = input(ref.shard);
+  if (!in.direct() || column_window_direct(cols * dtype_size(d->dtype), row_bytes)) return 0;
+  rows = std::min(rows, std::max<uint64_t>(1, max_bytes / std::max<uint64_t>(row_bytes, 1)));
+  in.file().will_need(d->data_offset + row0 * row_bytes, rows * row_bytes);
+  return rows * row_bytes;
 }
 
 void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,

@@ -25,6 +25,9 @@ class SafetensorsSource : public RowSource {
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
+  // Narrow column windows under direct I/O (read through the page cache).
+  uint64_t prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                    uint64_t max_bytes) override;
 
  private:
   InputFile& file(uint32_t index);

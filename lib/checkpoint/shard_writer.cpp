@@ -7,6 +7,7 @@
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
+#include "engine/read_ahead.hpp"
 #include "formats/hdf5/hdf5_checksum.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
 
@@ -53,7 +54,12 @@ ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& ar
   {
     Hdf5ShardWriter w(tmp, info, io);
     Hdf5DatasetSink sink(w);
-    for (const LocalTensor& t : shard.tensors) {
+    std::vector<const std::vector<Segment>*> jobs;
+    for (const LocalTensor& t : shard.tensors) jobs.push_back(&t.segments);
+    ReadAhead ahead(source, std::move(jobs));
+    for (size_t k = 0; k < shard.tensors.size(); ++k) {
+      const LocalTensor& t = shard.tensors[k];
+      ahead.before(k);
       w.begin_dataset({t.name, t.global_name, t.shape, t.global_shape, t.dtype, {}});
       CopyJob job{t.name, &t.segments, t.rows(), t.cols(), t.source_dtype, t.dtype, t.op};
       CopyResult r;

@@ -10,6 +10,7 @@
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/log.hpp"
+#include "engine/read_ahead.hpp"
 #include "formats/torch_dist/dcp_metadata.hpp"
 #include "formats/torch_dist/distcp_checksum.hpp"
 #include "formats/torch_dist/pickle.hpp"
@@ -122,36 +123,58 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
           pos += bytes.size();
         }
     }
+    // Every chunk this rank writes, in order, with its segments, so that the
+    // reads of the next ones are asked for ahead (ReadAhead).
+    struct Chunk {
+      DistPiece piece;
+      std::vector<Segment> segs;
+    };
+    std::vector<std::pair<const LocalTensor*, std::vector<Chunk>>> tensors;
+    std::vector<const std::vector<Segment>*> jobs;
     for (size_t si : plan.shards_of_rank(rank)) {
       const ShardPlan& s = plan.shards[si];
       for (const LocalTensor& t : s.tensors) {
         if (!t.canonical) continue;
-        for (const DistPiece& p : dist_pieces(t, plan.model, plan.layout, s.coord)) {
-          const std::vector<Segment> segs = slice_rows(t.segments, p.row0, p.rows);
-          Hasher data;
-          TorchSaveTensorWriter w(f, pos, t.dtype, p.sizes, &gap, &data);
-          uint64_t data_bytes = dtype_size(t.dtype);
-          for (uint64_t n : p.sizes) data_bytes *= n;
-          const uint64_t data_offset = w.data_offset();
-          if (data_bytes > 0) {
-            close_gap(data_offset);
-            gap_start = data_offset + data_bytes;
-          }
-          ArchiveSink sink(w, t.cols() * dtype_size(t.dtype));
-          try {
-            engine.run({p.key, &segs, p.rows, t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
-          } catch (...) {
-            rethrow_with_context(fmt::format("writing {} of {} into {}", p.key, t.global_name, rel));
-          }
-          const uint64_t len = w.finish();
-          const uint64_t data_hash = data.digest();
-          if (data_bytes > 0) regions.add(data_offset, data_bytes, data_hash);
-          r.items.push_back({p.key, false, p.offsets, p.sizes, p.global_shape, t.dtype, pos, len,
-                             data_offset, data_bytes, hash_hex(data_hash)});
-          pos += len;
+        auto& [tensor, chunks] = tensors.emplace_back(&t, std::vector<Chunk>{});
+        for (DistPiece& p : dist_pieces(t, plan.model, plan.layout, s.coord)) {
+          std::vector<Segment> segs = slice_rows(t.segments, p.row0, p.rows);
+          chunks.push_back({std::move(p), std::move(segs)});
         }
-        if (on_tensor) on_tensor();
       }
+    }
+    for (auto& [tensor, chunks] : tensors)
+      for (const Chunk& c : chunks) jobs.push_back(&c.segs);
+    ReadAhead ahead(source, std::move(jobs));
+    size_t job = 0;
+    for (const auto& [tensor, chunks] : tensors) {
+      const LocalTensor& t = *tensor;
+      for (const Chunk& c : chunks) {
+        const DistPiece& p = c.piece;
+        const std::vector<Segment>& segs = c.segs;
+        ahead.before(job++);
+        Hasher data;
+        TorchSaveTensorWriter w(f, pos, t.dtype, p.sizes, &gap, &data);
+        uint64_t data_bytes = dtype_size(t.dtype);
+        for (uint64_t n : p.sizes) data_bytes *= n;
+        const uint64_t data_offset = w.data_offset();
+        if (data_bytes > 0) {
+          close_gap(data_offset);
+          gap_start = data_offset + data_bytes;
+        }
+        ArchiveSink sink(w, t.cols() * dtype_size(t.dtype));
+        try {
+          engine.run({p.key, &segs, p.rows, t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
+        } catch (...) {
+          rethrow_with_context(fmt::format("writing {} of {} into {}", p.key, t.global_name, rel));
+        }
+        const uint64_t len = w.finish();
+        const uint64_t data_hash = data.digest();
+        if (data_bytes > 0) regions.add(data_offset, data_bytes, data_hash);
+        r.items.push_back({p.key, false, p.offsets, p.sizes, p.global_shape, t.dtype, pos, len,
+                           data_offset, data_bytes, hash_hex(data_hash)});
+        pos += len;
+      }
+      if (on_tensor) on_tensor();
     }
     f.finish();
     if (r.items.empty()) {

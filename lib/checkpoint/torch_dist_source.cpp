@@ -520,6 +520,33 @@ void TorchDistSource::walk(const Cut& k, uint64_t row0, uint64_t rows, uint64_t 
   flush();
 }
 
+uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
+                                   uint64_t cols, uint64_t max_bytes) {
+  if (io_.mode == IoMode::Buffered) return 0;
+  uint64_t asked = 0;
+  for_each_cut(id, row0, rows, col0, cols, [&](const Cut& k) {
+    if (asked >= max_bytes) return;
+    const DistPiece& p = *k.piece;
+    const DcpChunk& c = *k.chunk;
+    const TorchTensorItem& ti = item(p.key, c);
+    InputFile& f = file(ck_.dcp.storage_of(p.key, c.offsets).relative_path);
+    if (!f.direct()) return;
+    const uint64_t base = ti.data_offset + ti.storage_offset * dtype_size(ti.dtype);
+    walk(
+        k, row0, rows, col0, cols, cols * dtype_size(ti.dtype),
+        [](uint64_t, uint64_t, uint64_t, uint64_t) {},  // whole rows: read directly
+        [&](uint64_t at, uint64_t wrows, uint64_t piece, uint64_t row_bytes, uint64_t lead,
+            uint64_t) {
+          if (asked >= max_bytes || column_window_direct(piece, row_bytes)) return;
+          const uint64_t n =
+              std::min(wrows, std::max<uint64_t>(1, (max_bytes - asked) / row_bytes));
+          f.file().will_need(base + at - lead, n * row_bytes);
+          asked += n * row_bytes;
+        });
+  });
+  return asked;
+}
+
 void TorchDistSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                            void* dst, uint64_t dst_stride) {
   auto* out = static_cast<unsigned char*>(dst);

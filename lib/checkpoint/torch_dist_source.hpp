@@ -57,6 +57,10 @@ class TorchDistSource : public RowSource {
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
+  // Narrow column windows under direct I/O (expert fc2 halves): their row
+  // spans are read through the page cache (read_window).
+  uint64_t prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                    uint64_t max_bytes) override;
 
   // With verify: hashes the links this rank could not hash as it read (and
   // those of chunks it never read), then checks the region checksums of this

@@ -107,6 +107,15 @@ class ReadWindow {
 // spans at a time, where the ranks of a node share them: each byte then comes
 // from storage once per node, which is what `plan` reports.
 constexpr uint64_t kDirectPieceBytes = 1 << 20;
+
+// How far ahead page-cache reads are asked for (File::will_need). The source
+// handles under direct I/O are POSIX_FADV_RANDOM (see InputFile::file()), so
+// the kernel reads nothing ahead of them by itself, and a run of 2 MiB reads
+// (one expert's rows) went to storage one request at a time: 0.4-0.9 GB/s on
+// this machine's disk, against 1.7-2.0 GB/s with the next 8 MiB asked for
+// ahead (docs/performance.md, sixth round). Asked only for bytes that will be
+// read: what read-ahead by guess pulled in was then read again directly.
+constexpr uint64_t kReadAheadBytes = 16 << 20;
 inline bool column_window_direct(uint64_t piece, uint64_t row_bytes) {
   return piece == row_bytes || piece >= kDirectPieceBytes;
 }
@@ -148,6 +157,12 @@ class InputFile {
   // or through the page cache as column_window_direct() says (see there).
   void pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64_t piece, uint64_t offset,
                   uint64_t row_bytes, ReadWindow& window, std::string_view what);
+  // The bytes that pread_rows with these arguments would read through the
+  // page cache (a narrow window under direct I/O: its whole row span), asked
+  // of the kernel now (File::will_need), so that they are on their way
+  // while the reads before them are done. Returns the bytes asked for (0:
+  // nothing of it goes through the page cache). See kReadAheadBytes.
+  uint64_t will_read_rows(uint64_t rows, uint64_t piece, uint64_t offset, uint64_t row_bytes) const;
 
  private:
   File file_;

@@ -149,6 +149,11 @@ void File::pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64_t pi
   }
 }
 
+void File::will_need(uint64_t offset, uint64_t n) const {
+  if (n > 0)
+    ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(n), POSIX_FADV_WILLNEED);
+}
+
 void File::pwrite_exact(const void* buf, uint64_t n, uint64_t offset) {
   const auto* p = static_cast<const char*>(buf);
   uint64_t done = 0;

@@ -50,6 +50,10 @@ class File : public ByteOutput {
   void pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64_t piece, uint64_t offset,
                   uint64_t row_bytes, std::string_view what = {}) const;
   void pwrite_exact(const void* buf, uint64_t n, uint64_t offset);
+  // Asks the kernel to start reading [offset, offset + n) into the page cache
+  // now (POSIX_FADV_WILLNEED), without waiting: for bytes the caller is about
+  // to read through this handle. Advice only: a refusal is ignored.
+  void will_need(uint64_t offset, uint64_t n) const;
   void write_at(const void* buf, uint64_t n, uint64_t offset) override { pwrite_exact(buf, n, offset); }
   const std::filesystem::path& output_path() const override { return path_; }
   void truncate(uint64_t size);

@@ -24,6 +24,15 @@ class RowSource {
   virtual void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                     void* dst, uint64_t dst_stride) = 0;
   virtual uint64_t bytes_read() const = 0;
+  // The same rectangle will be read soon: a source that reads it through the
+  // page cache may ask the kernel for its first rows now (File::will_need),
+  // about `max_bytes` at most. Returns the bytes asked for; nothing is read
+  // into memory, and a source may ignore it (the default).
+  virtual uint64_t prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
+                            uint64_t max_bytes) {
+    (void)id, (void)row0, (void)rows, (void)col0, (void)cols, (void)max_bytes;
+    return 0;
+  }
 };
 
 class RowSink {

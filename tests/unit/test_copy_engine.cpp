@@ -5,8 +5,10 @@
 #include <thread>
 #include <vector>
 
+#include "core/error.hpp"
 #include "core/hash.hpp"
 #include "engine/copy_engine.hpp"
+#include "engine/read_ahead.hpp"
 
 using namespace mb;
 
@@ -160,4 +162,84 @@ TEST(CopyEngine, RefusesSegmentsThatDoNotCoverTheTensor) {
   CopyEngine engine(1 << 16);
   EXPECT_THROW(engine.run({"t", &gap, 4, 2, DType::BF16, DType::BF16, ElementOp::None}, src, sink),
                std::exception);
+}
+
+namespace {
+// Records what a conversion would ask ahead for: every prefetch, in order.
+// Sources 0 and 1 are "narrow" (each asked-for rectangle counts rows * cols
+// bytes, at most max_bytes); source 2 is read directly (nothing to ask for).
+class AskingSource : public RowSource {
+ public:
+  struct Ask {
+    uint32_t id;
+    uint64_t row0, rows;
+  };
+  std::vector<Ask> asks;
+  void read(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, void*, uint64_t) override {}
+  uint64_t bytes_read() const override { return 0; }
+  uint64_t prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t, uint64_t cols,
+                    uint64_t max_bytes) override {
+    if (id == 2) return 0;
+    asks.push_back({id, row0, rows});
+    return std::min(rows * cols, max_bytes);
+  }
+};
+Segment seg(uint32_t src, uint64_t row0, uint64_t rows, uint64_t cols) {
+  return Segment{src, row0, 0, 0, 0, rows, cols};
+}
+}  // namespace
+
+// ReadAhead asks for each job once, the current one first, then the next
+// ones until what is asked beyond the current job reaches the limit; of a job
+// larger than the limit it asks for the limit's worth only.
+TEST(ReadAhead, AsksEachJobOnceAndStaysWithinTheLimit) {
+  // Jobs of 4, 4, 0 (read directly), 4, 40 and 4 bytes; a limit of 8.
+  const std::vector<std::vector<Segment>> jobs = {{seg(0, 0, 2, 2)},  {seg(1, 0, 4, 1)},
+                                                  {seg(2, 0, 9, 9)},  {seg(0, 2, 2, 2)},
+                                                  {seg(1, 4, 40, 1)}, {seg(0, 4, 4, 1)}};
+  std::vector<const std::vector<Segment>*> ptrs;
+  for (const auto& j : jobs) ptrs.push_back(&j);
+  AskingSource src;
+  ReadAhead ahead(src, ptrs, 8);
+  auto asked_rows0 = [&] {
+    std::vector<std::pair<uint32_t, uint64_t>> v;
+    for (const auto& a : src.asks) v.push_back({a.id, a.row0});
+    return v;
+  };
+  ahead.before(0);  // job 0, then 1 (4 ahead), 2 (nothing), 3 (8 ahead: the limit)
+  EXPECT_EQ(asked_rows0(), (std::vector<std::pair<uint32_t, uint64_t>>{{0, 0}, {1, 0}, {0, 2}}));
+  ahead.before(1);  // 4 ahead (job 3): job 4 is asked, its first 8 bytes' worth only
+  ASSERT_EQ(src.asks.size(), 4u);
+  EXPECT_EQ(src.asks[3].id, 1u);
+  EXPECT_EQ(src.asks[3].row0, 4u);
+  ahead.before(2);
+  ahead.before(3);
+  EXPECT_EQ(src.asks.size(), 4u);  // job 4's 8 bytes still ahead: nothing new
+  ahead.before(4);                 // nothing ahead once job 4 starts: job 5 is asked
+  ASSERT_EQ(src.asks.size(), 5u);
+  EXPECT_EQ(src.asks[4].row0, 4u);
+  EXPECT_EQ(src.asks[4].id, 0u);
+  ahead.before(5);
+  EXPECT_EQ(src.asks.size(), 5u);  // every job asked once
+  EXPECT_THROW(ahead.before(6), Error);
+}
+
+// A job reached without having been asked for (jobs skipped, as a resumed
+// run does) is asked for when it starts, and the read-ahead goes on from it.
+TEST(ReadAhead, AJobNotAskedForIsAskedWhenItStarts) {
+  const std::vector<std::vector<Segment>> jobs = {{seg(0, 0, 1, 4)},
+                                                  {seg(0, 1, 1, 4)},
+                                                  {seg(0, 2, 1, 4)},
+                                                  {seg(0, 3, 1, 4)},
+                                                  {seg(0, 4, 1, 4)}};
+  std::vector<const std::vector<Segment>*> ptrs;
+  for (const auto& j : jobs) ptrs.push_back(&j);
+  AskingSource src;
+  ReadAhead ahead(src, ptrs, 4);
+  ahead.before(3);
+  ASSERT_EQ(src.asks.size(), 2u);  // job 3, then job 4
+  EXPECT_EQ(src.asks[0].row0, 3u);
+  EXPECT_EQ(src.asks[1].row0, 4u);
+  ahead.before(4);
+  EXPECT_EQ(src.asks.size(), 2u);
 }

@@ -2,8 +2,10 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 
+#include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "checkpoint/safetensors_source.hpp"
@@ -448,4 +450,33 @@ TEST(DirectIo, AlternatingFilesKeepTheirWindowsAndLoadAheadStopsWhereTold) {
   for (uint64_t at = 0; at < (1 << 20); at += piece)
     a.pread_exact(buf.data(), piece, at, w, "a", 1 << 20);
   EXPECT_LE(storage_reads() - r1, (1u << 20) + 4096) << "the load-ahead went past ahead_until";
+}
+
+// will_read_rows asks the kernel for exactly the bytes a narrow window's read
+// takes through the page cache (its row span), and for nothing where the read
+// would be direct or the file is read through the page cache anyway (the
+// kernel then reads ahead by itself). Judged by the kernel's own page table
+// (mincore), not by what the call returns.
+TEST(DirectIo, WillReadRowsAsksForANarrowWindowsRowSpanOnly) {
+  TempDir tmp;
+  if (!direct_supported(tmp.path)) GTEST_SKIP() << tmp.path << " refuses O_DIRECT";
+  const fs::path p = tmp.path / "rows";
+  write_bytes(p, pattern(9 << 20, 5));
+  const uint64_t span = 2047 * 1024 + 512;  // 2048 rows of 1 KiB, the first 512 bytes of each
+  {
+    InputFile buffered(p, IoMode::Buffered);
+    EXPECT_EQ(buffered.will_read_rows(2048, 512, 0, 1024), 0u);
+  }
+  InputFile in(p, IoMode::Direct);
+  evict(p);
+  EXPECT_EQ(in.will_read_rows(2, (1 << 20) + 1, 0, 4 << 20), 0u);  // wide: read directly
+  EXPECT_EQ(in.will_read_rows(4, 1024, 0, 1024), 0u);              // whole rows: direct
+  EXPECT_EQ(resident_pages(p, 0, 9 << 20), 0u);
+  EXPECT_EQ(in.will_read_rows(2048, 512, 4096, 1024), span);
+  // The kernel reads asynchronously: wait for it (bounded).
+  for (int i = 0; i < 500 && resident_pages(p, 4096, 4096 + span) < 512; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(resident_pages(p, 4096, 4096 + span), 512u);
+  EXPECT_EQ(resident_pages(p, 0, 4096), 0u);                    // nothing before the span ...
+  EXPECT_EQ(resident_pages(p, (2 << 20) + 4096, 9 << 20), 0u);  // ... or after it
 }
