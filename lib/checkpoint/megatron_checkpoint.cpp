@@ -585,21 +585,18 @@ void Hdf5ShardSource::fill(uint32_t id, uint64_t row0, uint64_t row1) {
   Streamed& s = streamed_.at(id);
   s.filled_from = std::min(s.filled_from, row0);
   s.filled_to = std::max(s.filled_to, row1);
-  // The rows are asked of the kernel kReadAheadBytes ahead of the reads:
-  // the handle reads nothing ahead by itself (InputFile::file()).
+  // The rows are asked of the kernel ahead of the reads: the handle reads
+  // nothing ahead by itself (InputFile::file()). Not where read_bytes reads
+  // through libhdf5 (no data offset) or the file is read buffered.
   InputFile& in = input(ref.shard);
   const ShardDatasetInfo* d = reader(ref.shard).find(t.name);
-  const uint64_t at = d != nullptr && in.direct() ? d->data_offset : UINT64_MAX;
-  uint64_t asked = row0;  // asked for up to this row
+  const bool ask = d != nullptr && d->data_offset != UINT64_MAX && in.direct();
+  const uint64_t at = ask ? d->data_offset : 0;
+  PageCacheAhead ahead(in.file(), at + row0 * row_bytes, ask ? at + row1 * row_bytes : 0);
   // Into fill_buf_, not scratch_: a column window's read may be using it.
   for (uint64_t r = row0; r < row1; r += block) {
     const uint64_t n = std::min(block, row1 - r);
-    const uint64_t ask_to =
-        std::min(row1, r + n + kReadAheadBytes / std::max<uint64_t>(row_bytes, 1));
-    if (at != UINT64_MAX && ask_to > asked) {
-      in.file().will_need(at + asked * row_bytes, (ask_to - asked) * row_bytes);
-      asked = ask_to;
-    }
+    ahead.reading_to(at + (r + n) * row_bytes);
     fill_buf_.resize(n * row_bytes);
     read_bytes(id, r, n, 0, cols, fill_buf_.data(), row_bytes, /*page_cache=*/true);
     advance(id, r, n, fill_buf_.data(), row_bytes);
@@ -803,12 +800,9 @@ uint64_t Hdf5ShardSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
   if (d == nullptr || d->data_offset == UINT64_MAX || row0 + rows > rows_2d(d->shape) ||
       col0 + cols > cols_2d(d->shape))
     return 0;
-  const uint64_t row_bytes = cols_2d(d->shape) * dtype_size(d->dtype);
-  InputFile& in = input(ref.shard);
-  if (!in.direct() || column_window_direct(cols * dtype_size(d->dtype), row_bytes)) return 0;
-  rows = std::min(rows, std::max<uint64_t>(1, max_bytes / std::max<uint64_t>(row_bytes, 1)));
-  in.file().will_need(d->data_offset + row0 * row_bytes, rows * row_bytes);
-  return rows * row_bytes;
+  const uint64_t es = dtype_size(d->dtype), row_bytes = cols_2d(d->shape) * es;
+  return input(ref.shard).will_read_rows(
+      rows, cols * es, d->data_offset + row0 * row_bytes + col0 * es, row_bytes, max_bytes);
 }
 
 void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,

@@ -1,6 +1,5 @@
 #include "checkpoint/safetensors_source.hpp"
 
-#include <algorithm>
 #include <vector>
 
 #include "core/error.hpp"
@@ -50,9 +49,8 @@ uint64_t SafetensorsSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, 
   const HfTensor& t = c_.tensors.at(id);
   if (io_.mode == IoMode::Buffered || row0 + rows > t.rows() || col0 + cols > t.cols()) return 0;
   const uint64_t es = dtype_size(t.dtype), row_bytes = t.row_bytes();
-  rows = std::min(rows, std::max<uint64_t>(1, max_bytes / std::max<uint64_t>(row_bytes, 1)));
   return file(t.file).will_read_rows(rows, cols * es, t.offset + row0 * row_bytes + col0 * es,
-                                     row_bytes);
+                                     row_bytes, max_bytes);
 }
 
 }  // namespace mb

@@ -436,6 +436,11 @@ void TorchDistSource::for_each_cut(uint32_t id, uint64_t row0, uint64_t rows, ui
   }
 }
 
+bool TorchDistSource::column_window(const Cut& k) {
+  const size_t nd = k.psizes.size();
+  return nd >= 2 && k.box.sizes[nd - 1] < k.csizes[nd - 1];
+}
+
 template <class Span, class Window>
 void TorchDistSource::walk(const Cut& k, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                            uint64_t dst_stride, Span&& span, Window&& window) {
@@ -473,7 +478,7 @@ void TorchDistSource::walk(const Cut& k, uint64_t row0, uint64_t rows, uint64_t 
     return false;
   };
   const uint64_t run = cut.sizes[nd - 1];
-  if (nd >= 2 && run < csizes[nd - 1]) {
+  if (column_window(k)) {
     // A column window (a TP split across the chunk's rows): each stretch of
     // rows is one strided read, so that a narrow window is read in whole row
     // spans rather than piece by piece (read_window).
@@ -525,7 +530,8 @@ uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
   if (io_.mode == IoMode::Buffered) return 0;
   uint64_t asked = 0;
   for_each_cut(id, row0, rows, col0, cols, [&](const Cut& k) {
-    if (asked >= max_bytes) return;
+    // Whole rows are read directly: nothing to ask for, and no row-by-row walk.
+    if (asked >= max_bytes || !column_window(k)) return;
     const DistPiece& p = *k.piece;
     const DcpChunk& c = *k.chunk;
     const TorchTensorItem& ti = item(p.key, c);
@@ -534,14 +540,10 @@ uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
     const uint64_t base = ti.data_offset + ti.storage_offset * dtype_size(ti.dtype);
     walk(
         k, row0, rows, col0, cols, cols * dtype_size(ti.dtype),
-        [](uint64_t, uint64_t, uint64_t, uint64_t) {},  // whole rows: read directly
-        [&](uint64_t at, uint64_t wrows, uint64_t piece, uint64_t row_bytes, uint64_t lead,
-            uint64_t) {
-          if (asked >= max_bytes || column_window_direct(piece, row_bytes)) return;
-          const uint64_t n =
-              std::min(wrows, std::max<uint64_t>(1, (max_bytes - asked) / row_bytes));
-          f.file().will_need(base + at - lead, n * row_bytes);
-          asked += n * row_bytes;
+        [](uint64_t, uint64_t, uint64_t, uint64_t) {},
+        [&](uint64_t at, uint64_t wrows, uint64_t piece, uint64_t row_bytes, uint64_t, uint64_t) {
+          if (asked < max_bytes)
+            asked += f.will_read_rows(wrows, piece, base + at, row_bytes, max_bytes - asked);
         });
   });
   return asked;

@@ -105,6 +105,9 @@ class TorchDistSource : public RowSource {
   // The chunk elements [first, last) of a cut that walk() reads as whole
   // rows in one run; nullopt where it does not (build_chains).
   static std::optional<std::pair<uint64_t, uint64_t>> contiguous_in_chunk(const Cut& k);
+  // Whether walk() reads the cut as column windows (a part of each of the
+  // chunk's rows), not as whole rows.
+  static bool column_window(const Cut& k);
   // The reads of one cut, offsets from the chunk's first element and from
   // dst: span(at, bytes, dst_off, until) for runs of whole rows (merged where
   // they continue each other; `until`: where load-ahead stops), and

@@ -294,17 +294,11 @@ void InputFile::pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64
   }
   w.file_ = 0;
   w.ahead_ = 0;
-  const uint64_t span_end = offset + (rows - 1) * row_bytes + piece;
-  uint64_t asked = offset;  // the span is asked for up to here
+  PageCacheAhead ahead(file_, offset, offset + (rows - 1) * row_bytes + piece);
   for (uint64_t r0 = 0; r0 < rows; r0 += batch) {
     const uint64_t k = std::min(batch, rows - r0);
     const uint64_t at = offset + r0 * row_bytes;
-    // This batch and up to kReadAheadBytes after it on their way at once.
-    const uint64_t ask_to = std::min(span_end, at + (k - 1) * row_bytes + piece + kReadAheadBytes);
-    if (ask_to > asked) {
-      file_.will_need(asked, ask_to - asked);
-      asked = ask_to;
-    }
+    ahead.reading_to(at + (k - 1) * row_bytes + piece);
     file_.pread_exact(w.buf_.data(), (k - 1) * row_bytes + piece, at, what);
     for (uint64_t r = 0; r < k; ++r)
       std::memcpy(d + (r0 + r) * dst_stride, w.buf_.data() + r * row_bytes, piece);
@@ -312,10 +306,9 @@ void InputFile::pread_rows(void* dst, uint64_t dst_stride, uint64_t rows, uint64
 }
 
 uint64_t InputFile::will_read_rows(uint64_t rows, uint64_t piece, uint64_t offset,
-                                   uint64_t row_bytes) const {
-  if (rows == 0 || piece == 0 || !direct() || piece == row_bytes ||
-      column_window_direct(piece, row_bytes))
-    return 0;
+                                   uint64_t row_bytes, uint64_t max_bytes) const {
+  if (rows == 0 || piece == 0 || !direct() || column_window_direct(piece, row_bytes)) return 0;
+  rows = std::min(rows, std::max<uint64_t>(1, max_bytes / row_bytes));
   const uint64_t n = (rows - 1) * row_bytes + piece;
   file_.will_need(offset, n);
   return n;

@@ -17,6 +17,7 @@
 // small and strided reads, where the page cache's readahead is the better tool.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -116,6 +117,25 @@ constexpr uint64_t kDirectPieceBytes = 1 << 20;
 // ahead (docs/performance.md, sixth round). Asked only for bytes that will be
 // read: what read-ahead by guess pulled in was then read again directly.
 constexpr uint64_t kReadAheadBytes = 16 << 20;
+
+// A page-cache read of the bytes [begin, end), done front to back in pieces,
+// asked of the kernel kReadAheadBytes ahead of where it reads (File::will_need).
+// An empty range asks for nothing.
+class PageCacheAhead {
+ public:
+  PageCacheAhead(const File& f, uint64_t begin, uint64_t end) : f_(f), asked_(begin), end_(end) {}
+  // The next read ends at `upto`: it and what follows it up to
+  // kReadAheadBytes are asked for (each byte once).
+  void reading_to(uint64_t upto) {
+    const uint64_t to = std::min(end_, upto + kReadAheadBytes);
+    if (to > asked_) f_.will_need(asked_, to - asked_);
+    asked_ = std::max(asked_, to);
+  }
+
+ private:
+  const File& f_;
+  uint64_t asked_, end_;
+};
 inline bool column_window_direct(uint64_t piece, uint64_t row_bytes) {
   return piece == row_bytes || piece >= kDirectPieceBytes;
 }
@@ -162,7 +182,9 @@ class InputFile {
   // of the kernel now (File::will_need), so that they are on their way
   // while the reads before them are done. Returns the bytes asked for (0:
   // nothing of it goes through the page cache). See kReadAheadBytes.
-  uint64_t will_read_rows(uint64_t rows, uint64_t piece, uint64_t offset, uint64_t row_bytes) const;
+  // At most the rows that fit in `max_bytes` (one at least) are asked for.
+  uint64_t will_read_rows(uint64_t rows, uint64_t piece, uint64_t offset, uint64_t row_bytes,
+                          uint64_t max_bytes = UINT64_MAX) const;
 
  private:
   File file_;
