@@ -107,7 +107,7 @@ struct PlanCommand : CliCommand {
     mb::PlanRequest req{o.layout, mb::import_cast(o, model), o.strict,
                         ranks > 0 ? ranks : mpi.size()};
     const mb::ImportPlan plan = mb::build_import_plan(model, mb::read_hf_catalog(o.hf_path), req);
-    std::fputs(mb::plan_report(plan, per_shard, o.io, o.read_once).c_str(), stdout);
+    std::fputs(mb::plan_report(plan, per_shard, o.io, o.read_once, o.buffer_bytes).c_str(), stdout);
     return 0;
   }
 };

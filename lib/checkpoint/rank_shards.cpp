@@ -1,13 +1,18 @@
 #include "checkpoint/rank_shards.hpp"
 
 #include <filesystem>
+#include <map>
+#include <memory>
 #include <optional>
 
 #include "checkpoint/shard_writer.hpp"
+#include "checkpoint/side_by_side.hpp"
 #include "checkpoint/staged_output.hpp"
+#include "core/error.hpp"
 #include "core/hash.hpp"
-#include "formats/hdf5/hdf5_checksum.hpp"
 #include "core/log.hpp"
+#include "engine/read_ahead.hpp"
+#include "formats/hdf5/hdf5_checksum.hpp"
 
 namespace mb {
 namespace {
@@ -35,11 +40,78 @@ std::optional<ShardResult> kept_shard(const StagedOutput& out, const std::string
 
 }  // namespace
 
+namespace {
+
+// Writes one batch of shards side by side (side_by_side.hpp) and commits each.
+void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const StagedOutput& out,
+                 CopyEngine& engine, RowSource& source, const IoConfig& io,
+                 const RankShardCallbacks& on, std::vector<ShardResult>& results) {
+  const uint64_t read_before = source.bytes_read();
+  std::map<size_t, std::unique_ptr<ShardInProgress>> open;
+  for (size_t si : batch) {
+    const ShardPlan& s = plan.shards[si];
+    log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
+               human_bytes(static_cast<double>(s.bytes_written())));
+    open[si] = std::make_unique<ShardInProgress>(plan.layout, plan.model.architecture, s,
+                                                 out.staging(), io);
+  }
+  const std::vector<ConversionStep> steps = side_by_side_steps(plan, batch);
+  std::vector<const std::vector<Segment>*> jobs;
+  for (const ConversionStep& st : steps) jobs.push_back(&st.segments);
+  ReadAhead ahead(source, std::move(jobs));
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const ConversionStep& st = steps[i];
+    ahead.before(i);
+    const auto& [first_shard, first_k] = st.parts.front();
+    const LocalTensor& t = plan.shards[first_shard].tensors[first_k];
+    std::string what = fmt::format("{} of {}", t.name, open.at(first_shard)->file_name());
+    for (size_t p = 1; p < st.parts.size(); ++p)
+      what += fmt::format(", {}", open.at(st.parts[p].first)->file_name());
+    CopyJob job{t.name, &st.segments, st.rows, st.cols, t.source_dtype, t.dtype, t.op};
+    CopyResult r;
+    SideBySideSink side;
+    try {
+      if (st.parts.size() == 1) {
+        DatasetSink sink(open.at(first_shard)->begin(first_k));
+        r = engine.run(job, source, sink);
+      } else {
+        for (const auto& [si, k] : st.parts)
+          side.add(open.at(si)->begin(k), plan.shards[si].tensors[k].cols() * dtype_size(t.dtype));
+        job.hash = false;  // each part is hashed by the sink
+        r = engine.run(job, source, side);
+      }
+    } catch (...) {
+      rethrow_with_context(fmt::format("writing {}", what));
+    }
+    if (r.not_invertible > 0)
+      log::warn(
+          "{}: {} element(s) of {} do not survive {} and back bit-exactly in {} "
+          "(magnitudes below 0.5); the Megatron values are still correct",
+          what, r.not_invertible, t.global_name, op_name(t.op), dtype_name(t.dtype));
+    for (size_t p = 0; p < st.parts.size(); ++p) {
+      const auto& [si, k] = st.parts[p];
+      open.at(si)->end(k, st.parts.size() == 1 ? r.xxh3 : side.digest(p));
+      if (on.after_tensor) on.after_tensor();
+    }
+  }
+  // What the batch read is reported once, with its first shard.
+  bool first = true;
+  for (size_t si : batch) {
+    results.push_back(open.at(si)->commit(first ? source.bytes_read() - read_before : 0));
+    first = false;
+    open.erase(si);
+    out.mark_done(results.back().file, shard_result_to_json(results.back()).dump());
+  }
+}
+
+}  // namespace
+
 std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
                                            const StagedOutput& out, bool resume, CopyEngine& engine,
                                            RowSource& source, const IoConfig& io,
-                                           const RankShardCallbacks& on) {
+                                           size_t open_at_once, const RankShardCallbacks& on) {
   std::vector<ShardResult> results;
+  std::vector<size_t> to_write;
   for (size_t i : plan.shards_of_rank(rank)) {
     const ShardPlan& s = plan.shards[i];
     if (resume) {
@@ -50,12 +122,10 @@ std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
         continue;
       }
     }
-    log::debug("writing {} ({} tensors, {})", s.coord.file_name(), s.tensors.size(),
-               human_bytes(static_cast<double>(s.bytes_written())));
-    results.push_back(write_hdf5_shard(plan.layout, plan.model.architecture, s, out.staging(),
-                                       engine, source, io, on.after_tensor));
-    out.mark_done(results.back().file, shard_result_to_json(results.back()).dump());
+    to_write.push_back(i);
   }
+  for (const auto& batch : shard_batches(plan, to_write, open_at_once))
+    write_batch(plan, batch, out, engine, source, io, on, results);
   return results;
 }
 

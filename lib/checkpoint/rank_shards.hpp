@@ -1,7 +1,8 @@
 // One rank's HDF5 shards of a plan, written into a staged output, each marked
 // done as it is committed; with resume, the shards an interrupted run of the
 // same job committed are kept when their bytes still match. Shared by import
-// and reshard (both write the shards of an ImportPlan).
+// and reshard (both write the shards of an ImportPlan). The shards are written
+// side by side, `open_at_once` at a time (shards_open_at_once, side_by_side.hpp).
 #pragma once
 
 #include <functional>
@@ -24,6 +25,6 @@ struct RankShardCallbacks {
 std::vector<ShardResult> write_rank_shards(const ImportPlan& plan, int rank,
                                            const StagedOutput& out, bool resume, CopyEngine& engine,
                                            RowSource& source, const IoConfig& io,
-                                           const RankShardCallbacks& on);
+                                           size_t open_at_once, const RankShardCallbacks& on);
 
 }  // namespace mb

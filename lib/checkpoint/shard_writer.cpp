@@ -7,33 +7,17 @@
 #include "core/hash.hpp"
 #include "core/log.hpp"
 #include "dist/mpi_context.hpp"
-#include "engine/read_ahead.hpp"
 #include "formats/hdf5/hdf5_checksum.hpp"
-#include "formats/hdf5/hdf5_shard.hpp"
 
 namespace mb {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-namespace {
-class Hdf5DatasetSink : public RowSink {
- public:
-  explicit Hdf5DatasetSink(Hdf5ShardWriter& w) : w_(w) {}
-  void write(uint64_t row0, uint64_t rows, const void* data) override {
-    w_.write_rows(row0, rows, data);
-  }
-
- private:
-  Hdf5ShardWriter& w_;
-};
-}  // namespace
-
-ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& architecture,
-                             const ShardPlan& shard, const fs::path& dir, CopyEngine& engine,
-                             RowSource& source, const IoConfig& io,
-                             const std::function<void()>& on_tensor) {
-  const std::string name = shard.coord.file_name();
-  const fs::path tmp = dir / (name + ".tmp"), final_path = dir / name;
+ShardInProgress::ShardInProgress(const ParallelLayout& layout, const std::string& architecture,
+                                 const ShardPlan& shard, const fs::path& dir, const IoConfig& io)
+    : shard_(shard), name_(shard.coord.file_name()) {
+  tmp_ = dir / (name_ + ".tmp");
+  final_ = dir / name_;
   ShardFileInfo info;
   info.tp_rank = shard.coord.tp;
   info.pp_rank = shard.coord.pp;
@@ -45,52 +29,58 @@ ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& ar
   info.etp_size = layout.etp;
   info.extra["architecture"] = architecture;
   info.extra["megabridge_version"] = MEGABRIDGE_VERSION;
+  result_.coord = shard.coord;
+  result_.file = name_;
+  w_ = std::make_unique<Hdf5ShardWriter>(tmp_, info, io);
+}
 
-  ShardResult result;
-  result.coord = shard.coord;
-  result.file = name;
-  const uint64_t read_before = source.bytes_read();
-  std::map<std::string, uint64_t> written;  // each dataset's xxh3, from the bytes as written
+Hdf5ShardWriter& ShardInProgress::begin(size_t k) {
+  const LocalTensor& t = shard_.tensors.at(k);
+  MB_CHECK(k == result_.tensors.size(), "internal: {}: dataset {} begun after {} of them", name_,
+           t.name, result_.tensors.size());
+  w_->begin_dataset({t.name, t.global_name, t.shape, t.global_shape, t.dtype, {}});
+  return *w_;
+}
+
+void ShardInProgress::end(size_t k, uint64_t xxh3) {
+  const LocalTensor& t = shard_.tensors.at(k);
+  w_->end_dataset(hash_hex(xxh3));
+  result_.tensors.push_back({t.name, hash_hex(xxh3)});
+  written_[t.name] = xxh3;
+}
+
+ShardResult ShardInProgress::commit(uint64_t bytes_read) {
+  MB_CHECK(result_.tensors.size() == shard_.tensors.size(),
+           "internal: {} committed with {} of its {} datasets", name_, result_.tensors.size(),
+           shard_.tensors.size());
+  w_->close();
+  w_.reset();
   {
-    Hdf5ShardWriter w(tmp, info, io);
-    Hdf5DatasetSink sink(w);
-    std::vector<const std::vector<Segment>*> jobs;
-    for (const LocalTensor& t : shard.tensors) jobs.push_back(&t.segments);
-    ReadAhead ahead(source, std::move(jobs));
-    for (size_t k = 0; k < shard.tensors.size(); ++k) {
-      const LocalTensor& t = shard.tensors[k];
-      ahead.before(k);
-      w.begin_dataset({t.name, t.global_name, t.shape, t.global_shape, t.dtype, {}});
-      CopyJob job{t.name, &t.segments, t.rows(), t.cols(), t.source_dtype, t.dtype, t.op};
-      CopyResult r;
-      try {
-        r = engine.run(job, source, sink);
-      } catch (...) {
-        rethrow_with_context(fmt::format("writing {} of {}", t.name, name));
-      }
-      if (r.not_invertible > 0)
-        log::warn("{}: {} element(s) of {} do not survive {} and back bit-exactly in {} "
-                  "(magnitudes below 0.5); the Megatron values are still correct",
-                  name, r.not_invertible, t.global_name, op_name(t.op), dtype_name(t.dtype));
-      w.end_dataset(hash_hex(r.xxh3));
-      result.tensors.push_back({t.name, hash_hex(r.xxh3)});
-      written[t.name] = r.xxh3;
-      if (on_tensor) on_tensor();
-    }
-    w.close();
-  }
-  {
-    File f(tmp, File::Mode::ReadWrite);
+    File f(tmp_, File::Mode::ReadWrite);
     f.fsync();
   }
   std::error_code ec;
-  fs::rename(tmp, final_path, ec);
-  MB_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), final_path.string(), ec.message());
-  result.bytes = fs::file_size(final_path);
-  result.xxh3 = hash_hex(hdf5_file_checksum(final_path, written).digest);
-  result.checksum = kHdf5RegionChecksum;
-  result.bytes_read = source.bytes_read() - read_before;
-  return result;
+  fs::rename(tmp_, final_, ec);
+  MB_CHECK(!ec, "cannot rename {} to {}: {}", tmp_.string(), final_.string(), ec.message());
+  result_.bytes = fs::file_size(final_);
+  result_.xxh3 = hash_hex(hdf5_file_checksum(final_, written_).digest);
+  result_.checksum = kHdf5RegionChecksum;
+  result_.bytes_read = bytes_read;
+  return result_;
+}
+
+void SideBySideSink::add(Hdf5ShardWriter& w, uint64_t row_bytes) {
+  parts_.push_back({&w, row_bytes_, row_bytes, Hasher()});
+  row_bytes_ += row_bytes;
+}
+
+void SideBySideSink::write(uint64_t row0, uint64_t rows, const void* data) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (Part& part : parts_) {
+    for (uint64_t r = 0; r < rows; ++r)
+      part.hash.update(p + r * row_bytes_ + part.offset, part.row_bytes);
+    part.w->write_rows(row0, rows, p + part.offset, row_bytes_);
+  }
 }
 
 GatheredResults gather_shard_results(const std::vector<ShardResult>& mine, MpiContext& mpi) {

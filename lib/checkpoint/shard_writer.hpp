@@ -1,27 +1,84 @@
-// Writes one model-parallel rank's HDF5 shard from any row source (HF
+// Writes model-parallel ranks' HDF5 shards from any row source (HF
 // safetensors for import, other shards for reshard): under a temporary name,
-// fsynced, then renamed, with its checksums reported for the manifest.
+// fsynced, then renamed, with their checksums reported for the manifest.
 #pragma once
 
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 
-#include "core/direct_io.hpp"
-#include "layout/import_plan.hpp"
-#include "engine/copy_engine.hpp"
 #include "checkpoint/manifest.hpp"
+#include "core/direct_io.hpp"
+#include "core/hash.hpp"
+#include "engine/copy_engine.hpp"
+#include "formats/hdf5/hdf5_shard.hpp"
+#include "layout/import_plan.hpp"
 
 namespace mb {
 
-// `on_tensor` is called after each tensor (progress). The data is written
-// with `io` (direct where it says so, one buffer of io.chunk_bytes), and the
-// file checksum (scheme kHdf5RegionChecksum) is taken from the tensors'
-// checksums as written plus the metadata read back: the data is not re-read.
-ShardResult write_hdf5_shard(const ParallelLayout& layout, const std::string& architecture,
-                             const ShardPlan& shard, const std::filesystem::path& dir,
-                             CopyEngine& engine, RowSource& source, const IoConfig& io,
-                             const std::function<void()>& on_tensor = {});
+// One HDF5 shard being written, under a temporary name: its datasets in the
+// plan's order, each begun, written by a copy engine (a sink of its own, or
+// side by side with other shards' datasets through SideBySideSink) and ended
+// with the checksum of its bytes as written; then fsynced and renamed by
+// commit(), which reports the checksums for the manifest. The file checksum
+// (scheme kHdf5RegionChecksum) is taken from the tensors' checksums plus the
+// metadata read back: the data is not re-read. Data is written with `io`
+// (direct where it says so, two write-behind buffers of io.chunk_bytes).
+class ShardInProgress {
+ public:
+  ShardInProgress(const ParallelLayout& layout, const std::string& architecture,
+                  const ShardPlan& shard, const std::filesystem::path& dir, const IoConfig& io);
+  // Creates dataset `k` (the next one) and returns its writer.
+  Hdf5ShardWriter& begin(size_t k);
+  void end(size_t k, uint64_t xxh3);
+  // Closes, fsyncs and renames the file; `bytes_read` is what its source read.
+  ShardResult commit(uint64_t bytes_read);
+  const std::string& file_name() const { return name_; }
+  const ShardPlan& plan() const { return shard_; }
+
+ private:
+  const ShardPlan& shard_;
+  std::string name_;
+  std::filesystem::path tmp_, final_;
+  std::unique_ptr<Hdf5ShardWriter> w_;
+  ShardResult result_;
+  std::map<std::string, uint64_t> written_;  // each dataset's xxh3, from the bytes as written
+};
+
+// Hands each block of a job to one dataset of one shard, which hashes the rows on the
+// writing thread beside the write.
+class DatasetSink : public RowSink {
+ public:
+  explicit DatasetSink(Hdf5ShardWriter& w) : w_(w) {}
+  void write(uint64_t row0, uint64_t rows, const void* data) override {
+    w_.write_rows(row0, rows, data);
+  }
+
+ private:
+  Hdf5ShardWriter& w_;
+};
+
+// Hands each block of a side-by-side job (ConversionStep) to the shards' datasets: part
+// i takes columns [col0_i, col0_i + cols_i) of every row, and is hashed as it is written
+// (the job's own hash, of the joined rows, is not any dataset's).
+class SideBySideSink : public RowSink {
+ public:
+  // Parts in column order, each a dataset begun, with its width in bytes.
+  void add(Hdf5ShardWriter& w, uint64_t row_bytes);
+  void write(uint64_t row0, uint64_t rows, const void* data) override;
+  uint64_t digest(size_t part) const { return parts_[part].hash.digest(); }
+
+ private:
+  struct Part {
+    Hdf5ShardWriter* w;
+    uint64_t offset, row_bytes;  // within a joined row
+    Hasher hash;
+  };
+  std::vector<Part> parts_;
+  uint64_t row_bytes_ = 0;  // of a joined row
+};
 
 // Collects every rank's shard results on rank 0 (empty elsewhere), plus the
 // largest peak RSS of any rank.

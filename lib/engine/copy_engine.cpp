@@ -109,8 +109,8 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
       // about 6%), and here the hash runs while the next block is read.
       wait_writing();
       report_block(n * ds);
-      auto hash_and_write = [&sink, &hash, b0, b1, out, bytes = n * ds] {
-        hash.update(out, bytes);
+      auto hash_and_write = [&sink, &hash, b0, b1, out, bytes = n * ds, on = job.hash] {
+        if (on) hash.update(out, bytes);
         sink.write(b0, b1 - b0, out);
       };
       bool async = n * ds >= kAsyncWriteBytes && b1 < job.rows;
@@ -133,7 +133,7 @@ CopyResult CopyEngine::run(const CopyJob& job, RowSource& src, RowSink& sink) {
     if (writing.valid()) writing.wait();  // never leave a thread writing from our buffer
     throw;
   }
-  result.xxh3 = hash.digest();
+  if (job.hash) result.xxh3 = hash.digest();
   return result;
 }
 

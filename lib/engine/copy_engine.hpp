@@ -49,6 +49,9 @@ struct CopyJob {
   DType src_dtype = DType::BF16;
   DType dst_dtype = DType::BF16;
   ElementOp op = ElementOp::None;
+  // Whether to hash the destination (CopyResult::xxh3); a sink that hashes
+  // its own parts (shards written side by side) turns it off.
+  bool hash = true;
 };
 
 // Every destination element must come from exactly one segment; the plan
@@ -57,7 +60,7 @@ struct CopyJob {
 void check_segments_cover(const CopyJob& job);
 
 struct CopyResult {
-  uint64_t xxh3 = 0;          // of the destination bytes in row order
+  uint64_t xxh3 = 0;            // of the destination bytes in row order (0 if not asked)
   uint64_t not_invertible = 0;  // elements whose op would not round-trip (see elementwise.hpp)
 };
 

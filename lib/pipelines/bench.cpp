@@ -420,7 +420,8 @@ std::string planned_reads_line(const BenchOptions& opt, const BenchPaths& p, int
   const ModelConfig model = load_model_config(p.hf / "config.json");
   const ImportPlan plan = build_import_plan(model, read_hf_catalog(p.hf),
                                             PlanRequest{opt.layout, std::nullopt, true, ranks});
-  const StorageReads want = import_storage_reads(plan, opt.io);
+  const StorageReads want =
+      import_storage_reads(plan, opt.io, opt.format == "hdf5" ? opt.buffer_bytes : 0);
   // torch_dist stores every element once, written by one rank, so its
   // import reads each HF byte once, like read-once.
   const bool once = opt.read_once || opt.format == "torch_dist";

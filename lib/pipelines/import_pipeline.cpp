@@ -11,6 +11,7 @@
 #include "checkpoint/rank_shards.hpp"
 #include "checkpoint/safetensors_source.hpp"
 #include "checkpoint/shard_writer.hpp"
+#include "checkpoint/side_by_side.hpp"
 #include "checkpoint/staged_output.hpp"
 #include "checkpoint/torch_dist_output.hpp"
 #include "core/error.hpp"
@@ -144,12 +145,19 @@ class ImportStep : public Step {
 
   void execute(MpiContext& mpi) override {
     // The direct I/O buffers (a read bounce buffer; for torch_dist an append
-    // buffer, for HDF5 the two buffers of its write-behind; none for the
-    // output in read-once mode) come out of the configured buffer.
+    // buffer, for HDF5 the two buffers of the write-behind of each shard open
+    // at once; none for the output in read-once mode) come out of the
+    // configured buffer.
     const IoConfig io = io_config(opt_.io, opt_.buffer_bytes);
     const bool direct = opt_.io != IoMode::Buffered;
+    open_at_once_ = shards_open_at_once(opt_.buffer_bytes, plan_.shards_of_rank(mpi.rank()).size());
+    const int hdf5_buffers =
+        1 + 2 * static_cast<int>(largest_batch(plan_, mpi.rank(), opt_.buffer_bytes));
     const auto engine = make_copy_engine(
-        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct ? 0 : opt_.read_once ? 1 : dist_ ? 2 : 3));
+        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct          ? 0
+                                                            : opt_.read_once ? 1
+                                                            : dist_          ? 2
+                                                                             : hdf5_buffers));
     engine->allow_overflow(opt_.allow_overflow);
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     SafetensorsSource source(plan_.catalog, io);
@@ -255,8 +263,9 @@ class ImportStep : public Step {
   }
 
   void write_shards(MpiContext& mpi, CopyEngine& engine, SafetensorsSource& source) {
-    results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, engine, source,
-                                 io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] { after_tensor(mpi); }});
+    results_ = write_rank_shards(
+        plan_, mpi.rank(), out_, opt_.resume, engine, source, io_config(opt_.io, opt_.buffer_bytes),
+        open_at_once_, {[&](uint64_t b) { progress_->add_bytes(b); }, [&] { after_tensor(mpi); }});
   }
 
   Listing list_distcp() const {
@@ -333,6 +342,7 @@ class ImportStep : public Step {
   ImportPlan plan_;
   std::optional<Progress> progress_;
   std::vector<ShardResult> results_;
+  size_t open_at_once_ = 1;  // HDF5 shards written side by side
   DistFileResult dist_result_;
   uint64_t read_once_storage_ = 0, read_once_total_ = 0;
   GatheredResults gathered_;

@@ -7,6 +7,7 @@
 #include <set>
 #include <vector>
 
+#include "checkpoint/side_by_side.hpp"
 #include "engine/read_once.hpp"
 
 namespace mb {
@@ -36,29 +37,41 @@ uint64_t union_rows(std::vector<std::pair<uint64_t, uint64_t>> v) {
 }
 }  // namespace
 
-StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t align) {
+StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t side_by_side_buffer,
+                                  uint64_t align) {
   StorageReads out;
+  // Each rank's reads, job by job, as it will make them.
+  std::vector<std::pair<int, const std::vector<Segment>*>> jobs;
+  std::vector<std::vector<ConversionStep>> steps;
+  if (side_by_side_buffer > 0) {
+    for (int r = 0; r < plan.world_size; ++r)
+      steps.push_back(rank_steps(plan, r, side_by_side_buffer));
+    for (int r = 0; r < plan.world_size; ++r)
+      for (const auto& st : steps[static_cast<size_t>(r)]) jobs.push_back({r, &st.segments});
+  } else {
+    for (const auto& s : plan.shards)
+      for (const auto& t : s.tensors) jobs.push_back({s.rank, &t.segments});
+  }
   // Page-cache reads per HF tensor: the row intervals of every rank, and of
   // each rank alone (SafetensorsSource reads narrow windows in whole row spans).
   std::map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>> node;
   std::map<std::pair<int, uint32_t>, std::vector<std::pair<uint64_t, uint64_t>>> per_rank;
-  for (const auto& s : plan.shards)
-    for (const auto& t : s.tensors)
-      for (const auto& g : t.segments) {
-        const HfTensor& h = plan.catalog.tensors.at(g.src);
-        const uint64_t es = dtype_size(h.dtype), rb = h.row_bytes(), piece = g.cols * es;
-        const uint64_t base = h.offset + g.src_row * rb + g.src_col * es;
-        const bool full = piece == rb;
-        if (mode != IoMode::Buffered && full) {
-          out.direct += cover(base, base + g.rows * rb, align);
-        } else if (mode != IoMode::Buffered && column_window_direct(piece, rb)) {
-          for (uint64_t r = 0; r < g.rows; ++r)
-            out.direct += cover(base + r * rb, base + r * rb + piece, align);
-        } else {
-          node[g.src].push_back({g.src_row, g.src_row + g.rows});
-          per_rank[{s.rank, g.src}].push_back({g.src_row, g.src_row + g.rows});
-        }
+  for (const auto& [rank, segments] : jobs)
+    for (const auto& g : *segments) {
+      const HfTensor& h = plan.catalog.tensors.at(g.src);
+      const uint64_t es = dtype_size(h.dtype), rb = h.row_bytes(), piece = g.cols * es;
+      const uint64_t base = h.offset + g.src_row * rb + g.src_col * es;
+      const bool full = piece == rb;
+      if (mode != IoMode::Buffered && full) {
+        out.direct += cover(base, base + g.rows * rb, align);
+      } else if (mode != IoMode::Buffered && column_window_direct(piece, rb)) {
+        for (uint64_t r = 0; r < g.rows; ++r)
+          out.direct += cover(base + r * rb, base + r * rb + piece, align);
+      } else {
+        node[g.src].push_back({g.src_row, g.src_row + g.rows});
+        per_rank[{rank, g.src}].push_back({g.src_row, g.src_row + g.rows});
       }
+    }
   for (auto& [id, v] : node)
     out.page_cache_one_node += union_rows(v) * plan.catalog.tensors.at(id).row_bytes();
   for (auto& [key, v] : per_rank)
@@ -66,7 +79,8 @@ StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t 
   return out;
 }
 
-std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, bool read_once) {
+std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, bool read_once,
+                        uint64_t buffer_bytes) {
   std::string out;
   const ModelConfig& m = plan.model;
   out +=
@@ -124,7 +138,7 @@ std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, boo
     out += fmt::format("storage    --read-once: {} ({:.3f}x the checkpoint), each byte once\n",
                        gib(read_once_read_bytes(plan)), x(read_once_read_bytes(plan)));
   } else {
-    const StorageReads r = import_storage_reads(plan, mode);
+    const StorageReads r = import_storage_reads(plan, mode, buffer_bytes);
     out += fmt::format(
         "storage    --io {}: {} ({:.3f}x the checkpoint) with the ranks on one node, {} ({:.3f}x) "
         "with a node per rank; {} direct, {} through the page cache (once per node)\n",

@@ -21,9 +21,14 @@ struct StorageReads {
   uint64_t one_node() const { return direct + page_cache_one_node; }
   uint64_t node_per_rank() const { return direct + page_cache_node_per_rank; }
 };
-StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t align = 4096);
+// `side_by_side_buffer`: the conversion buffer of an HDF5 import, whose ranks
+// write their shards side by side (side_by_side.hpp: column windows of the
+// same rows joined into whole rows); 0 for shards written one at a time
+// (torch_dist output).
+StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t side_by_side_buffer,
+                                  uint64_t align = 4096);
 
 std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode = IoMode::Auto,
-                        bool read_once = false);
+                        bool read_once = false, uint64_t buffer_bytes = 256ull << 20);
 
 }  // namespace mb

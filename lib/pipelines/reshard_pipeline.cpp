@@ -9,6 +9,7 @@
 #include "checkpoint/megatron_checkpoint.hpp"
 #include "checkpoint/rank_shards.hpp"
 #include "checkpoint/shard_writer.hpp"
+#include "checkpoint/side_by_side.hpp"
 #include "checkpoint/staged_output.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -130,9 +131,15 @@ class ReshardStep : public Step {
     // A separate checksum pass (not streamed) shares the page cache with the reads.
     const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
     // A source read directly takes its two windows (ReadWindows) out of the
-    // buffer, the direct writes of the output their two write-behind buffers.
+    // buffer, the direct writes of the output two write-behind buffers for
+    // each shard open at once (side_by_side.hpp).
+    const size_t open_at_once =
+        shards_open_at_once(opt_.buffer_bytes, plan_.shards_of_rank(mpi.rank()).size());
     const int io_buffers =
-        (src_io != IoMode::Buffered ? 2 : 0) + (opt_.io != IoMode::Buffered ? 2 : 0);
+        (src_io != IoMode::Buffered ? 2 : 0) +
+        (opt_.io != IoMode::Buffered
+             ? 2 * static_cast<int>(largest_batch(plan_, mpi.rank(), opt_.buffer_bytes))
+             : 0);
     const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     // Checked as read: each source's bytes (an HDF5 tensor's rows, a torch_dist
@@ -141,15 +148,21 @@ class ReshardStep : public Step {
     // from every rank's reads. The relay is constructed on every rank
     // (collective), destroyed after the source.
     HashRelay relay(mpi);
+    // Every rank's reads, as each will make them: its shards side by side.
     std::vector<SourceReads> reads;
+    std::vector<std::vector<ConversionStep>> steps;
     if (streamed_) {
-      for (const ShardPlan& s : plan_.shards)
-        for (const LocalTensor& t : s.tensors) reads.push_back({s.rank, &t.segments});
+      for (int r = 0; r < mpi.size(); ++r) steps.push_back(rank_steps(plan_, r, opt_.buffer_bytes));
+      for (int r = 0; r < mpi.size(); ++r)
+        for (const ConversionStep& st : steps[static_cast<size_t>(r)])
+          reads.push_back({r, &st.segments});
     }
     const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes),
                                           streamed_, {&relay, &reads});
     results_ = write_rank_shards(plan_, mpi.rank(), out_, opt_.resume, *engine, *source,
-                                 io_config(opt_.io, opt_.buffer_bytes), {[&](uint64_t b) { progress_->add_bytes(b); }, [&] {
+                                 io_config(opt_.io, opt_.buffer_bytes), open_at_once,
+                                 {[&](uint64_t b) { progress_->add_bytes(b); },
+                                  [&] {
                                     progress_->add_tensor();
                                     test_hook_after_tensor(mpi.rank());
                                   }});

@@ -21,6 +21,23 @@ std::vector<Segment> coalesce(std::vector<Segment> segs) {
   return out;
 }
 
+std::vector<Segment> merge_column_neighbours(const std::vector<Segment>& segs) {
+  std::vector<Segment> out;
+  for (const auto& s : segs) {
+    bool merged = false;
+    for (auto& p : out) {
+      if (p.src == s.src && p.src_row == s.src_row && p.dst_row == s.dst_row && p.rows == s.rows &&
+          p.src_col + p.cols == s.src_col && p.dst_col + p.cols == s.dst_col) {
+        p.cols += s.cols;
+        merged = true;
+        break;
+      }
+    }
+    if (!merged) out.push_back(s);
+  }
+  return out;
+}
+
 Segment invert(const Segment& s, uint32_t dst_as_src_id) {
   Segment r;
   r.src = dst_as_src_id;

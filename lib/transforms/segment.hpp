@@ -27,6 +27,12 @@ struct Segment {
 // (e.g. the gate/up halves at TP=1), so that reads become larger.
 std::vector<Segment> coalesce(std::vector<Segment> segs);
 
+// Merges segments that continue each other along the columns, in both source
+// and destination (the same rows of one source, read as column windows for
+// two shards written side by side), into one wider read. Order is kept: a
+// segment joins the first earlier one it continues.
+std::vector<Segment> merge_column_neighbours(const std::vector<Segment>& segs);
+
 // The inverse re-layout: copies destination regions back to their sources.
 // `src_id` becomes the id of the destination tensor in the inverted list.
 Segment invert(const Segment& s, uint32_t dst_as_src_id);

@@ -331,14 +331,19 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
   }
 }
 
-void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data) {
+void Hdf5ShardWriter::write_rows(uint64_t row0, uint64_t rows, const void* data, uint64_t stride) {
   // Our own file handle, not HDF5's: no HDF5 lock, so that a reshard's
   // reading thread is not held up by the writes.
   MB_CHECK(in_dataset_ && row0 == next_row_ && row0 + rows <= rows_2d(cur_.shape),
            "internal: {}: rows [{}, {}) of dataset '{}' {} written out of order (next row {})",
            path_.string(), row0, row0 + rows, cur_.name, shape_str(cur_.shape), next_row_);
   try {
-    data_->write(data, rows * row_bytes_);
+    if (stride == row_bytes_) {
+      data_->write(data, rows * row_bytes_);
+    } else {
+      const auto* p = static_cast<const unsigned char*>(data);
+      for (uint64_t r = 0; r < rows; ++r) data_->write(p + r * stride, row_bytes_);
+    }
   } catch (...) {
     rethrow_with_context(fmt::format("{}: writing rows [{}, {}) of dataset '{}'",
                                      path_.string(), row0, row0 + rows, cur_.name));

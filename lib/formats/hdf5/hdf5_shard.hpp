@@ -63,7 +63,12 @@ class Hdf5ShardWriter {
   void begin_dataset(const ShardDatasetInfo& info);
   // Writes rows [row0, row0+rows) of the 2-D view of the current dataset;
   // rows come in increasing order, each block continuing the previous one.
-  void write_rows(uint64_t row0, uint64_t rows, const void* data);
+  void write_rows(uint64_t row0, uint64_t rows, const void* data) {
+    write_rows(row0, rows, data, row_bytes_);
+  }
+  // The same, the rows `stride` bytes apart in `data` (this dataset's columns
+  // of a wider block: shards written side by side).
+  void write_rows(uint64_t row0, uint64_t rows, const void* data, uint64_t stride);
   // Stores the checksum attribute and closes the dataset.
   void end_dataset(const std::string& xxh3);
   void close();

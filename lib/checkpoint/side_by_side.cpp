@@ -1,0 +1,123 @@
+#include "checkpoint/side_by_side.hpp"
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <set>
+#include <tuple>
+
+#include "core/direct_io.hpp"
+
+namespace mb {
+
+size_t shards_open_at_once(uint64_t buffer_bytes, size_t shards_of_rank) {
+  const uint64_t per_shard = 2 * direct_io_chunk_bytes(buffer_bytes);
+  const uint64_t fit = buffer_bytes / 4 / std::max<uint64_t>(per_shard, 1);
+  return std::clamp<size_t>(std::min<uint64_t>(fit, shards_of_rank), 1, 8);
+}
+
+std::vector<std::vector<size_t>> shard_batches(const ImportPlan& plan,
+                                               const std::vector<size_t>& shards,
+                                               size_t open_at_once) {
+  std::vector<std::vector<size_t>> out;
+  std::map<std::pair<uint64_t, uint64_t>, size_t> filling;  // (pp, ep) -> its open batch
+  const size_t n = std::max<size_t>(open_at_once, 1);
+  for (size_t si : shards) {
+    const ShardCoord& c = plan.shards.at(si).coord;
+    auto it = filling.find({c.pp, c.ep});
+    if (it == filling.end() || out[it->second].size() >= n) {
+      filling[{c.pp, c.ep}] = out.size();
+      out.push_back({si});
+    } else {
+      out[it->second].push_back(si);
+    }
+  }
+  return out;
+}
+
+namespace {
+
+ConversionStep single(const ImportPlan& plan, size_t shard, size_t k) {
+  const LocalTensor& t = plan.shards[shard].tensors[k];
+  return {{{shard, k}}, t.segments, t.rows(), t.cols()};
+}
+
+// The parts joined, if that reads every source tensor of theirs through one
+// merged segment; else nothing.
+std::optional<ConversionStep> joined(const ImportPlan& plan,
+                                     const std::vector<std::pair<size_t, size_t>>& parts) {
+  ConversionStep step;
+  step.parts = parts;
+  std::vector<Segment> all;
+  for (const auto& [si, k] : parts) {
+    const LocalTensor& t = plan.shards[si].tensors[k];
+    for (Segment g : t.segments) {
+      g.dst_col += step.cols;
+      all.push_back(g);
+    }
+    step.rows = t.rows();
+    step.cols += t.cols();
+  }
+  step.segments = coalesce(merge_column_neighbours(all));
+  if (step.segments.size() >= all.size()) return std::nullopt;  // nothing read once more
+  std::set<uint32_t> sources;
+  for (const Segment& g : step.segments)
+    if (!sources.insert(g.src).second) return std::nullopt;  // one source read in pieces
+  return step;
+}
+
+}  // namespace
+
+std::vector<ConversionStep> side_by_side_steps(const ImportPlan& plan,
+                                               const std::vector<size_t>& batch) {
+  std::vector<ConversionStep> steps;
+  size_t most = 0;
+  for (size_t si : batch) most = std::max(most, plan.shards[si].tensors.size());
+  for (size_t k = 0; k < most; ++k) {
+    // The batch's k-th tensors, grouped by what a joined job must share, each
+    // group in batch order; groups in the order of their first member.
+    std::vector<std::vector<std::pair<size_t, size_t>>> groups;
+    std::vector<std::tuple<uint64_t, DType, DType, ElementOp>> keys;
+    for (size_t si : batch) {
+      if (k >= plan.shards[si].tensors.size()) continue;
+      const LocalTensor& t = plan.shards[si].tensors[k];
+      const auto key = std::make_tuple(t.rows(), t.source_dtype, t.dtype, t.op);
+      const auto it = std::find(keys.begin(), keys.end(), key);
+      if (it == keys.end()) {
+        keys.push_back(key);
+        groups.push_back({{si, k}});
+      } else {
+        groups[static_cast<size_t>(it - keys.begin())].push_back({si, k});
+      }
+    }
+    for (const auto& g : groups) {
+      std::optional<ConversionStep> j;
+      if (g.size() > 1) j = joined(plan, g);
+      if (j) {
+        steps.push_back(std::move(*j));
+      } else {
+        for (const auto& [si, kk] : g) steps.push_back(single(plan, si, kk));
+      }
+    }
+  }
+  return steps;
+}
+
+size_t largest_batch(const ImportPlan& plan, int rank, uint64_t buffer_bytes) {
+  const std::vector<size_t> mine = plan.shards_of_rank(rank);
+  size_t most = 1;
+  for (const auto& b : shard_batches(plan, mine, shards_open_at_once(buffer_bytes, mine.size())))
+    most = std::max(most, b.size());
+  return most;
+}
+
+std::vector<ConversionStep> rank_steps(const ImportPlan& plan, int rank, uint64_t buffer_bytes) {
+  const std::vector<size_t> mine = plan.shards_of_rank(rank);
+  std::vector<ConversionStep> out;
+  for (const auto& batch :
+       shard_batches(plan, mine, shards_open_at_once(buffer_bytes, mine.size())))
+    for (auto& s : side_by_side_steps(plan, batch)) out.push_back(std::move(s));
+  return out;
+}
+
+}  // namespace mb
