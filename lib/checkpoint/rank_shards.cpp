@@ -38,10 +38,6 @@ std::optional<ShardResult> kept_shard(const StagedOutput& out, const std::string
   return r;
 }
 
-}  // namespace
-
-namespace {
-
 // Writes one batch of shards side by side (side_by_side.hpp) and commits each.
 void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const StagedOutput& out,
                  CopyEngine& engine, RowSource& source, const IoConfig& io,

@@ -35,20 +35,6 @@ TEST(Segments, MergeColumnNeighboursJoinsOnlyWindowsOfTheSameRows) {
   EXPECT_EQ(m[3], segs[4]);
 }
 
-namespace {
-bool has(const std::string& s, const char* part) {
-  return s.find(part) != std::string::npos;
-}
-// The spec's row-parallel HF weights (see test_storage_reads.cpp): split by
-// columns at TP > 1, so each TP shard holds a column window of every row.
-bool row_parallel(const std::string& n) {
-  if (has(n, "experts.down_proj")) return true;
-  if (n.size() < 7 || n.compare(n.size() - 7, 7, ".weight") != 0) return false;
-  if (has(n, "visual.")) return has(n, ".attn.proj.") || has(n, ".linear_fc2.");
-  return has(n, "o_proj.") || has(n, "down_proj.") || has(n, "out_proj.");
-}
-}  // namespace
-
 TEST(SideBySide, OneRankAtTp2ReadsEveryRowParallelRowOnceAndWholeKeepingEachFilesOrder) {
   const ModelConfig m = small("qwen3.5-35b-a3b.json", 2);
   const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
@@ -81,7 +67,7 @@ TEST(SideBySide, OneRankAtTp2ReadsEveryRowParallelRowOnceAndWholeKeepingEachFile
   // row) is read once, in whole rows: one job for both shards.
   size_t checked = 0;
   for (uint32_t x = 0; x < c.tensors.size(); ++x) {
-    if (!row_parallel(c.tensors[x].name)) continue;
+    if (!hf_row_parallel(c.tensors[x].name)) continue;
     const uint64_t elems = c.tensors[x].nbytes / dtype_size(c.tensors[x].dtype);
     EXPECT_EQ(read_elems[x], elems) << c.tensors[x].name;
     EXPECT_TRUE(whole_rows[x]) << c.tensors[x].name;

@@ -12,22 +12,6 @@
 
 using namespace mb;
 
-namespace {
-bool has(const std::string& s, const char* part) {
-  return s.find(part) != std::string::npos;
-}
-// Row-parallel weights (split by columns at TP > 1): attention and GDN output
-// projections, the MLPs' down projections (dense, shared expert, experts), the
-// vision blocks' attention projection and second MLP layer, and the second
-// layer of the vision merger (Megatron's projector MLP: RowParallelLinear).
-bool row_parallel(const std::string& n) {
-  if (has(n, "experts.down_proj")) return true;  // fused [E, H, I]
-  if (n.size() < 7 || n.compare(n.size() - 7, 7, ".weight") != 0) return false;
-  if (has(n, "visual.")) return has(n, ".attn.proj.") || has(n, ".linear_fc2.");
-  return has(n, "o_proj.") || has(n, "down_proj.") || has(n, "out_proj.");
-}
-}  // namespace
-
 TEST(StorageReads, NarrowColumnWindowsAreReadOncePerNode) {
   const ModelConfig m = small("qwen3.5-35b-a3b.json", 4);
   const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
@@ -37,7 +21,7 @@ TEST(StorageReads, NarrowColumnWindowsAreReadOncePerNode) {
   uint64_t total = 0, narrow = 0;
   for (const auto& t : c.tensors) {
     total += t.nbytes;
-    if (row_parallel(t.name)) narrow += t.nbytes;
+    if (hf_row_parallel(t.name)) narrow += t.nbytes;
   }
   ASSERT_GT(narrow, total / 10);  // the expert down_proj alone is a third of the experts
   const StorageReads auto_reads = import_storage_reads(p, IoMode::Auto, 256ull << 20);
@@ -80,7 +64,7 @@ TEST(StorageReads, OneRankWritingTp2ShardsSideBySideReadsWholeRowsDirectly) {
   uint64_t total = 0, narrow = 0;
   for (const auto& t : c.tensors) {
     total += t.nbytes;
-    if (row_parallel(t.name)) narrow += t.nbytes;
+    if (hf_row_parallel(t.name)) narrow += t.nbytes;
   }
   // HDF5 output: the rank's two shards side by side, so the row-parallel
   // tensors' halves are one read of whole rows; nothing goes through the page cache.

@@ -21,6 +21,20 @@
 
 namespace mb {
 
+// The spec's row-parallel HF weights (split by columns at TP > 1, so each TP
+// shard holds a column window of every row), from the names alone: attention
+// and GDN output projections, the MLPs' down projections (dense, shared
+// expert, experts), the vision blocks' attention projection and second MLP
+// layer, and the second layer of the vision merger (Megatron's projector MLP:
+// RowParallelLinear).
+inline bool hf_row_parallel(const std::string& n) {
+  const auto has = [&n](const char* part) { return n.find(part) != std::string::npos; };
+  if (has("experts.down_proj")) return true;  // fused [E, H, I]
+  if (n.size() < 7 || n.compare(n.size() - 7, 7, ".weight") != 0) return false;
+  if (has("visual.")) return has(".attn.proj.") || has(".linear_fc2.");
+  return has("o_proj.") || has("down_proj.") || has("out_proj.");
+}
+
 struct TempDir {
   std::filesystem::path path;
   TempDir() {
