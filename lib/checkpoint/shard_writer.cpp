@@ -13,25 +13,31 @@ namespace mb {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-ShardInProgress::ShardInProgress(const ParallelLayout& layout, const std::string& architecture,
-                                 const ShardPlan& shard, const fs::path& dir, const IoConfig& io)
-    : shard_(shard), name_(shard.coord.file_name()) {
-  tmp_ = dir / (name_ + ".tmp");
-  final_ = dir / name_;
+ShardFileInfo shard_file_info(const ParallelLayout& layout, const std::string& architecture,
+                              const ShardCoord& coord) {
   ShardFileInfo info;
-  info.tp_rank = shard.coord.tp;
-  info.pp_rank = shard.coord.pp;
-  info.ep_rank = shard.coord.ep;
-  info.etp_rank = shard.coord.etp_rank(layout);
+  info.tp_rank = coord.tp;
+  info.pp_rank = coord.pp;
+  info.ep_rank = coord.ep;
+  info.etp_rank = coord.etp_rank(layout);
   info.tp_size = layout.tp;
   info.pp_size = layout.pp;
   info.ep_size = layout.ep;
   info.etp_size = layout.etp;
   info.extra["architecture"] = architecture;
   info.extra["megabridge_version"] = MEGABRIDGE_VERSION;
+  return info;
+}
+
+ShardInProgress::ShardInProgress(const ParallelLayout& layout, const std::string& architecture,
+                                 const ShardPlan& shard, const fs::path& dir, const IoConfig& io)
+    : shard_(shard), name_(shard.coord.file_name()) {
+  tmp_ = dir / (name_ + ".tmp");
+  final_ = dir / name_;
   result_.coord = shard.coord;
   result_.file = name_;
-  w_ = std::make_unique<Hdf5ShardWriter>(tmp_, info, io);
+  w_ = std::make_unique<Hdf5ShardWriter>(tmp_, shard_file_info(layout, architecture, shard.coord),
+                                         io);
 }
 
 Hdf5ShardWriter& ShardInProgress::begin(size_t k) {

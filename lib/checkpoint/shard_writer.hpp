@@ -18,6 +18,11 @@
 
 namespace mb {
 
+// The file attributes of a plan's shard: its place in the layout, the
+// architecture and this build's version (every HDF5 writer of shards uses it).
+ShardFileInfo shard_file_info(const ParallelLayout& layout, const std::string& architecture,
+                              const ShardCoord& coord);
+
 // One HDF5 shard being written, under a temporary name: its datasets in the
 // plan's order, each begun, written by a copy engine (a sink of its own, or
 // side by side with other shards' datasets through SideBySideSink) and ended

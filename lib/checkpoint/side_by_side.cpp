@@ -120,4 +120,12 @@ std::vector<ConversionStep> rank_steps(const ImportPlan& plan, int rank, uint64_
   return out;
 }
 
+std::vector<std::pair<int, ConversionStep>> every_rank_steps(const ImportPlan& plan,
+                                                             uint64_t buffer_bytes) {
+  std::vector<std::pair<int, ConversionStep>> out;
+  for (int r = 0; r < plan.world_size; ++r)
+    for (auto& s : rank_steps(plan, r, buffer_bytes)) out.emplace_back(r, std::move(s));
+  return out;
+}
+
 }  // namespace mb

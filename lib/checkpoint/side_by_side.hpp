@@ -66,4 +66,8 @@ std::vector<ConversionStep> side_by_side_steps(const ImportPlan& plan,
 // what a source that checks checksums as it reads plans its reads from.
 std::vector<ConversionStep> rank_steps(const ImportPlan& plan, int rank, uint64_t buffer_bytes);
 
+// The same for every rank of the plan: (rank, step), rank after rank.
+std::vector<std::pair<int, ConversionStep>> every_rank_steps(const ImportPlan& plan,
+                                                             uint64_t buffer_bytes);
+
 }  // namespace mb

@@ -6,17 +6,18 @@
 #include <memory>
 #include <numeric>
 
+#include "checkpoint/safetensors_source.hpp"
+#include "checkpoint/shard_writer.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
-#include "formats/hdf5/hdf5_checksum.hpp"
 #include "core/log.hpp"
 #include "dist/forwarder.hpp"
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
+#include "formats/hdf5/hdf5_checksum.hpp"
 #include "formats/hdf5/hdf5_shard.hpp"
-#include "checkpoint/safetensors_source.hpp"
 #include "transforms/cast_overflow.hpp"
 
 namespace mb {
@@ -127,17 +128,7 @@ std::vector<ShardResult> run_read_once_hdf5(const ImportPlan& plan, MpiContext& 
   std::map<uint32_t, std::unique_ptr<Hdf5ShardUpdater>> files;
   for (size_t si : plan.shards_of_rank(me)) {
     const ShardPlan& s = plan.shards[si];
-    ShardFileInfo info;
-    info.tp_rank = s.coord.tp;
-    info.pp_rank = s.coord.pp;
-    info.ep_rank = s.coord.ep;
-    info.etp_rank = s.coord.etp_rank(plan.layout);
-    info.tp_size = plan.layout.tp;
-    info.pp_size = plan.layout.pp;
-    info.ep_size = plan.layout.ep;
-    info.etp_size = plan.layout.etp;
-    info.extra["architecture"] = plan.model.architecture;
-    info.extra["megabridge_version"] = MEGABRIDGE_VERSION;
+    const ShardFileInfo info = shard_file_info(plan.layout, plan.model.architecture, s.coord);
     std::vector<ShardDatasetInfo> ds;
     for (const LocalTensor& t : s.tensors) ds.push_back({t.name, t.global_name, t.shape, t.global_shape, t.dtype, {}});
     files[static_cast<uint32_t>(si)] = std::make_unique<Hdf5ShardUpdater>(

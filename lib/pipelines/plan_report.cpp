@@ -42,12 +42,10 @@ StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t 
   StorageReads out;
   // Each rank's reads, job by job, as it will make them.
   std::vector<std::pair<int, const std::vector<Segment>*>> jobs;
-  std::vector<std::vector<ConversionStep>> steps;
+  std::vector<std::pair<int, ConversionStep>> steps;
   if (side_by_side_buffer > 0) {
-    for (int r = 0; r < plan.world_size; ++r)
-      steps.push_back(rank_steps(plan, r, side_by_side_buffer));
-    for (int r = 0; r < plan.world_size; ++r)
-      for (const auto& st : steps[static_cast<size_t>(r)]) jobs.push_back({r, &st.segments});
+    steps = every_rank_steps(plan, side_by_side_buffer);
+    for (const auto& [r, st] : steps) jobs.push_back({r, &st.segments});
   } else {
     for (const auto& s : plan.shards)
       for (const auto& t : s.tensors) jobs.push_back({s.rank, &t.segments});

@@ -150,12 +150,10 @@ class ReshardStep : public Step {
     HashRelay relay(mpi);
     // Every rank's reads, as each will make them: its shards side by side.
     std::vector<SourceReads> reads;
-    std::vector<std::vector<ConversionStep>> steps;
+    std::vector<std::pair<int, ConversionStep>> steps;
     if (streamed_) {
-      for (int r = 0; r < mpi.size(); ++r) steps.push_back(rank_steps(plan_, r, opt_.buffer_bytes));
-      for (int r = 0; r < mpi.size(); ++r)
-        for (const ConversionStep& st : steps[static_cast<size_t>(r)])
-          reads.push_back({r, &st.segments});
+      steps = every_rank_steps(plan_, opt_.buffer_bytes);
+      for (const auto& [r, st] : steps) reads.push_back({r, &st.segments});
     }
     const auto source = open_local_source(*ck_, index.refs, io_config(src_io, opt_.buffer_bytes),
                                           streamed_, {&relay, &reads});

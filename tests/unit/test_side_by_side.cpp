@@ -36,11 +36,9 @@ TEST(Segments, MergeColumnNeighboursJoinsOnlyWindowsOfTheSameRows) {
 }
 
 TEST(SideBySide, OneRankAtTp2ReadsEveryRowParallelRowOnceAndWholeKeepingEachFilesOrder) {
-  const ModelConfig m = small("qwen3.5-35b-a3b.json", 2);
-  const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
-  ParallelLayout l;
-  l.tp = 2, l.etp = 2;
-  const ImportPlan p = build_import_plan(m, c, PlanRequest{l, std::nullopt, true, 1});
+  const MoePlan mp = moe_plan(2, 2, 1, 1, 2, 1);
+  const HfCatalog& c = mp.catalog;
+  const ImportPlan& p = mp.plan;
   ASSERT_EQ(p.shards.size(), 2u);
   const std::vector<ConversionStep> steps = rank_steps(p, 0, 256ull << 20);
 
@@ -89,11 +87,7 @@ TEST(SideBySide, ShardsOpenAtOnceTakeAQuarterOfTheBufferAtMost) {
 TEST(SideBySide, BatchesHoldTpSiblingsOnly) {
   // Eight shards on one rank: TP2 x PP2 x EP2. A batch holds shards of one
   // stage and expert rank (the TP pair), never across them.
-  const ModelConfig m = small("qwen3.5-35b-a3b.json", 2);
-  const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
-  ParallelLayout l;
-  l.tp = 2, l.pp = 2, l.ep = 2;
-  const ImportPlan p = build_import_plan(m, c, PlanRequest{l, std::nullopt, true, 1});
+  const ImportPlan p = moe_plan(2, 2, 2, 2, 1, 1).plan;
   ASSERT_EQ(p.shards.size(), 8u);
   const std::vector<size_t> all = p.shards_of_rank(0);
   for (size_t open : {1u, 2u, 4u}) {

@@ -13,11 +13,9 @@
 using namespace mb;
 
 TEST(StorageReads, NarrowColumnWindowsAreReadOncePerNode) {
-  const ModelConfig m = small("qwen3.5-35b-a3b.json", 4);
-  const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
-  ParallelLayout l;
-  l.tp = 2, l.etp = 2;
-  const ImportPlan p = build_import_plan(m, c, PlanRequest{l, std::nullopt, true, 2});
+  const MoePlan mp = moe_plan(4, 2, 1, 1, 2, 2);
+  const HfCatalog& c = mp.catalog;
+  const ImportPlan& p = mp.plan;
   uint64_t total = 0, narrow = 0;
   for (const auto& t : c.tensors) {
     total += t.nbytes;
@@ -40,10 +38,9 @@ TEST(StorageReads, NarrowColumnWindowsAreReadOncePerNode) {
 }
 
 TEST(StorageReads, OneRankReadsEachByteOnceDirectly) {
-  const ModelConfig m = small("qwen3.5-35b-a3b.json", 2);
-  const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
-  const ImportPlan p =
-      build_import_plan(m, c, PlanRequest{ParallelLayout{}, std::nullopt, true, 1});
+  const MoePlan mp = moe_plan(2, 1, 1, 1, 1, 1);
+  const HfCatalog& c = mp.catalog;
+  const ImportPlan& p = mp.plan;
   uint64_t total = 0;
   for (const auto& t : c.tensors) total += t.nbytes;
   const StorageReads r = import_storage_reads(p, IoMode::Auto, 256ull << 20);
@@ -56,11 +53,9 @@ TEST(StorageReads, OneRankReadsEachByteOnceDirectly) {
 }
 
 TEST(StorageReads, OneRankWritingTp2ShardsSideBySideReadsWholeRowsDirectly) {
-  const ModelConfig m = small("qwen3.5-35b-a3b.json", 2);
-  const HfCatalog c = catalog_from_schema(m, {}, !m.tied);
-  ParallelLayout l;
-  l.tp = 2, l.etp = 2;
-  const ImportPlan p = build_import_plan(m, c, PlanRequest{l, std::nullopt, true, 1});
+  const MoePlan mp = moe_plan(2, 2, 1, 1, 2, 1);
+  const HfCatalog& c = mp.catalog;
+  const ImportPlan& p = mp.plan;
   uint64_t total = 0, narrow = 0;
   for (const auto& t : c.tensors) {
     total += t.nbytes;

@@ -3,7 +3,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -12,12 +14,9 @@
 #include "core/shape.hpp"
 #include "formats/safetensors/hf_checkpoint.hpp"
 #include "formats/safetensors/safetensors_writer.hpp"
+#include "layout/import_plan.hpp"
 #include "model/qwen35_config.hpp"
 #include "model/qwen35_hf_schema.hpp"
-
-#include <algorithm>
-
-#include <nlohmann/json.hpp>
 
 namespace mb {
 
@@ -103,6 +102,24 @@ inline ModelConfig small(const std::string& name, uint64_t layers, uint64_t expe
   if (experts) j["text_config"]["num_experts"] = experts;
   j["vision_config"]["depth"] = 2;
   return parse_model_config(j, name);
+}
+
+// The 35B-A3B geometry cut to `layers`, its HF catalogue from the schema, and
+// its import plan at TP·PP·EP·ETP on `ranks` ranks.
+struct MoePlan {
+  ModelConfig model;
+  HfCatalog catalog;
+  ImportPlan plan;
+};
+inline MoePlan moe_plan(uint64_t layers, uint64_t tp, uint64_t pp, uint64_t ep, uint64_t etp,
+                        int ranks) {
+  MoePlan out;
+  out.model = small("qwen3.5-35b-a3b.json", layers);
+  out.catalog = catalog_from_schema(out.model, {}, !out.model.tied);
+  ParallelLayout l;
+  l.tp = tp, l.pp = pp, l.ep = ep, l.etp = etp;
+  out.plan = build_import_plan(out.model, out.catalog, PlanRequest{l, std::nullopt, true, ranks});
+  return out;
 }
 
 }  // namespace mb
