@@ -65,14 +65,18 @@ void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const
       what += fmt::format(", {}", open.at(st.parts[p].first)->file_name());
     CopyJob job{t.name, &st.segments, st.rows, st.cols, t.source_dtype, t.dtype, t.op};
     CopyResult r;
-    SideBySideSink side;
+    const uint64_t elem = dtype_size(t.dtype);
+    SideBySideSink side(st.cols * elem);
     try {
       if (st.parts.size() == 1) {
         DatasetSink sink(open.at(first_shard)->begin(first_k));
         r = engine.run(job, source, sink);
       } else {
-        for (const auto& [si, k] : st.parts)
-          side.add(open.at(si)->begin(k), plan.shards[si].tensors[k].cols() * dtype_size(t.dtype));
+        for (size_t p = 0; p < st.parts.size(); ++p) {
+          const auto& [si, k] = st.parts[p];
+          side.add(open.at(si)->begin(k), st.part_col[p] * elem,
+                   plan.shards[si].tensors[k].cols() * elem);
+        }
         job.hash = false;  // each part is hashed by the sink
         r = engine.run(job, source, side);
       }

@@ -75,16 +75,28 @@ ShardResult ShardInProgress::commit(uint64_t bytes_read) {
   return result_;
 }
 
-void SideBySideSink::add(Hdf5ShardWriter& w, uint64_t row_bytes) {
-  parts_.push_back({&w, row_bytes_, row_bytes, Hasher()});
-  row_bytes_ += row_bytes;
+void SideBySideSink::add(Hdf5ShardWriter& w, uint64_t offset, uint64_t bytes) {
+  MB_CHECK(offset + bytes <= row_bytes_,
+           "internal: a side-by-side part takes bytes [{}, {}) of {}-byte rows", offset,
+           offset + bytes, row_bytes_);
+  for (const Part& p : parts_)
+    if (p.offset == offset && p.bytes == bytes) {
+      parts_.push_back({&w, offset, bytes, p.hash});
+      return;
+    }
+  parts_.push_back({&w, offset, bytes, hashes_.size()});
+  hashes_.emplace_back();
 }
 
 void SideBySideSink::write(uint64_t row0, uint64_t rows, const void* data) {
   const auto* p = static_cast<const unsigned char*>(data);
-  for (Part& part : parts_) {
-    for (uint64_t r = 0; r < rows; ++r)
-      part.hash.update(p + r * row_bytes_ + part.offset, part.row_bytes);
+  std::vector<bool> hashed(hashes_.size(), false);  // a shared range once per block
+  for (const Part& part : parts_) {
+    if (!hashed[part.hash]) {
+      for (uint64_t r = 0; r < rows; ++r)
+        hashes_[part.hash].update(p + r * row_bytes_ + part.offset, part.bytes);
+      hashed[part.hash] = true;
+    }
     part.w->write_rows(row0, rows, p + part.offset, row_bytes_);
   }
 }

@@ -67,22 +67,26 @@ class DatasetSink : public RowSink {
 
 // Hands each block of a side-by-side job (ConversionStep) to the shards' datasets: part
 // i takes columns [col0_i, col0_i + cols_i) of every row, and is hashed as it is written
-// (the job's own hash, of the joined rows, is not any dataset's).
+// (the job's own hash, of the joined rows, is not any dataset's). Parts that take the
+// same columns (one tensor for several shards) are hashed once.
 class SideBySideSink : public RowSink {
  public:
-  // Parts in column order, each a dataset begun, with its width in bytes.
-  void add(Hdf5ShardWriter& w, uint64_t row_bytes);
+  // `row_bytes`: a joined row's width.
+  explicit SideBySideSink(uint64_t row_bytes) : row_bytes_(row_bytes) {}
+  // A dataset begun, taking `bytes` of each joined row from `offset` on.
+  void add(Hdf5ShardWriter& w, uint64_t offset, uint64_t bytes);
   void write(uint64_t row0, uint64_t rows, const void* data) override;
-  uint64_t digest(size_t part) const { return parts_[part].hash.digest(); }
+  uint64_t digest(size_t part) const { return hashes_[parts_.at(part).hash].digest(); }
 
  private:
   struct Part {
     Hdf5ShardWriter* w;
-    uint64_t offset, row_bytes;  // within a joined row
-    Hasher hash;
+    uint64_t offset, bytes;  // within a joined row
+    size_t hash;             // index into hashes_, one per distinct (offset, bytes)
   };
   std::vector<Part> parts_;
-  uint64_t row_bytes_ = 0;  // of a joined row
+  std::vector<Hasher> hashes_;
+  uint64_t row_bytes_;
 };
 
 // Collects every rank's shard results on rank 0 (empty elsewhere), plus the

@@ -20,13 +20,13 @@ std::vector<std::vector<size_t>> shard_batches(const ImportPlan& plan,
                                                const std::vector<size_t>& shards,
                                                size_t open_at_once) {
   std::vector<std::vector<size_t>> out;
-  std::map<std::pair<uint64_t, uint64_t>, size_t> filling;  // (pp, ep) -> its open batch
+  std::map<uint64_t, size_t> filling;  // pipeline stage -> its open batch
   const size_t n = std::max<size_t>(open_at_once, 1);
   for (size_t si : shards) {
-    const ShardCoord& c = plan.shards.at(si).coord;
-    auto it = filling.find({c.pp, c.ep});
+    const uint64_t pp = plan.shards.at(si).coord.pp;
+    auto it = filling.find(pp);
     if (it == filling.end() || out[it->second].size() >= n) {
-      filling[{c.pp, c.ep}] = out.size();
+      filling[pp] = out.size();
       out.push_back({si});
     } else {
       out[it->second].push_back(si);
@@ -37,23 +37,35 @@ std::vector<std::vector<size_t>> shard_batches(const ImportPlan& plan,
 
 namespace {
 
-ConversionStep single(const ImportPlan& plan, size_t shard, size_t k) {
-  const LocalTensor& t = plan.shards[shard].tensors[k];
-  return {{{shard, k}}, t.segments, t.rows(), t.cols()};
+using Part = std::pair<size_t, size_t>;  // (shard, tensor index)
+
+const LocalTensor& tensor_of(const ImportPlan& plan, const Part& p) {
+  return plan.shards[p.first].tensors[p.second];
 }
 
-// The parts joined, if that reads every source tensor of theirs through one
-// merged segment; else nothing.
-std::optional<ConversionStep> joined(const ImportPlan& plan,
-                                     const std::vector<std::pair<size_t, size_t>>& parts) {
+// Parts that are the same tensor (the same segments and width) in one step,
+// sharing its columns.
+ConversionStep shared(const ImportPlan& plan, const std::vector<Part>& parts) {
+  const LocalTensor& t = tensor_of(plan, parts.front());
+  return {parts, std::vector<uint64_t>(parts.size(), 0), t.segments, t.rows(), t.cols()};
+}
+
+// The distinct tensors (each with the parts that share it) side by side, if
+// that reads every source tensor of theirs through one merged segment; else
+// nothing.
+std::optional<ConversionStep> side_by_side(const ImportPlan& plan,
+                                           const std::vector<std::vector<Part>>& distinct) {
   ConversionStep step;
-  step.parts = parts;
   std::vector<Segment> all;
-  for (const auto& [si, k] : parts) {
-    const LocalTensor& t = plan.shards[si].tensors[k];
+  for (const auto& sharing : distinct) {
+    const LocalTensor& t = tensor_of(plan, sharing.front());
     for (Segment g : t.segments) {
       g.dst_col += step.cols;
       all.push_back(g);
+    }
+    for (const Part& p : sharing) {
+      step.parts.push_back(p);
+      step.part_col.push_back(step.cols);
     }
     step.rows = t.rows();
     step.cols += t.cols();
@@ -66,6 +78,29 @@ std::optional<ConversionStep> joined(const ImportPlan& plan,
   return step;
 }
 
+// The steps of one group of k-th tensors (same rows, dtypes and op), in batch
+// order: one step if the distinct tensors join side by side, else one step
+// per distinct tensor.
+std::vector<ConversionStep> group_steps(const ImportPlan& plan, const std::vector<Part>& group) {
+  std::vector<std::vector<Part>> distinct;
+  for (const Part& p : group) {
+    const LocalTensor& t = tensor_of(plan, p);
+    auto same = std::find_if(distinct.begin(), distinct.end(), [&](const std::vector<Part>& d) {
+      const LocalTensor& u = tensor_of(plan, d.front());
+      return u.cols() == t.cols() && u.segments == t.segments;
+    });
+    if (same == distinct.end())
+      distinct.push_back({p});
+    else
+      same->push_back(p);
+  }
+  if (distinct.size() > 1)
+    if (auto j = side_by_side(plan, distinct)) return {std::move(*j)};
+  std::vector<ConversionStep> out;
+  for (const auto& sharing : distinct) out.push_back(shared(plan, sharing));
+  return out;
+}
+
 }  // namespace
 
 std::vector<ConversionStep> side_by_side_steps(const ImportPlan& plan,
@@ -76,7 +111,7 @@ std::vector<ConversionStep> side_by_side_steps(const ImportPlan& plan,
   for (size_t k = 0; k < most; ++k) {
     // The batch's k-th tensors, grouped by what a joined job must share, each
     // group in batch order; groups in the order of their first member.
-    std::vector<std::vector<std::pair<size_t, size_t>>> groups;
+    std::vector<std::vector<Part>> groups;
     std::vector<std::tuple<uint64_t, DType, DType, ElementOp>> keys;
     for (size_t si : batch) {
       if (k >= plan.shards[si].tensors.size()) continue;
@@ -90,15 +125,8 @@ std::vector<ConversionStep> side_by_side_steps(const ImportPlan& plan,
         groups[static_cast<size_t>(it - keys.begin())].push_back({si, k});
       }
     }
-    for (const auto& g : groups) {
-      std::optional<ConversionStep> j;
-      if (g.size() > 1) j = joined(plan, g);
-      if (j) {
-        steps.push_back(std::move(*j));
-      } else {
-        for (const auto& [si, kk] : g) steps.push_back(single(plan, si, kk));
-      }
-    }
+    for (const auto& g : groups)
+      for (auto& st : group_steps(plan, g)) steps.push_back(std::move(st));
   }
   return steps;
 }

@@ -2,7 +2,8 @@
 # `megabridge bench` on a tiny synthetic checkpoint (2 ranks, EP2, torch_dist):
 # the report lists every copy and phase in the order they ran, each phase's
 # floor is what its neighbouring direct copies say (recomputed here from the
-# JSON record's own wall times and sizes), and the work directory keeps only
+# JSON record's own wall times and sizes), so is its floor for the bytes it
+# moved (input and output), and the work directory keeps only
 # the synthetic input. The work directory's name holds a quote and a space:
 # bench runs cp without a shell, so the name stays a name. The figures
 # themselves are not judged: speed is measured by the benchmark, not by tests.
@@ -30,6 +31,15 @@ for i, name in enumerate(["import", "export", "reshard"]):
     got = r[name + "_floor_seconds"]
     assert abs(got - want) <= 1e-9 * max(want, 1), (name, got, want)
     assert len(r[name]) == 2 and r[name + "_seconds"] > 0, name
+    # Against the bytes moved: the floor scaled to the mean of input and output.
+    out = r[name + "_out_bytes"]
+    assert out > 0, name
+    moved = want * (n + out) / (2 * n)
+    assert abs(r[name + "_moved_floor_seconds"] - moved) <= 1e-9 * max(moved, 1), name
+# The import wrote the Megatron checkpoint the later copies copied; the export an HF
+# checkpoint as large as the input (same tensors, same dtypes: a few header bytes apart).
+assert r["import_out_bytes"] == r["megatron_bytes"], r["import_out_bytes"]
+assert abs(r["export_out_bytes"] - r["hf_bytes"]) < 0.01 * r["hf_bytes"], (r["export_out_bytes"], r["hf_bytes"])
 print("floors agree:", {k: round(v, 4) for k, v in r.items() if k.endswith("_floor_seconds")})
 '
 left="$(cd "$work/it's b" && ls -A | tr '\n' ' ')"
