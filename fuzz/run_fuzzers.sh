@@ -36,7 +36,7 @@ for t in "${targets[@]}"; do max_len_of "$t" >/dev/null; done
 # UBSan). The project's libraries come from scripts/setup.sh's list.
 packages=(clang libclang-rt-14-dev cmake make pkg-config
   openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
-  libyaml-cpp-dev libfmt-dev nlohmann-json3-dev libcli11-dev libxxhash-dev zlib1g-dev)
+  libyaml-cpp-dev libfmt-dev nlohmann-json3-dev libcli11-dev libxxhash-dev libisal-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

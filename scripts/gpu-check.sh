@@ -133,6 +133,7 @@ need_cmd pkg-config pkg-config
 if command -v pkg-config >/dev/null 2>&1; then
   need_pc hdf5-openmpi libhdf5-openmpi-dev
   need_pc libxxhash libxxhash-dev
+  need_pc libisal libisal-dev
   need_pc zlib zlib1g-dev
 fi
 need_file "fmt headers" libfmt-dev /usr/include/fmt/format.h /usr/local/include/fmt/format.h

@@ -10,7 +10,7 @@ cd "$root"
 
 packages=(cmake make g++ pkg-config git
   openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
-  libyaml-cpp-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libxxhash-dev zlib1g-dev
+  libyaml-cpp-dev libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libxxhash-dev libisal-dev zlib1g-dev
   # the local Slurm cluster test (tests/slurm/local_slurm_test.sh; skipped without them)
   slurmctld slurmd slurm-client slurm-wlm-basic-plugins)
 missing=()

@@ -4,7 +4,7 @@
 // docs/torch-dist-bytes.md.
 #include "formats/torch_dist/torch_save.hpp"
 
-#include <zlib.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
@@ -13,8 +13,7 @@
 #include <optional>
 #include <set>
 
-#include <fmt/format.h>
-
+#include "core/crc32.hpp"
 #include "core/error.hpp"
 #include "formats/torch_dist/pickle.hpp"
 
@@ -49,8 +48,7 @@ uint32_t get32(const char* p) { return static_cast<uint32_t>(get_le(p, 4)); }
 uint64_t get64(const char* p) { return get_le(p, 8); }
 
 uint32_t crc32_of(uint32_t crc, const void* data, uint64_t n) {
-  return static_cast<uint32_t>(
-      crc32_z(crc, static_cast<const Bytef*>(data), static_cast<z_size_t>(n)));
+  return crc32_update(crc, data, n);
 }
 
 // miniz's rule: a record needs zip64 fields when its size or its header
