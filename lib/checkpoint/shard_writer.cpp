@@ -81,22 +81,19 @@ void SideBySideSink::add(Hdf5ShardWriter& w, uint64_t offset, uint64_t bytes) {
            offset + bytes, row_bytes_);
   for (const Part& p : parts_)
     if (p.offset == offset && p.bytes == bytes) {
-      parts_.push_back({&w, offset, bytes, p.hash});
+      parts_.push_back({&w, offset, bytes, p.hash, false});
       return;
     }
-  parts_.push_back({&w, offset, bytes, hashes_.size()});
+  parts_.push_back({&w, offset, bytes, hashes_.size(), true});
   hashes_.emplace_back();
 }
 
 void SideBySideSink::write(uint64_t row0, uint64_t rows, const void* data) {
   const auto* p = static_cast<const unsigned char*>(data);
-  std::vector<bool> hashed(hashes_.size(), false);  // a shared range once per block
   for (const Part& part : parts_) {
-    if (!hashed[part.hash]) {
+    if (part.hashes)
       for (uint64_t r = 0; r < rows; ++r)
         hashes_[part.hash].update(p + r * row_bytes_ + part.offset, part.bytes);
-      hashed[part.hash] = true;
-    }
     part.w->write_rows(row0, rows, p + part.offset, row_bytes_);
   }
 }

@@ -83,6 +83,7 @@ class SideBySideSink : public RowSink {
     Hdf5ShardWriter* w;
     uint64_t offset, bytes;  // within a joined row
     size_t hash;             // index into hashes_, one per distinct (offset, bytes)
+    bool hashes;             // the first part of its range: the one that feeds the hash
   };
   std::vector<Part> parts_;
   std::vector<Hasher> hashes_;

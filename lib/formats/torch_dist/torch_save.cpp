@@ -47,10 +47,6 @@ uint16_t get16(const char* p) { return static_cast<uint16_t>(get_le(p, 2)); }
 uint32_t get32(const char* p) { return static_cast<uint32_t>(get_le(p, 4)); }
 uint64_t get64(const char* p) { return get_le(p, 8); }
 
-uint32_t crc32_of(uint32_t crc, const void* data, uint64_t n) {
-  return crc32_update(crc, data, n);
-}
-
 // miniz's rule: a record needs zip64 fields when its size or its header
 // offset does not fit below 0xFFFFFFFF.
 bool record_zip64(uint64_t size, uint64_t header_offset) {
@@ -184,7 +180,7 @@ std::string directory_and_end(const std::vector<RecordInfo>& recs, uint64_t cd_o
 // A whole small record: header, data, descriptor.
 void append_record(std::string& out, uint64_t header_offset, std::string_view name, std::string_view bytes,
                    uint32_t& crc) {
-  crc = crc32_of(0, bytes.data(), bytes.size());
+  crc = crc32_update(0, bytes.data(), bytes.size());
   out += local_header(name, bytes.size(), header_offset);
   out += bytes;
   out += data_descriptor(crc, bytes.size(), header_offset);
@@ -332,7 +328,7 @@ void TorchSaveTensorWriter::write(const void* data, uint64_t n) {
   if (n == 0) return;
   file_.write_at(data, n, base_ + pos_);
   if (Hasher* h = data_hash_ ? data_hash_ : hash_) h->update(data, n);
-  crc_ = crc32_of(crc_, data, n);
+  crc_ = crc32_update(crc_, data, n);
   pos_ += n;
   written_ += n;
 }
@@ -430,7 +426,7 @@ class ArchiveReader {
   std::string contents(const ZipEntry& e, bool check_crc) const {
     std::string s = read(data_offset(e), e.size);
     if (check_crc && e.crc != 0) {
-      const uint32_t c = crc32_of(0, s.data(), s.size());
+      const uint32_t c = crc32_update(0, s.data(), s.size());
       MB_CHECK(c == e.crc, "{}: record '{}/{}' is corrupt (CRC-32 {:08x}, expected {:08x})", what_,
                index_.folder, e.name, c, e.crc);
     }
