@@ -287,6 +287,7 @@ struct Run {
   Copy copies[4];  // before import, between the phases, after reshard
   Phase imp, exp, rsh;
   ParallelLayout reshard_layout;
+  ReshardOptions reshard;  // what the reshard phase ran
   bool all_direct() const {
     return std::all_of(std::begin(copies), std::end(copies),
                        [](const Copy& c) { return c.all_direct; });
@@ -336,6 +337,7 @@ void run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi, R
   ro.device = opt.device;
   ro.io = opt.io;
   run.reshard_layout = ro.layout;
+  run.reshard = ro;
   run.rsh.t.stats = measure(
       mpi, [&] { return run_reshard(ro, mpi); }, run.rsh.t.wall, code, opt.cold);
   MB_CHECK(code == 0, "bench: reshard failed");
@@ -357,6 +359,8 @@ void run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi, R
 struct Sizes {
   uint64_t hf = 0, meg = 0;
   uint64_t planned_reads = 0;  // what the import should read from storage, by the plan
+  uint64_t export_planned_reads = 0;   // the export: each stored element once
+  uint64_t reshard_planned_reads = 0;  // the reshard
 };
 
 // The setup, then every copy and phase in the order they ran, each phase
@@ -434,8 +438,25 @@ std::string rank_rows(const char* name, const json& stats, uint64_t in_bytes) {
   return out;
 }
 
-// What the import should read from storage, by the plan (plan_report.hpp):
-// the measure for "no read amplification". Sets sz.planned_reads.
+// A phase's storage reads, checksum passes apart, against what its plan
+// says they should be: the measure for "no read amplification".
+std::string reads_against_plan(const char* phase, const json& stats, uint64_t planned,
+                               const std::string& how) {
+  uint64_t got = 0, checksum = 0;
+  for (const auto& s : stats) {
+    got += s.at("read_bytes").get<uint64_t>();
+    checksum += s.at("checksum_read_bytes").get<uint64_t>();
+  }
+  got -= std::min(got, checksum);
+  return fmt::format(
+      "{} reads from storage {} GB (checksum passes apart); the plan needs {} GB ({}, ranks on "
+      "one node): {:.3f}x\n",
+      phase, gb(got), gb(planned), how,
+      static_cast<double>(got) / static_cast<double>(std::max<uint64_t>(planned, 1)));
+}
+
+// What the import should read from storage, by the plan (plan_report.hpp).
+// Sets sz.planned_reads.
 std::string planned_reads_line(const BenchOptions& opt, const BenchPaths& p, int ranks,
                                const json& imp_stats, Sizes& sz) {
   const ModelConfig model = load_model_config(p.hf / "config.json");
@@ -447,20 +468,24 @@ std::string planned_reads_line(const BenchOptions& opt, const BenchPaths& p, int
   // import reads each HF byte once, like read-once.
   const bool once = opt.read_once || opt.format == "torch_dist";
   sz.planned_reads = once ? read_once_read_bytes(plan) : want.one_node();
-  uint64_t got = 0, checksum = 0;
-  for (const auto& s : imp_stats) {
-    got += s.at("read_bytes").get<uint64_t>();
-    checksum += s.at("checksum_read_bytes").get<uint64_t>();
-  }
-  got -= std::min(got, checksum);
-  return fmt::format(
-      "import reads from storage {} GB (checksum passes apart); the plan needs {} GB "
-      "({}, ranks on one node): {:.3f}x\n",
-      gb(got), gb(sz.planned_reads),
-      opt.read_once                ? std::string("read-once")
-      : opt.format == "torch_dist" ? std::string("torch_dist: each byte once")
-                                   : fmt::format("--io {}", io_mode_name(opt.io)),
-      static_cast<double>(got) / static_cast<double>(std::max<uint64_t>(sz.planned_reads, 1)));
+  return reads_against_plan("import", imp_stats, sz.planned_reads,
+                            opt.read_once ? std::string("read-once")
+                            : opt.format == "torch_dist"
+                                ? std::string("torch_dist: each byte once")
+                                : fmt::format("--io {}", io_mode_name(opt.io)));
+}
+
+// The same for the export and the reshard, from the checkpoint they read. An
+// export reads each stored element once: the canonical copies, whole rows
+// (the other copies of replicated tensors are not read). The reshard:
+// reshard_storage_reads. Sets sz.export_planned_reads, sz.reshard_planned_reads.
+std::string export_reshard_reads_lines(const Run& run, int ranks, Sizes& sz) {
+  sz.reshard_planned_reads =
+      reshard_storage_reads(run.reshard, ranks, &sz.export_planned_reads).one_node();
+  return reads_against_plan("export", run.exp.t.stats, sz.export_planned_reads,
+                            "each stored element once") +
+         reads_against_plan("reshard", run.rsh.t.stats, sz.reshard_planned_reads,
+                            fmt::format("--io {}", io_mode_name(run.reshard.io)));
 }
 
 // The `bench-json:` line: the setup, the sizes, every wall time and every
@@ -485,6 +510,8 @@ json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Run
             {"hf_bytes", sz.hf},
             {"megatron_bytes", sz.meg},
             {"import_planned_read_bytes", sz.planned_reads},
+            {"export_planned_read_bytes", sz.export_planned_reads},
+            {"reshard_planned_read_bytes", sz.reshard_planned_reads},
             {"cp_seconds", run.cp.t.wall},
             // Before import, between the phases, after reshard.
             {"direct_copy_seconds", copy_seconds},
@@ -515,6 +542,8 @@ void report(const BenchOptions& opt, const BenchPaths& p, int ranks, const Run& 
   out += rank_rows("export", run.exp.t.stats, sz.hf);
   out += rank_rows("reshard", run.rsh.t.stats, sz.meg);
   out += planned_reads_line(opt, p, ranks, run.imp.t.stats, sz);
+  out +=
+      export_reshard_reads_lines(run, ranks, sz);  // before the caller removes the import's output
   std::fputs(out.c_str(), stdout);
   std::printf("bench-json: %s\n", bench_record(opt, ranks, sz, run).dump().c_str());
   std::fflush(stdout);

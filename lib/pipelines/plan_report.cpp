@@ -37,8 +37,8 @@ uint64_t union_rows(std::vector<std::pair<uint64_t, uint64_t>> v) {
 }
 }  // namespace
 
-StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t side_by_side_buffer,
-                                  uint64_t align) {
+StorageReads storage_reads(const ImportPlan& plan, const std::vector<SourceGeometry>& sources,
+                           IoMode mode, uint64_t side_by_side_buffer, uint64_t align) {
   StorageReads out;
   // Each rank's reads, job by job, as it will make them.
   std::vector<std::pair<int, const std::vector<Segment>*>> jobs;
@@ -50,15 +50,15 @@ StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t 
     for (const auto& s : plan.shards)
       for (const auto& t : s.tensors) jobs.push_back({s.rank, &t.segments});
   }
-  // Page-cache reads per HF tensor: the row intervals of every rank, and of
-  // each rank alone (SafetensorsSource reads narrow windows in whole row spans).
+  // Page-cache reads per source tensor: the row intervals of every rank, and
+  // of each rank alone (narrow windows are read in whole row spans).
   std::map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>> node;
   std::map<std::pair<int, uint32_t>, std::vector<std::pair<uint64_t, uint64_t>>> per_rank;
   for (const auto& [rank, segments] : jobs)
     for (const auto& g : *segments) {
-      const HfTensor& h = plan.catalog.tensors.at(g.src);
-      const uint64_t es = dtype_size(h.dtype), rb = h.row_bytes(), piece = g.cols * es;
-      const uint64_t base = h.offset + g.src_row * rb + g.src_col * es;
+      const SourceGeometry& h = sources.at(g.src);
+      const uint64_t rb = h.row_bytes, piece = g.cols * h.elem_bytes;
+      const uint64_t base = h.offset + g.src_row * rb + g.src_col * h.elem_bytes;
       const bool full = piece == rb;
       if (mode != IoMode::Buffered && full) {
         out.direct += cover(base, base + g.rows * rb, align);
@@ -70,11 +70,19 @@ StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t 
         per_rank[{rank, g.src}].push_back({g.src_row, g.src_row + g.rows});
       }
     }
-  for (auto& [id, v] : node)
-    out.page_cache_one_node += union_rows(v) * plan.catalog.tensors.at(id).row_bytes();
+  for (auto& [id, v] : node) out.page_cache_one_node += union_rows(v) * sources.at(id).row_bytes;
   for (auto& [key, v] : per_rank)
-    out.page_cache_node_per_rank += union_rows(v) * plan.catalog.tensors.at(key.second).row_bytes();
+    out.page_cache_node_per_rank += union_rows(v) * sources.at(key.second).row_bytes;
   return out;
+}
+
+StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t side_by_side_buffer,
+                                  uint64_t align) {
+  std::vector<SourceGeometry> sources;
+  sources.reserve(plan.catalog.tensors.size());
+  for (const HfTensor& h : plan.catalog.tensors)
+    sources.push_back({h.offset, h.row_bytes(), dtype_size(h.dtype)});
+  return storage_reads(plan, sources, mode, side_by_side_buffer, align);
 }
 
 std::string plan_report(const ImportPlan& plan, bool per_shard, IoMode mode, bool read_once,

@@ -2,18 +2,19 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "core/direct_io.hpp"
 #include "layout/import_plan.hpp"
 
 namespace mb {
 
-// What an import in `mode` reads from storage, from the plan alone (the
-// reads SafetensorsSource makes, direct_io.hpp): bytes read directly (each
-// read's aligned cover, 4 KiB alignment assumed), and bytes read through the
-// page cache (narrow column windows; everything under --io buffered), which
-// the ranks of one node share: counted once when all ranks share one node,
-// once per rank when each rank has a node of its own.
+// What a conversion in `mode` reads from storage, from its plan alone (the
+// reads the sources make, direct_io.hpp): bytes read directly (each read's
+// aligned cover), and bytes read through the page cache (narrow column
+// windows; everything under --io buffered), which the ranks of one node
+// share: counted once when all ranks share one node, once per rank when each
+// rank has a node of its own.
 struct StorageReads {
   uint64_t direct = 0;
   uint64_t page_cache_one_node = 0;
@@ -21,10 +22,23 @@ struct StorageReads {
   uint64_t one_node() const { return direct + page_cache_one_node; }
   uint64_t node_per_rank() const { return direct + page_cache_node_per_rank; }
 };
-// `side_by_side_buffer`: the conversion buffer of an HDF5 import, whose ranks
-// write their shards side by side (side_by_side.hpp: column windows of the
-// same rows joined into whole rows); 0 for shards written one at a time
-// (torch_dist output).
+
+// Where the tensor a segment reads (Segment::src) lies in its file: row-major
+// rows of `row_bytes`, elements of `elem_bytes`, the first at `offset`.
+struct SourceGeometry {
+  uint64_t offset = 0, row_bytes = 0, elem_bytes = 0;
+};
+
+// `sources`: indexed by Segment::src. `side_by_side_buffer`: the conversion
+// buffer of HDF5 output, whose ranks write their shards side by side
+// (side_by_side.hpp: a tensor several shards hold read once, column windows
+// of the same rows joined into whole rows); 0 for shards written one at a
+// time (torch_dist output).
+StorageReads storage_reads(const ImportPlan& plan, const std::vector<SourceGeometry>& sources,
+                           IoMode mode, uint64_t side_by_side_buffer, uint64_t align);
+
+// An import's: the segments read the HF tensors of plan.catalog (4 KiB
+// alignment assumed).
 StorageReads import_storage_reads(const ImportPlan& plan, IoMode mode, uint64_t side_by_side_buffer,
                                   uint64_t align = 4096);
 

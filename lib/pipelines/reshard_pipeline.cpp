@@ -66,6 +66,39 @@ ImportPlan build_reshard_plan(const MegatronCheckpoint& ck, const ParallelLayout
   return p;
 }
 
+// Checksums checked from the bytes as read, not by a separate pass first
+// (ReshardStep::check). Not with --resume: shards kept from the interrupted
+// run are not read again, so their inputs would go unchecked.
+bool checks_as_read(const ReshardOptions& opt, const MegatronCheckpoint& ck) {
+  return opt.verify_checksums && !opt.resume && checksums_streamable(ck);
+}
+
+// How the source is read: a separate checksum pass shares the page cache
+// with the reads (source_io_mode).
+IoMode reshard_source_io(const ReshardOptions& opt, bool streamed) {
+  return source_io_mode(opt.io, opt.verify_checksums && !streamed);
+}
+
+// The plan's segments read the source's canonical local tensors, each stored
+// row-major (an HDF5 dataset, the pieces of a torch_dist chunk).
+StorageReads planned_reads(const ReshardOptions& opt, const MegatronCheckpoint& ck,
+                           const ImportPlan& plan, uint64_t* each_once) {
+  const ExportIndex index = build_export_index(ck.shards, ck.source.tensors.size());
+  std::vector<SourceGeometry> sources;
+  sources.reserve(index.refs.size());
+  for (const LocalTensorRef& r : index.refs) {
+    const LocalTensor& t = ck.shards.at(r.shard).tensors.at(r.tensor);
+    const uint64_t es = dtype_size(t.dtype);
+    sources.push_back({0, cols_2d(t.shape) * es, es});
+  }
+  if (each_once != nullptr) {
+    *each_once = 0;
+    for (const ShardPlan& s : ck.shards) *each_once += s.canonical_bytes();
+  }
+  return storage_reads(plan, sources, reshard_source_io(opt, checks_as_read(opt, ck)),
+                       opt.buffer_bytes, /*align=*/1);
+}
+
 // Shards in one layout -> another, as a Step for the driver (step_driver.hpp):
 // the plan is a direct import's at the target layout, composed through the
 // source's export index; the source the old shards; the sink HDF5 shards.
@@ -101,12 +134,10 @@ class ReshardStep : public Step {
     return std::string(packed.begin(), packed.end());
   }
 
-  // An HDF5 source with per-tensor checksums is checked as it is read
-  // (execute), not hashed whole here first. Not with --resume: shards kept
-  // from the interrupted run are not read again, so their inputs would go
-  // unchecked.
+  // A source with per-tensor (per-chunk) checksums is checked as it is read
+  // (execute), not hashed whole here first (checks_as_read).
   std::string check(MpiContext& mpi) override {
-    streamed_ = opt_.verify_checksums && !opt_.resume && checksums_streamable(*ck_);
+    streamed_ = checks_as_read(opt_, *ck_);
     return validate_shard_files(*ck_, opt_.verify_checksums && !streamed_, mpi);
   }
 
@@ -128,8 +159,7 @@ class ReshardStep : public Step {
 
   void execute(MpiContext& mpi) override {
     const ExportIndex index = build_export_index(ck_->shards, ck_->source.tensors.size());
-    // A separate checksum pass (not streamed) shares the page cache with the reads.
-    const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
+    const IoMode src_io = reshard_source_io(opt_, streamed_);
     // A source read directly takes its two windows (ReadWindows) out of the
     // buffer, the direct writes of the output two write-behind buffers for
     // each shard open at once (side_by_side.hpp).
@@ -220,9 +250,20 @@ class ReshardStep : public Step {
     const ImportPlan p = plan_from_json(json::from_msgpack(blob));
     std::vector<uint64_t> load(static_cast<size_t>(world), 0);
     for (const auto& s : p.shards) load[static_cast<size_t>(s.rank)] += s.bytes_written();
+    uint64_t once = 0;
+    const StorageReads r = planned_reads(opt_, *ck_, p, &once);
+    const auto x = [&](uint64_t b) {
+      return static_cast<double>(b) / static_cast<double>(std::max<uint64_t>(once, 1));
+    };
     return fmt::format("reshard {} ({}) -> {} ({}): {} shard files\n", opt_.src.string(),
                        ck_->layout.describe(), out_.target().string(), p.layout.describe(),
                        p.shards.size()) +
+           fmt::format(
+               "storage --io {}: reads {} ({:.3f}x the source's tensors) with the ranks "
+               "on one node, {} ({:.3f}x) with a node per rank\n",
+               io_mode_name(opt_.io), human_bytes(static_cast<double>(r.one_node())),
+               x(r.one_node()), human_bytes(static_cast<double>(r.node_per_rank())),
+               x(r.node_per_rank())) +
            balance_report(load, "writes");
   }
 
@@ -248,6 +289,11 @@ class ReshardStep : public Step {
 
 std::unique_ptr<Step> make_reshard_step(const ReshardOptions& opt) {
   return std::make_unique<ReshardStep>(opt);
+}
+
+StorageReads reshard_storage_reads(const ReshardOptions& opt, int world, uint64_t* each_once) {
+  const MegatronCheckpoint ck = open_megatron_checkpoint(opt.src);
+  return planned_reads(opt, ck, build_reshard_plan(ck, opt.layout, world), each_once);
 }
 
 int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {

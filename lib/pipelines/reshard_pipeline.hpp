@@ -10,6 +10,7 @@
 
 #include "core/direct_io.hpp"
 #include "layout/parallel_layout.hpp"
+#include "pipelines/plan_report.hpp"
 
 namespace mb {
 
@@ -34,5 +35,13 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi);
 
 // The reshard as a driver step (step_driver.hpp); `opt` must outlive it.
 std::unique_ptr<Step> make_reshard_step(const ReshardOptions& opt);
+
+// What `opt` run on `world` ranks reads from the source's shards, by its
+// plan (plan_report.hpp), and (`each_once`) what reading each stored element
+// once would: the source's canonical tensor bytes. Exact bytes: the aligned
+// cover of each direct read (at most two 4 KiB units more) is not counted,
+// the sources' file offsets not being part of the plan.
+StorageReads reshard_storage_reads(const ReshardOptions& opt, int world,
+                                   uint64_t* each_once = nullptr);
 
 }  // namespace mb

@@ -4,7 +4,8 @@
 # floor is what its neighbouring direct copies say (recomputed here from the
 # JSON record's own wall times and sizes), so is its floor for the bytes it
 # moved (input and output), and the work directory keeps only
-# the synthetic input. The work directory's name holds a quote and a space:
+# the synthetic input. A second run (TP1 -> EP2, hdf5) checks the reshard's
+# planned reads against the HF headers. The work directory's name holds a quote and a space:
 # bench runs cp without a shell, so the name stays a name. The figures
 # themselves are not judged: speed is measured by the benchmark, not by tests.
 #   bench_smoke.sh BIN FIXTURE_DIR PYTHON
@@ -45,4 +46,40 @@ print("floors agree:", {k: round(v, 4) for k, v in r.items() if k.endswith("_flo
 left="$(cd "$work/it's b" && ls -A | tr '\n' ' ')"
 [ "$left" = ".megabridge-bench hf " ] || { echo "FAIL: bench left '$left' in its work directory"; exit 1; }
 [ "$(ls -A "$work" | wc -l)" -eq 1 ] || { ls -A "$work"; echo "FAIL: bench wrote outside its work directory"; exit 1; }
-echo "OK: bench report and floors"
+
+# The reshard's planned storage reads (reshard_storage_reads), against a count
+# from the HF safetensors headers: a reshard from TP1 to EP2 on two ranks
+# reads every tensor once and every non-expert tensor a second time (EP
+# splits only the experts, so both ranks' shards hold the rest, each read by
+# its own rank), all in whole rows, counted exactly; the export reads each
+# stored element once.
+out="$(mpirun --allow-run-as-root --oversubscribe -np 2 "$bin" bench --hf-config "$fixture/config.json" \
+  --layers 1 --dir "$work/ep" --format hdf5 --reshard-ep 2)"
+grep '^bench-json: ' <<<"$out" | cut -c13- | "$py" -c '
+import glob, json, struct, sys
+r = json.load(sys.stdin)
+assert (r["layout"], r["reshard_layout"]) == ("TP1·PP1·EP1·ETP1", "TP1·PP1·EP2·ETP1"), r["reshard_layout"]
+total = non_expert = 0
+files = glob.glob(sys.argv[1] + "/*.safetensors")
+assert files, sys.argv[1]
+for f in files:
+    with open(f, "rb") as fh:
+        header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        n = t["data_offsets"][1] - t["data_offsets"][0]
+        total += n
+        non_expert += 0 if ".experts." in name else n
+assert 0 < non_expert < total, (non_expert, total)
+got = r["reshard_planned_read_bytes"]
+assert got == total + non_expert, (got, total, non_expert)
+print("reshard plan reads", got, "bytes =", total, "+", non_expert, "(non-expert, both ranks)")
+# The export of the TP1 import reads each stored element once: every HF byte.
+assert r["export_planned_read_bytes"] == total, (r["export_planned_read_bytes"], total)
+' "$work/ep/hf"
+for phase in import export reshard; do
+  grep -q "^$phase reads from storage .* the plan needs " <<<"$out" ||
+    { echo "$out"; echo "FAIL: no $phase read line"; exit 1; }
+done
+echo "OK: bench report and floors, the reshard's planned reads"
