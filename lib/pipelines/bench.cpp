@@ -286,8 +286,7 @@ struct Run {
   Copy cp;
   Copy copies[4];  // before import, between the phases, after reshard
   Phase imp, exp, rsh;
-  ParallelLayout reshard_layout;
-  ReshardOptions reshard;  // what the reshard phase ran
+  ReshardOptions reshard;  // what the reshard phase ran (its target layout)
   bool all_direct() const {
     return std::all_of(std::begin(copies), std::end(copies),
                        [](const Copy& c) { return c.all_direct; });
@@ -336,7 +335,6 @@ void run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi, R
   ro.buffer_bytes = opt.buffer_bytes;
   ro.device = opt.device;
   ro.io = opt.io;
-  run.reshard_layout = ro.layout;
   run.reshard = ro;
   run.rsh.t.stats = measure(
       mpi, [&] { return run_reshard(ro, mpi); }, run.rsh.t.wall, code, opt.cold);
@@ -373,7 +371,7 @@ std::string phase_table(const BenchOptions& opt, int ranks, const Sizes& sz, con
       opt.hf_config.filename().string(), opt.layers, gb(sz.hf), gb(sz.meg), ranks,
       opt.layout.describe(), opt.format, opt.read_once ? " read-once" : "", opt.buffer_bytes >> 20,
       opt.device, io_mode_name(opt.io), opt.cold ? "dropped before each phase" : "warm",
-      run.reshard_layout.describe());
+      run.reshard.layout.describe());
   out += fmt::format(
       "storage floor of a phase: the mean of direct-I/O copies of its input just before and just "
       "after it{}, or cp -r + sync where faster; x moved: against that floor scaled to the mean "
@@ -506,7 +504,7 @@ json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Run
             {"layers", opt.layers},
             {"ranks", ranks},
             {"layout", opt.layout.describe()},
-            {"reshard_layout", run.reshard_layout.describe()},
+            {"reshard_layout", run.reshard.layout.describe()},
             {"buffer_mb", opt.buffer_bytes >> 20},
             {"device", opt.device},
             {"io", io_mode_name(opt.io)},
