@@ -115,6 +115,9 @@ steps:
 YAML
 "${mpi[@]}" "$bin" run --dry-run "$work/dry2.yaml" >"$work/dry2.out" 2>&1 || { cat "$work/dry2.out"; fail "dry run 2"; }
 grep -q "reshard $work/meg (TP2" "$work/dry2.out" || { cat "$work/dry2.out"; fail "no reshard plan"; }
+# (what it reads; bench_smoke.sh checks the figure against the HF headers)
+grep -qE "storage --io auto: reads .* \([0-9.]+x the source's tensors\) with the ranks on one node" "$work/dry2.out" ||
+  { cat "$work/dry2.out"; fail "no reshard storage reads"; }
 grep -q "export $work/meg -> $work/dry2-hf: .* tensors in .* files" "$work/dry2.out" || { cat "$work/dry2.out"; fail "no export plan"; }
 [ "$(grep -c "rank .* writes .* GiB" "$work/dry2.out")" -eq 6 ] || fail "reshard and export plans: not 3 ranks each"
 grep -q "balance: busiest rank" "$work/dry2.out" || fail "export plan: no balance"
