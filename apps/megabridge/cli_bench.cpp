@@ -39,6 +39,10 @@ struct BenchCommand : CliCommand {
     c->add_flag("--keep", opt.keep, "keep the import and export outputs");
     c->add_option("--format", opt.format, "import output format: hdf5 or torch_dist");
     c->add_flag("--read-once", opt.read_once, "import in read-once mode");
+    c->add_option("--repeats", opt.repeats,
+                  "run import, export and reshard this many times, each between direct copies "
+                  "of its input, and report each phase's median ratio to its floor (default 1)")
+        ->check(CLI::Range(1, 100));
     c->add_flag("--cold", opt.cold,
                 "drop the page cache before each phase (root): every phase reads from storage");
   }

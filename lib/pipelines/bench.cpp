@@ -7,12 +7,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <vector>
 
 #include "checkpoint/shard_writer.hpp"
 #include "core/error.hpp"
@@ -283,7 +286,8 @@ struct Phase {
 };
 
 struct Run {
-  Copy cp;
+  Copy cp;              // cp -r + sync: run once, in the first repeat
+  bool cp_here = true;  // measured in this repeat (else the first repeat's)
   Copy copies[4];  // before import, between the phases, after reshard
   Phase imp, exp, rsh;
   ReshardOptions reshard;  // what the reshard phase ran (its target layout)
@@ -293,11 +297,14 @@ struct Run {
   }
 };
 
-// cp -r, then import, export and reshard, each between direct copies of its
-// input, each timed with every rank's counters.
-void run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi, Run& run) {
+// cp -r (in the first repeat; later ones take `first_cp`), then import,
+// export and reshard, each between direct copies of its input, each timed
+// with every rank's counters.
+void run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi, Run& run,
+                const Copy* first_cp) {
   int code = 0;
-  run.cp = timed_copy(opt, p, p.hf, /*use_cp=*/true, mpi);
+  run.cp_here = first_cp == nullptr;
+  run.cp = first_cp ? *first_cp : timed_copy(opt, p, p.hf, /*use_cp=*/true, mpi);
   run.copies[0] = timed_copy(opt, p, p.hf, false, mpi);
   ImportOptions io;
   io.hf_path = p.hf;
@@ -391,7 +398,7 @@ std::string phase_table(const BenchOptions& opt, int ranks, const Sizes& sz, con
         static_cast<double>(ph.out_bytes) / static_cast<double>(std::max<uint64_t>(ph.in_bytes, 1)),
         ph.t.wall / ph.moved_floor(), ph.t.stats.at(0).at("load_average").get<double>());
   };
-  copy("cp -r", run.cp);
+  if (run.cp_here) copy("cp -r", run.cp);
   copy("direct copy", run.copies[0]);
   phase(run.imp);
   copy("direct copy", run.copies[1]);
@@ -441,27 +448,40 @@ std::string rank_rows(const char* name, const json& stats, uint64_t in_bytes) {
 // output back (the metadata regions), not its input, so they are left out;
 // an export's or reshard's read the input (rows hashed ahead of or after
 // the conversion, files' metadata regions), so they count.
-std::string reads_against_plan(const char* phase, const json& stats, uint64_t planned,
-                               const std::string& how, bool checksum_reads_count) {
-  uint64_t got = 0, checksum = 0;
-  for (const auto& s : stats) {
-    got += s.at("read_bytes").get<uint64_t>();
-    checksum += s.at("checksum_read_bytes").get<uint64_t>();
+struct ReadsAgainstPlan {
+  uint64_t got = 0, checksum = 0, planned = 0;
+  bool checksum_reads_count = false;
+  double ratio() const {
+    return static_cast<double>(got) / static_cast<double>(std::max<uint64_t>(planned, 1));
   }
-  if (!checksum_reads_count) got -= std::min(got, checksum);
+};
+
+ReadsAgainstPlan reads_against_plan(const json& stats, uint64_t planned,
+                                    bool checksum_reads_count) {
+  ReadsAgainstPlan r;
+  for (const auto& s : stats) {
+    r.got += s.at("read_bytes").get<uint64_t>();
+    r.checksum += s.at("checksum_read_bytes").get<uint64_t>();
+  }
+  if (!checksum_reads_count) r.got -= std::min(r.got, r.checksum);
+  r.planned = planned;
+  r.checksum_reads_count = checksum_reads_count;
+  return r;
+}
+
+std::string reads_line(const char* phase, const ReadsAgainstPlan& r, const std::string& how) {
   return fmt::format(
       "{} reads from storage {} GB ({} {} GB); the plan needs {} GB ({}, ranks on one node): "
       "{:.3f}x\n",
-      phase, gb(got),
-      checksum_reads_count ? "checksum passes included:" : "checksum passes apart:", gb(checksum),
-      gb(planned), how,
-      static_cast<double>(got) / static_cast<double>(std::max<uint64_t>(planned, 1)));
+      phase, gb(r.got),
+      r.checksum_reads_count ? "checksum passes included:" : "checksum passes apart:",
+      gb(r.checksum), gb(r.planned), how, r.ratio());
 }
 
 // What the import should read from storage, by the plan (plan_report.hpp).
 // Sets sz.planned_reads.
 std::string planned_reads_line(const BenchOptions& opt, const BenchPaths& p, int ranks,
-                               const json& imp_stats, Sizes& sz) {
+                               const json& imp_stats, Sizes& sz, ReadsAgainstPlan& check) {
   const ModelConfig model = load_model_config(p.hf / "config.json");
   const ImportPlan plan = build_import_plan(model, read_hf_catalog(p.hf),
                                             PlanRequest{opt.layout, std::nullopt, true, ranks});
@@ -471,25 +491,25 @@ std::string planned_reads_line(const BenchOptions& opt, const BenchPaths& p, int
   // import reads each HF byte once, like read-once.
   const bool once = opt.read_once || opt.format == "torch_dist";
   sz.planned_reads = once ? read_once_read_bytes(plan) : want.one_node();
-  return reads_against_plan("import", imp_stats, sz.planned_reads,
-                            opt.read_once ? std::string("read-once")
-                            : opt.format == "torch_dist"
-                                ? std::string("torch_dist: each byte once")
-                                : fmt::format("--io {}", io_mode_name(opt.io)),
-                            /*checksum_reads_count=*/false);
+  check = reads_against_plan(imp_stats, sz.planned_reads, /*checksum_reads_count=*/false);
+  return reads_line("import", check,
+                    opt.read_once                ? std::string("read-once")
+                    : opt.format == "torch_dist" ? std::string("torch_dist: each byte once")
+                                                 : fmt::format("--io {}", io_mode_name(opt.io)));
 }
 
 // The same for the export and the reshard, from the checkpoint they read. An
 // export reads each stored element once: the canonical copies, whole rows
 // (the other copies of replicated tensors are not read). The reshard:
 // reshard_storage_reads. Sets sz.export_planned_reads, sz.reshard_planned_reads.
-std::string export_reshard_reads_lines(const Run& run, int ranks, Sizes& sz) {
+std::string export_reshard_reads_lines(const Run& run, int ranks, Sizes& sz, ReadsAgainstPlan& exp,
+                                       ReadsAgainstPlan& rsh) {
   sz.reshard_planned_reads =
       reshard_storage_reads(run.reshard, ranks, &sz.export_planned_reads).one_node();
-  return reads_against_plan("export", run.exp.t.stats, sz.export_planned_reads,
-                            "each stored element once", true) +
-         reads_against_plan("reshard", run.rsh.t.stats, sz.reshard_planned_reads,
-                            fmt::format("--io {}", io_mode_name(run.reshard.io)), true);
+  exp = reads_against_plan(run.exp.t.stats, sz.export_planned_reads, true);
+  rsh = reads_against_plan(run.rsh.t.stats, sz.reshard_planned_reads, true);
+  return reads_line("export", exp, "each stored element once") +
+         reads_line("reshard", rsh, fmt::format("--io {}", io_mode_name(run.reshard.io)));
 }
 
 // The `bench-json:` line: the setup, the sizes, every wall time and every
@@ -533,29 +553,108 @@ json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Run
   return r;
 }
 
-// Rank 0: the tables on stdout, then the `bench-json:` record.
-void report(const BenchOptions& opt, const BenchPaths& p, int ranks, const Run& run) {
+// One phase's figures in one repeat: what the summary of the repeats takes
+// the median (times) or the worst (reads, memory) of.
+struct PhaseFigures {
+  double x_floor = 0, x_moved = 0, reads_vs_plan = 0, peak_rss_mib = 0;
+};
+using RepeatFigures = std::array<PhaseFigures, 3>;  // import, export, reshard
+constexpr const char* kPhaseNames[3] = {"import", "export", "reshard"};
+
+PhaseFigures figures_of(const Phase& ph, const ReadsAgainstPlan& reads) {
+  PhaseFigures f{ph.t.wall / ph.floor(), ph.t.wall / ph.moved_floor(), reads.ratio(), 0};
+  for (const auto& s : ph.t.stats)
+    f.peak_rss_mib =
+        std::max(f.peak_rss_mib, static_cast<double>(s.at("peak_rss").get<uint64_t>()) / (1 << 20));
+  return f;
+}
+
+// Rank 0: the tables on stdout, then the `bench-json:` record. Returns the
+// repeat's figures for the summary.
+RepeatFigures report(const BenchOptions& opt, const BenchPaths& p, int ranks, const Run& run,
+                     int repeat) {
   Sizes sz;
   sz.hf = run.copies[0].bytes;
   sz.meg = run.copies[1].bytes;
-  std::string out = phase_table(opt, ranks, sz, run);
+  std::string out;
+  if (opt.repeats > 1) out += fmt::format("bench: repeat {} of {}\n", repeat, opt.repeats);
+  out += phase_table(opt, ranks, sz, run);
   out +=
       "phase   rank  seconds  CPU s   GB/s  read GB (syscall / storage)  written GB (syscall / "
       "storage)  peak RSS MiB\n";
   out += rank_rows("import", run.imp.t.stats, sz.hf);
   out += rank_rows("export", run.exp.t.stats, sz.hf);
   out += rank_rows("reshard", run.rsh.t.stats, sz.meg);
-  out += planned_reads_line(opt, p, ranks, run.imp.t.stats, sz);
-  out +=
-      export_reshard_reads_lines(run, ranks, sz);  // before the caller removes the import's output
+  ReadsAgainstPlan imp, exp, rsh;
+  out += planned_reads_line(opt, p, ranks, run.imp.t.stats, sz, imp);
+  // Before the caller removes the import's output: the reshard's plan reads its index.
+  out += export_reshard_reads_lines(run, ranks, sz, exp, rsh);
   std::fputs(out.c_str(), stdout);
-  std::printf("bench-json: %s\n", bench_record(opt, ranks, sz, run).dump().c_str());
+  json record = bench_record(opt, ranks, sz, run);
+  record["repeat"] = repeat;
+  record["repeats"] = opt.repeats;
+  std::printf("bench-json: %s\n", record.dump().c_str());
+  std::fflush(stdout);
+  return {figures_of(run.imp, imp), figures_of(run.exp, exp), figures_of(run.rsh, rsh)};
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Rank 0, after more than one repeat: per phase the median of its ratios to
+// the floor over the repeats (each repeat's phase against the copies next to
+// it), every repeat's ratio, and the worst reads against the plan and peak
+// RSS; then the `bench-summary-json:` record. The disk's speed moves single
+// phases by tens of percent from run to run, so one run's ratio is one draw;
+// the median of interleaved repeats is the estimate that one slow or fast
+// minute does not move.
+void report_summary(const BenchOptions& opt, const std::vector<RepeatFigures>& repeats) {
+  const auto list = [](const std::vector<double>& v) {
+    std::string s;
+    for (double x : v) s += fmt::format("{}{:.2f}", s.empty() ? "" : " ", x);
+    return "(" + s + ")";
+  };
+  std::string out = fmt::format(
+      "summary of {} repeats: each phase's median ratio to the floor next to it (every repeat's "
+      "in parentheses), the most its storage reads exceeded its plan, its highest peak RSS "
+      "(buffer {} MiB)\n",
+      repeats.size(), opt.buffer_bytes >> 20);
+  out +=
+      "phase    x floor median (repeats)    x moved median (repeats)    reads/plan max  peak RSS "
+      "MiB max\n";
+  json summary = {{"repeats", repeats.size()}};
+  for (size_t i = 0; i < 3; ++i) {
+    std::vector<double> xf, xm, rd, rss;
+    for (const RepeatFigures& r : repeats) {
+      xf.push_back(r[i].x_floor);
+      xm.push_back(r[i].x_moved);
+      rd.push_back(r[i].reads_vs_plan);
+      rss.push_back(r[i].peak_rss_mib);
+    }
+    const double rd_max = *std::max_element(rd.begin(), rd.end());
+    const double rss_max = *std::max_element(rss.begin(), rss.end());
+    out += fmt::format("{:<8} {:>6.2f} {:<20} {:>6.2f} {:<20} {:>14.3f} {:>17.0f}\n",
+                       kPhaseNames[i], median(xf), list(xf), median(xm), list(xm), rd_max, rss_max);
+    summary[kPhaseNames[i]] = {{"x_floor", xf},
+                               {"x_floor_median", median(xf)},
+                               {"x_moved", xm},
+                               {"x_moved_median", median(xm)},
+                               {"reads_vs_plan", rd},
+                               {"reads_vs_plan_max", rd_max},
+                               {"peak_rss_mib_max", rss_max}};
+  }
+  std::fputs(out.c_str(), stdout);
+  std::printf("bench-summary-json: %s\n", summary.dump().c_str());
   std::fflush(stdout);
 }
 
 }  // namespace
 
 int run_bench(const BenchOptions& opt, MpiContext& mpi) {
+  MB_CHECK(opt.repeats >= 1, "bench: --repeats must be at least 1, got {}", opt.repeats);
   const BenchPaths p(opt.dir);
   std::string status = "ok";
   if (mpi.is_root()) {
@@ -570,16 +669,25 @@ int run_bench(const BenchOptions& opt, MpiContext& mpi) {
     if (mpi.is_root()) log::error("{}", status);
     return 2;
   }
-  const auto level = log::level();
-  log::set_level(log::Level::Warn);
-  Run run;
-  run_phases(opt, p, mpi, run);
-  log::set_level(level);
-
-  if (mpi.is_root()) {
-    report(opt, p, mpi.size(), run);
-    if (!opt.keep) fs::remove_all(p.meg);
+  std::vector<RepeatFigures> figures;
+  std::optional<Copy> first_cp;
+  for (int repeat = 1; repeat <= opt.repeats; ++repeat) {
+    const auto level = log::level();
+    log::set_level(log::Level::Warn);
+    Run run;
+    run_phases(opt, p, mpi, run, first_cp ? &*first_cp : nullptr);
+    log::set_level(level);
+    if (!first_cp) first_cp = run.cp;
+    if (mpi.is_root()) {
+      figures.push_back(report(opt, p, mpi.size(), run, repeat));
+      // The next repeat writes them again; --keep keeps the last repeat's.
+      if (!opt.keep || repeat < opt.repeats)
+        for (const auto& d : {p.meg, p.back, p.resh}) fs::remove_all(d);
+      sync_all();
+    }
+    mpi.barrier();
   }
+  if (mpi.is_root() && opt.repeats > 1) report_summary(opt, figures);
   mpi.barrier();
   return 0;
 }

@@ -36,6 +36,10 @@ struct BenchOptions {
   // Target of the reshard phase (from the import's output). Default: TP2 from
   // TP1·PP1·EP1; else TP and EP swapped (MoE) or TP and PP swapped (dense).
   std::optional<ParallelLayout> reshard_layout;
+  // Import, export and reshard (each between its direct copies) this many
+  // times in a row; more than one adds a summary of each phase's median
+  // ratio to its floor. cp -r runs in the first repeat only.
+  int repeats = 1;
 };
 
 int run_bench(const BenchOptions& opt, MpiContext& mpi);
