@@ -128,6 +128,12 @@ bool is_torch_dist_dir(const fs::path& dir) {
   return false;
 }
 
+uint64_t canonical_bytes(const MegatronCheckpoint& ck) {
+  uint64_t n = 0;
+  for (const ShardPlan& s : ck.shards) n += s.canonical_bytes();
+  return n;
+}
+
 MegatronCheckpoint open_megatron_checkpoint(const fs::path& dir, const ForeignCheckpointOptions* foreign) {
   MegatronCheckpoint ck;
   ck.dir = dir;

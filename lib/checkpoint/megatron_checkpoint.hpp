@@ -54,6 +54,11 @@ struct ForeignCheckpointOptions {
 MegatronCheckpoint open_megatron_checkpoint(const std::filesystem::path& dir,
                                             const ForeignCheckpointOptions* foreign = nullptr);
 
+// Every element `ck` stores, once: the bytes of its canonical local tensors
+// (a tensor replicated over ranks counted in one shard). What an export
+// reads: whole rows of the canonical copies.
+uint64_t canonical_bytes(const MegatronCheckpoint& ck);
+
 // The paths a command reading `ck` depends on (its directory, its manifest's
 // data files, its HF side directory), for check_output_apart.
 std::vector<NamedPath> checkpoint_files(const MegatronCheckpoint& ck);

@@ -17,6 +17,7 @@
 #include <optional>
 #include <vector>
 
+#include "checkpoint/megatron_checkpoint.hpp"
 #include "checkpoint/shard_writer.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
@@ -363,9 +364,6 @@ void run_phases(const BenchOptions& opt, const BenchPaths& p, MpiContext& mpi, R
 // The input and output sizes, shared by the report and the JSON record.
 struct Sizes {
   uint64_t hf = 0, meg = 0;
-  uint64_t planned_reads = 0;  // what the import should read from storage, by the plan
-  uint64_t export_planned_reads = 0;   // the export: each stored element once
-  uint64_t reshard_planned_reads = 0;  // the reshard
 };
 
 // The setup, then every copy and phase in the order they ran, each phase
@@ -478,43 +476,44 @@ std::string reads_line(const char* phase, const ReadsAgainstPlan& r, const std::
       gb(r.checksum), gb(r.planned), how, r.ratio());
 }
 
-// What the import should read from storage, by the plan (plan_report.hpp).
-// Sets sz.planned_reads.
-std::string planned_reads_line(const BenchOptions& opt, const BenchPaths& p, int ranks,
-                               const json& imp_stats, Sizes& sz, ReadsAgainstPlan& check) {
+// Every phase's storage reads against what its plan says it needs, with
+// how that was counted. The import: what `plan --io MODE` says (torch_dist
+// output and read-once read each HF byte once). The export: each stored
+// element once, the canonical copies in whole rows (the other copies of
+// replicated tensors are not read). The reshard: reshard_storage_reads.
+// Before the caller removes the import's output: the export's and the
+// reshard's plans come from its manifest.
+struct PlanChecks {
+  ReadsAgainstPlan imp, exp, rsh;
+  std::string import_how;
+};
+
+PlanChecks check_reads_against_plans(const BenchOptions& opt, const BenchPaths& p, int ranks,
+                                     const Run& run) {
+  PlanChecks c;
   const ModelConfig model = load_model_config(p.hf / "config.json");
   const ImportPlan plan = build_import_plan(model, read_hf_catalog(p.hf),
                                             PlanRequest{opt.layout, std::nullopt, true, ranks});
-  const StorageReads want =
-      import_storage_reads(plan, opt.io, opt.format == "hdf5" ? opt.buffer_bytes : 0);
-  // torch_dist stores every element once, written by one rank, so its
-  // import reads each HF byte once, like read-once.
   const bool once = opt.read_once || opt.format == "torch_dist";
-  sz.planned_reads = once ? read_once_read_bytes(plan) : want.one_node();
-  check = reads_against_plan(imp_stats, sz.planned_reads, /*checksum_reads_count=*/false);
-  return reads_line("import", check,
-                    opt.read_once                ? std::string("read-once")
-                    : opt.format == "torch_dist" ? std::string("torch_dist: each byte once")
-                                                 : fmt::format("--io {}", io_mode_name(opt.io)));
-}
-
-// The same for the export and the reshard, from the checkpoint they read. An
-// export reads each stored element once: the canonical copies, whole rows
-// (the other copies of replicated tensors are not read). The reshard:
-// reshard_storage_reads. Sets sz.export_planned_reads, sz.reshard_planned_reads.
-std::string export_reshard_reads_lines(const Run& run, int ranks, Sizes& sz, ReadsAgainstPlan& exp,
-                                       ReadsAgainstPlan& rsh) {
-  sz.reshard_planned_reads =
-      reshard_storage_reads(run.reshard, ranks, &sz.export_planned_reads).one_node();
-  exp = reads_against_plan(run.exp.t.stats, sz.export_planned_reads, true);
-  rsh = reads_against_plan(run.rsh.t.stats, sz.reshard_planned_reads, true);
-  return reads_line("export", exp, "each stored element once") +
-         reads_line("reshard", rsh, fmt::format("--io {}", io_mode_name(run.reshard.io)));
+  const uint64_t import_planned =
+      once ? read_once_read_bytes(plan)
+           : import_storage_reads(plan, opt.io, opt.format == "hdf5" ? opt.buffer_bytes : 0)
+                 .one_node();
+  c.import_how = opt.read_once                ? std::string("read-once")
+                 : opt.format == "torch_dist" ? std::string("torch_dist: each byte once")
+                                              : fmt::format("--io {}", io_mode_name(opt.io));
+  c.imp = reads_against_plan(run.imp.t.stats, import_planned, /*checksum_reads_count=*/false);
+  const MegatronCheckpoint ck = open_megatron_checkpoint(p.meg);
+  c.exp = reads_against_plan(run.exp.t.stats, canonical_bytes(ck), true);
+  c.rsh = reads_against_plan(run.rsh.t.stats,
+                             reshard_storage_reads(run.reshard, ck, ranks).one_node(), true);
+  return c;
 }
 
 // The `bench-json:` line: the setup, the sizes, every wall time and every
 // rank's counters.
-json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Run& run) {
+json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Run& run,
+                  const PlanChecks& reads) {
   json copies = json::array(), copy_seconds = json::array();
   for (const Copy& c : run.copies) {
     copies.push_back(c.t.stats);
@@ -533,9 +532,9 @@ json bench_record(const BenchOptions& opt, int ranks, const Sizes& sz, const Run
             {"cold", opt.cold},
             {"hf_bytes", sz.hf},
             {"megatron_bytes", sz.meg},
-            {"import_planned_read_bytes", sz.planned_reads},
-            {"export_planned_read_bytes", sz.export_planned_reads},
-            {"reshard_planned_read_bytes", sz.reshard_planned_reads},
+            {"import_planned_read_bytes", reads.imp.planned},
+            {"export_planned_read_bytes", reads.exp.planned},
+            {"reshard_planned_read_bytes", reads.rsh.planned},
             {"cp_seconds", run.cp.t.wall},
             // Before import, between the phases, after reshard.
             {"direct_copy_seconds", copy_seconds},
@@ -585,17 +584,18 @@ RepeatFigures report(const BenchOptions& opt, const BenchPaths& p, int ranks, co
   out += rank_rows("import", run.imp.t.stats, sz.hf);
   out += rank_rows("export", run.exp.t.stats, sz.hf);
   out += rank_rows("reshard", run.rsh.t.stats, sz.meg);
-  ReadsAgainstPlan imp, exp, rsh;
-  out += planned_reads_line(opt, p, ranks, run.imp.t.stats, sz, imp);
-  // Before the caller removes the import's output: the reshard's plan reads its index.
-  out += export_reshard_reads_lines(run, ranks, sz, exp, rsh);
+  const PlanChecks reads = check_reads_against_plans(opt, p, ranks, run);
+  out += reads_line("import", reads.imp, reads.import_how);
+  out += reads_line("export", reads.exp, "each stored element once");
+  out += reads_line("reshard", reads.rsh, fmt::format("--io {}", io_mode_name(run.reshard.io)));
   std::fputs(out.c_str(), stdout);
-  json record = bench_record(opt, ranks, sz, run);
+  json record = bench_record(opt, ranks, sz, run, reads);
   record["repeat"] = repeat;
   record["repeats"] = opt.repeats;
   std::printf("bench-json: %s\n", record.dump().c_str());
   std::fflush(stdout);
-  return {figures_of(run.imp, imp), figures_of(run.exp, exp), figures_of(run.rsh, rsh)};
+  return {figures_of(run.imp, reads.imp), figures_of(run.exp, reads.exp),
+          figures_of(run.rsh, reads.rsh)};
 }
 
 double median(std::vector<double> v) {

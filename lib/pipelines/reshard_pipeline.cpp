@@ -82,7 +82,7 @@ IoMode reshard_source_io(const ReshardOptions& opt, bool streamed) {
 // The plan's segments read the source's canonical local tensors, each stored
 // row-major (an HDF5 dataset, the pieces of a torch_dist chunk).
 StorageReads planned_reads(const ReshardOptions& opt, const MegatronCheckpoint& ck,
-                           const ImportPlan& plan, uint64_t* each_once) {
+                           const ImportPlan& plan) {
   const ExportIndex index = build_export_index(ck.shards, ck.source.tensors.size());
   std::vector<SourceGeometry> sources;
   sources.reserve(index.refs.size());
@@ -90,10 +90,6 @@ StorageReads planned_reads(const ReshardOptions& opt, const MegatronCheckpoint& 
     const LocalTensor& t = ck.shards.at(r.shard).tensors.at(r.tensor);
     const uint64_t es = dtype_size(t.dtype);
     sources.push_back({0, cols_2d(t.shape) * es, es});
-  }
-  if (each_once != nullptr) {
-    *each_once = 0;
-    for (const ShardPlan& s : ck.shards) *each_once += s.canonical_bytes();
   }
   return storage_reads(plan, sources, reshard_source_io(opt, checks_as_read(opt, ck)),
                        opt.buffer_bytes, /*align=*/1);
@@ -250,8 +246,8 @@ class ReshardStep : public Step {
     const ImportPlan p = plan_from_json(json::from_msgpack(blob));
     std::vector<uint64_t> load(static_cast<size_t>(world), 0);
     for (const auto& s : p.shards) load[static_cast<size_t>(s.rank)] += s.bytes_written();
-    uint64_t once = 0;
-    const StorageReads r = planned_reads(opt_, *ck_, p, &once);
+    const uint64_t once = canonical_bytes(*ck_);
+    const StorageReads r = planned_reads(opt_, *ck_, p);
     const auto x = [&](uint64_t b) {
       return static_cast<double>(b) / static_cast<double>(std::max<uint64_t>(once, 1));
     };
@@ -291,9 +287,9 @@ std::unique_ptr<Step> make_reshard_step(const ReshardOptions& opt) {
   return std::make_unique<ReshardStep>(opt);
 }
 
-StorageReads reshard_storage_reads(const ReshardOptions& opt, int world, uint64_t* each_once) {
-  const MegatronCheckpoint ck = open_megatron_checkpoint(opt.src);
-  return planned_reads(opt, ck, build_reshard_plan(ck, opt.layout, world), each_once);
+StorageReads reshard_storage_reads(const ReshardOptions& opt, const MegatronCheckpoint& src,
+                                   int world) {
+  return planned_reads(opt, src, build_reshard_plan(src, opt.layout, world));
 }
 
 int run_reshard(const ReshardOptions& opt, MpiContext& mpi) {

@@ -15,6 +15,7 @@
 namespace mb {
 
 class MpiContext;
+struct MegatronCheckpoint;
 class Step;
 
 struct ReshardOptions {
@@ -36,12 +37,11 @@ int run_reshard(const ReshardOptions& opt, MpiContext& mpi);
 // The reshard as a driver step (step_driver.hpp); `opt` must outlive it.
 std::unique_ptr<Step> make_reshard_step(const ReshardOptions& opt);
 
-// What `opt` run on `world` ranks reads from the source's shards, by its
-// plan (plan_report.hpp), and (`each_once`) what reading each stored element
-// once would: the source's canonical tensor bytes. Exact bytes: the aligned
-// cover of each direct read (at most two 4 KiB units more) is not counted,
-// the sources' file offsets not being part of the plan.
-StorageReads reshard_storage_reads(const ReshardOptions& opt, int world,
-                                   uint64_t* each_once = nullptr);
+// What `opt` run on `world` ranks reads from the shards of `src` (opt.src
+// opened), by its plan (plan_report.hpp). Exact bytes: the aligned cover of
+// each direct read (at most two 4 KiB units more) is not counted, the
+// sources' file offsets not being part of the plan.
+StorageReads reshard_storage_reads(const ReshardOptions& opt, const MegatronCheckpoint& src,
+                                   int world);
 
 }  // namespace mb
