@@ -52,7 +52,6 @@ void ShardInProgress::end(size_t k, uint64_t xxh3) {
   const LocalTensor& t = shard_.tensors.at(k);
   w_->end_dataset(hash_hex(xxh3));
   result_.tensors.push_back({t.name, hash_hex(xxh3)});
-  written_[t.name] = xxh3;
 }
 
 ShardResult ShardInProgress::commit(uint64_t bytes_read) {
@@ -60,6 +59,7 @@ ShardResult ShardInProgress::commit(uint64_t bytes_read) {
            "internal: {} committed with {} of its {} datasets", name_, result_.tensors.size(),
            shard_.tensors.size());
   w_->close();
+  const std::vector<Hdf5DataRegion> regions = w_->data_regions();
   w_.reset();
   {
     File f(tmp_, File::Mode::ReadWrite);
@@ -69,7 +69,7 @@ ShardResult ShardInProgress::commit(uint64_t bytes_read) {
   fs::rename(tmp_, final_, ec);
   MB_CHECK(!ec, "cannot rename {} to {}: {}", tmp_.string(), final_.string(), ec.message());
   result_.bytes = fs::file_size(final_);
-  result_.xxh3 = hash_hex(hdf5_file_checksum(final_, written_).digest);
+  result_.xxh3 = hash_hex(hdf5_written_file_checksum(final_, regions).digest);
   result_.checksum = kHdf5RegionChecksum;
   result_.bytes_read = bytes_read;
   return result_;

@@ -28,8 +28,9 @@ ShardFileInfo shard_file_info(const ParallelLayout& layout, const std::string& a
 // side by side with other shards' datasets through SideBySideSink) and ended
 // with the checksum of its bytes as written; then fsynced and renamed by
 // commit(), which reports the checksums for the manifest. The file checksum
-// (scheme kHdf5RegionChecksum) is taken from the tensors' checksums plus the
-// metadata read back: the data is not re-read. Data is written with `io`
+// (scheme kHdf5RegionChecksum) is taken from the tensors' checksums and the
+// regions the writer allocated them, plus the metadata read back: neither
+// the data nor the datasets are read again. Data is written with `io`
 // (direct where it says so, two write-behind buffers of io.chunk_bytes).
 class ShardInProgress {
  public:
@@ -49,7 +50,6 @@ class ShardInProgress {
   std::filesystem::path tmp_, final_;
   std::unique_ptr<Hdf5ShardWriter> w_;
   ShardResult result_;
-  std::map<std::string, uint64_t> written_;  // each dataset's xxh3, from the bytes as written
 };
 
 // Hands each block of a job to one dataset of one shard, which hashes the rows on the

@@ -22,6 +22,23 @@ Hdf5FileChecksum hdf5_file_checksum(const fs::path& path,
   return {c.digest, std::move(c.bad)};
 }
 
+Hdf5FileChecksum hdf5_written_file_checksum(const fs::path& path,
+                                            const std::vector<Hdf5DataRegion>& written) {
+  std::vector<DataRegion> regions;
+  std::map<std::string, uint64_t> known;
+  for (const Hdf5DataRegion& r : written) {
+    MB_CHECK(!r.xxh3.empty(), "internal: {}: dataset '{}' was written without a checksum",
+             path.string(), r.name);
+    regions.push_back({r.name, r.offset, r.bytes, r.xxh3});
+    known[r.name] = hash_from_hex(r.xxh3);
+  }
+  // In offset order, as the checksum wants (region_file_checksum checks it).
+  std::sort(regions.begin(), regions.end(),
+            [](const DataRegion& a, const DataRegion& b) { return a.offset < b.offset; });
+  RegionChecksum c = region_file_checksum(path, regions, known);
+  return {c.digest, std::move(c.bad)};
+}
+
 uint64_t file_checksum(const fs::path& path, const std::string& scheme,
                        std::vector<std::string>* bad_datasets) {
   if (scheme == kWholeFileChecksum) return hash_file(path);

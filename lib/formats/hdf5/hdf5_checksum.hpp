@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "formats/hdf5/hdf5_shard.hpp"
+
 namespace mb {
 
 inline constexpr const char* kHdf5RegionChecksum = "xxh3-64-hdf5-regions";
@@ -37,6 +39,15 @@ struct Hdf5FileChecksum {
 // while writing; the regions of those datasets are not read. Others are read.
 Hdf5FileChecksum hdf5_file_checksum(const std::filesystem::path& path,
                                     const std::map<std::string, uint64_t>& known = {});
+
+// The same checksum for a file this process has just written and closed,
+// from the data regions its writer recorded (Hdf5ShardWriter::data_regions:
+// offsets as HDF5 allocated them, checksums of the bytes as written). Only
+// the metadata between them is read. hdf5_file_checksum opens every dataset
+// through HDF5 to find its region: for a 1-rank 35B-A3B import's shard
+// (2956 datasets) the checksum took 85 ms that way, 12 ms this way.
+Hdf5FileChecksum hdf5_written_file_checksum(const std::filesystem::path& path,
+                                            const std::vector<Hdf5DataRegion>& written);
 
 // The checksum of `path` under `scheme` (kHdf5RegionChecksum or
 // kWholeFileChecksum or kDistcpRegionChecksum), reading every byte: what verifiers call. A mismatch

@@ -325,6 +325,7 @@ void Hdf5ShardWriter::begin_dataset(const ShardDatasetInfo& info) {
                H5Dget_storage_size(dset_), bytes);
       data_->begin(at, at + bytes);
       in_dataset_ = true;
+      regions_.push_back({info.name, at, bytes, {}});
     }
   } catch (...) {
     rethrow_with_context(what);
@@ -359,6 +360,7 @@ void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
   if (in_dataset_) data_->end();  // every row came; the last block may still be in flight
   in_dataset_ = false;
   put_string_attr(dset_, "xxh3", xxh3);
+  if (!regions_.empty() && regions_.back().name == cur_.name) regions_.back().xxh3 = xxh3;
   MB_CHECK(H5Dclose(dset_) >= 0, "{}: closing dataset '{}' failed{}", path_.string(), cur_.name,
            hdf5_error_detail());
   dset_ = -1;

@@ -31,6 +31,15 @@ struct ShardDatasetInfo {
   uint64_t data_offset = UINT64_MAX;
 };
 
+// Where a dataset's bytes lie in its file: contiguous datasets with
+// allocated storage only (others have no single region). `xxh3` is its
+// checksum attribute ("" if none).
+struct Hdf5DataRegion {
+  std::string name;
+  uint64_t offset = 0, bytes = 0;
+  std::string xxh3;
+};
+
 // Attributes of the file: where it sits in the parallel layout.
 struct ShardFileInfo {
   uint64_t tp_rank = 0, pp_rank = 0, ep_rank = 0, etp_rank = 0;
@@ -74,6 +83,12 @@ class Hdf5ShardWriter {
   void close();
   // Whether the data went (at least partly) with O_DIRECT.
   bool direct() const;
+  // The data region of every dataset with bytes, with the checksum given to
+  // end_dataset, in the order written (not offset order: HDF5 puts small
+  // datasets in the gaps that aligning the large ones leaves): what
+  // hdf5_data_regions() reads back from the closed file, known without
+  // opening its thousands of datasets again (hdf5_written_file_checksum).
+  const std::vector<Hdf5DataRegion>& data_regions() const { return regions_; }
 
  private:
   std::filesystem::path path_;
@@ -85,6 +100,7 @@ class Hdf5ShardWriter {
   std::unique_ptr<StreamingRegionWriter> data_;  // the datasets' bytes
   bool in_dataset_ = false;                      // data_ has a region open
   uint64_t row_bytes_ = 0, next_row_ = 0;
+  std::vector<Hdf5DataRegion> regions_;
 };
 
 // Random-access writing, for read-once mode: every dataset is created up
@@ -160,14 +176,6 @@ class Hdf5ShardReader {
 // The HDF5 type we store for a dtype, and the dtype a stored type stands for.
 int64_t hdf5_type_for(DType t);
 
-// Where a dataset's bytes lie in its file: contiguous datasets with
-// allocated storage only (others have no single region). `xxh3` is its
-// checksum attribute ("" if none).
-struct Hdf5DataRegion {
-  std::string name;
-  uint64_t offset = 0, bytes = 0;
-  std::string xxh3;
-};
 // The data regions of the file's root datasets, sorted by offset; throws
 // (naming the file) when the file cannot be read as HDF5 or two regions
 // overlap or one extends past the end of the file.
