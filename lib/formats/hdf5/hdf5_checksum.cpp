@@ -13,30 +13,35 @@
 namespace mb {
 namespace fs = std::filesystem;
 
-Hdf5FileChecksum hdf5_file_checksum(const fs::path& path,
-                                    const std::map<std::string, uint64_t>& known) {
+namespace {
+// The region checksum over the datasets' regions `hdf5` (any order).
+Hdf5FileChecksum checksum_over(const fs::path& path, const std::vector<Hdf5DataRegion>& hdf5,
+                               const std::map<std::string, uint64_t>& known) {
   std::vector<DataRegion> regions;
-  for (Hdf5DataRegion& r : hdf5_data_regions(path))
-    regions.push_back({std::move(r.name), r.offset, r.bytes, std::move(r.xxh3)});
-  RegionChecksum c = region_file_checksum(path, regions, known);
-  return {c.digest, std::move(c.bad)};
-}
-
-Hdf5FileChecksum hdf5_written_file_checksum(const fs::path& path,
-                                            const std::vector<Hdf5DataRegion>& written) {
-  std::vector<DataRegion> regions;
-  std::map<std::string, uint64_t> known;
-  for (const Hdf5DataRegion& r : written) {
-    MB_CHECK(!r.xxh3.empty(), "internal: {}: dataset '{}' was written without a checksum",
-             path.string(), r.name);
-    regions.push_back({r.name, r.offset, r.bytes, r.xxh3});
-    known[r.name] = hash_from_hex(r.xxh3);
-  }
+  regions.reserve(hdf5.size());
+  for (const Hdf5DataRegion& r : hdf5) regions.push_back({r.name, r.offset, r.bytes, r.xxh3});
   // In offset order, as the checksum wants (region_file_checksum checks it).
   std::sort(regions.begin(), regions.end(),
             [](const DataRegion& a, const DataRegion& b) { return a.offset < b.offset; });
   RegionChecksum c = region_file_checksum(path, regions, known);
   return {c.digest, std::move(c.bad)};
+}
+}  // namespace
+
+Hdf5FileChecksum hdf5_file_checksum(const fs::path& path,
+                                    const std::map<std::string, uint64_t>& known) {
+  return checksum_over(path, hdf5_data_regions(path), known);
+}
+
+Hdf5FileChecksum hdf5_written_file_checksum(const fs::path& path,
+                                            const std::vector<Hdf5DataRegion>& written) {
+  std::map<std::string, uint64_t> known;  // every region: none is read
+  for (const Hdf5DataRegion& r : written) {
+    MB_CHECK(!r.xxh3.empty(), "internal: {}: dataset '{}' was written without a checksum",
+             path.string(), r.name);
+    known[r.name] = hash_from_hex(r.xxh3);
+  }
+  return checksum_over(path, written, known);
 }
 
 uint64_t file_checksum(const fs::path& path, const std::string& scheme,

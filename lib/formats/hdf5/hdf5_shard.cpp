@@ -357,10 +357,12 @@ void Hdf5ShardWriter::end_dataset(const std::string& xxh3) {
   MB_CHECK(next_row_ == rows_2d(cur_.shape) || !in_dataset_,
            "internal: {}: dataset '{}' closed after {} of its {} rows", path_.string(), cur_.name,
            next_row_, rows_2d(cur_.shape));
-  if (in_dataset_) data_->end();  // every row came; the last block may still be in flight
+  // in_dataset_: the dataset has bytes, so begin_dataset recorded its region last.
+  const bool has_region = in_dataset_;
+  if (has_region) data_->end();  // every row came; the last block may still be in flight
   in_dataset_ = false;
   put_string_attr(dset_, "xxh3", xxh3);
-  if (!regions_.empty() && regions_.back().name == cur_.name) regions_.back().xxh3 = xxh3;
+  if (has_region) regions_.back().xxh3 = xxh3;
   MB_CHECK(H5Dclose(dset_) >= 0, "{}: closing dataset '{}' failed{}", path_.string(), cur_.name,
            hdf5_error_detail());
   dset_ = -1;
