@@ -1,5 +1,6 @@
 #include "checkpoint/safetensors_source.hpp"
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.hpp"
@@ -33,8 +34,20 @@ void SafetensorsSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t
   const uint64_t base = t.offset + row0 * row_bytes + col0 * es;
   const uint64_t chunk = cols * es;
   if (col0 == 0 && cols == t.cols() && dst_stride == row_bytes) {
-    in.pread_exact(d, rows * row_bytes, base, window_, t.name);
-  } else if (col0 == 0 && cols == t.cols() && !in.direct()) {  // contiguous in the file, strided in memory
+    const uint64_t n = rows * row_bytes;
+    const uint64_t got = queue_.take(in, d, n, base);
+    if (got < n) in.pread_exact(d + got, n - got, base + got, window_, t.name);
+  } else if (col0 == 0 && cols == t.cols() && in.direct()) {
+    // Contiguous in the file, strided in memory: the rows the queue holds,
+    // then the rest as usual.
+    uint64_t r = 0;
+    while (r < rows &&
+           queue_.take(in, d + r * dst_stride, row_bytes, base + r * row_bytes) == row_bytes)
+      ++r;
+    in.pread_rows(d + r * dst_stride, dst_stride, rows - r, chunk, base + r * row_bytes, row_bytes,
+                  window_, t.name);
+  } else if (col0 == 0 && cols == t.cols() &&
+             !in.direct()) {  // contiguous in the file, strided in memory
     std::vector<iovec> iov(rows);
     for (uint64_t r = 0; r < rows; ++r) iov[r] = {d + r * dst_stride, chunk};
     in.file().preadv_exact(iov, base, t.name);
@@ -49,8 +62,13 @@ uint64_t SafetensorsSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, 
   const HfTensor& t = c_.tensors.at(id);
   if (io_.mode == IoMode::Buffered || row0 + rows > t.rows() || col0 + cols > t.cols()) return 0;
   const uint64_t es = dtype_size(t.dtype), row_bytes = t.row_bytes();
-  return file(t.file).will_read_rows(rows, cols * es, t.offset + row0 * row_bytes + col0 * es,
-                                     row_bytes, max_bytes);
+  InputFile& in = file(t.file);
+  if (col0 == 0 && cols == t.cols() && in.direct()) {
+    const uint64_t begin = t.offset + row0 * row_bytes;
+    return queue_.want(in, begin, begin + std::min(rows * row_bytes, max_bytes));
+  }
+  return in.will_read_rows(rows, cols * es, t.offset + row0 * row_bytes + col0 * es, row_bytes,
+                           max_bytes);
 }
 
 }  // namespace mb

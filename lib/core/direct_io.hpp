@@ -41,7 +41,8 @@ std::string_view io_mode_name(IoMode mode);
 
 // The size of each direct transfer for a given conversion buffer: 1/32 of it,
 // between 256 KiB and 8 MiB (8 MiB requests ran at 1 GB/s here, 1 MiB ones
-// at 0.66 GB/s). A source's bounce buffer and an output's append buffer take
+// at 0.66 GB/s). A source's bounce buffer, each of an import source's
+// read-ahead slots (direct_read_queue.hpp) and an output's append buffer take
 // one each, out of the conversion buffer (see engine_buffer_bytes).
 uint64_t direct_io_chunk_bytes(uint64_t buffer_bytes);
 // What remains of `buffer_bytes` for the copy engine once `io_buffers` direct
@@ -187,6 +188,7 @@ class InputFile {
                           uint64_t max_bytes = UINT64_MAX) const;
 
  private:
+  friend class DirectReadQueue;  // reads ahead through a duplicate of direct_fd_
   File file_;
   int direct_fd_ = -1;
   uint32_t align_ = 4096;

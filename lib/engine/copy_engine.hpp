@@ -33,6 +33,12 @@ class RowSource {
     (void)id, (void)row0, (void)rows, (void)col0, (void)cols, (void)max_bytes;
     return 0;
   }
+  // ReadAhead's job boundaries, for a source that reads ahead into memory
+  // of its own: what prefetch() asks for from now on is for job `job`
+  // (numbers only increase); jobs_done_before(job): every job numbered below
+  // `job` has done its reads, so what is held for them can go.
+  virtual void prefetch_job(uint64_t job) { (void)job; }
+  virtual void jobs_done_before(uint64_t job) { (void)job; }
 };
 
 class RowSink {

@@ -3,6 +3,8 @@
 // are on their way from storage before they are needed: a conversion reads
 // one tensor at a time, and a source handle that reads nothing ahead by
 // itself (InputFile::file()) would otherwise wait for each read in turn.
+// A source that reads directly loads the ranges itself, ahead, into memory
+// it frees job by job (DirectReadQueue).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,7 @@ class ReadAhead {
   std::vector<const std::vector<Segment>*> jobs_;
   std::vector<uint64_t> asked_;  // bytes asked for each job asked so far
   uint64_t ahead_bytes_;
+  uint64_t first_job_;    // the number of job 0 for RowSource::prefetch_job (unique per process)
   size_t next_ = 0;       // the first job not asked for
   uint64_t pending_ = 0;  // bytes asked for jobs after the current one
   uint64_t ask(size_t j);

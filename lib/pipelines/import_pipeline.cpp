@@ -144,20 +144,21 @@ class ImportStep : public Step {
   }
 
   void execute(MpiContext& mpi) override {
-    // The direct I/O buffers (a read bounce buffer; for torch_dist an append
-    // buffer, for HDF5 the two buffers of the write-behind of each shard open
-    // at once; none for the output in read-once mode) come out of the
-    // configured buffer.
+    // The direct I/O buffers (a read bounce buffer and, but in read-once
+    // mode, the read-ahead slots; for torch_dist an append buffer, for HDF5
+    // the two buffers of the write-behind of each shard open at once) come
+    // out of the configured buffer.
     const IoConfig io = io_config(opt_.io, opt_.buffer_bytes);
     const bool direct = opt_.io != IoMode::Buffered;
     open_at_once_ = shards_open_at_once(opt_.buffer_bytes, plan_.shards_of_rank(mpi.rank()).size());
     const int hdf5_buffers =
         1 + 2 * static_cast<int>(largest_batch(plan_, mpi.rank(), opt_.buffer_bytes));
     const auto engine = make_copy_engine(
-        opt_.device, engine_buffer_bytes(opt_.buffer_bytes, !direct          ? 0
-                                                            : opt_.read_once ? 1
-                                                            : dist_          ? 2
-                                                                             : hdf5_buffers));
+        opt_.device,
+        engine_buffer_bytes(opt_.buffer_bytes, !direct          ? 0
+                                               : opt_.read_once ? 1
+                                               : dist_          ? 2 + kDirectReadSlots
+                                                                : hdf5_buffers + kDirectReadSlots));
     engine->allow_overflow(opt_.allow_overflow);
     engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
     SafetensorsSource source(plan_.catalog, io);

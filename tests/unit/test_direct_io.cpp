@@ -18,25 +18,8 @@ using namespace mb;
 namespace fs = std::filesystem;
 
 namespace {
-// Bytes that differ at every position (a counter alone repeats every 256).
-std::string pattern(uint64_t n, uint64_t seed = 1) {
-  std::string s(n, '\0');
-  uint64_t x = 0x9E3779B97F4A7C15ull * seed;
-  for (uint64_t i = 0; i < n; ++i) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    s[i] = static_cast<char>(x >> 24);
-  }
-  return s;
-}
-
 std::string read_all(const fs::path& p) {
   return read_text_file(p);
-}
-
-// True where the test directory takes O_DIRECT (ext4, xfs; not every tmpfs).
-bool direct_supported(const fs::path& dir) {
-  write_bytes(dir / "probe", std::string(4096, 'x'));
-  return InputFile(dir / "probe", IoMode::Direct).direct();
 }
 }  // namespace
 
@@ -67,11 +50,11 @@ TEST(DirectIo, BuffersComeOutOfTheConfiguredBuffer) {
 
 TEST(DirectIo, ReadsMatchTheFileAtAnyOffsetAndLength) {
   TempDir tmp;
-  const bool direct = direct_supported(tmp.path);
+  const bool direct = direct_io_supported(tmp.path);
   const uint64_t size = (3ull << 20) + 777;  // ends off any alignment
-  const std::string bytes = pattern(size);
+  const std::string bytes = distinct_bytes(size);
   write_bytes(tmp.path / "f", bytes);
-  const std::string other_bytes = pattern(size, 2);
+  const std::string other_bytes = distinct_bytes(size, 2);
   write_bytes(tmp.path / "g", other_bytes);
   const uint64_t win = 256 << 10;  // smaller than some reads: those take several loads
   struct Range {
@@ -117,7 +100,7 @@ TEST(DirectIo, ReadsMatchTheFileAtAnyOffsetAndLength) {
 TEST(DirectIo, ReadPastTheEndIsAnErrorNamingFileAndTensor) {
   TempDir tmp;
   const uint64_t size = (1ull << 20) + 100;
-  write_bytes(tmp.path / "f", pattern(size));
+  write_bytes(tmp.path / "f", distinct_bytes(size));
   for (IoMode mode : {IoMode::Buffered, IoMode::Auto}) {
     for (uint64_t n : {uint64_t{300} << 10, uint64_t{200}}) {
       InputFile in(tmp.path / "f", mode);
@@ -138,7 +121,7 @@ TEST(DirectIo, ReadPastTheEndIsAnErrorNamingFileAndTensor) {
 
 TEST(DirectIo, AppendWritesExactlyTheBytesGiven) {
   TempDir tmp;
-  const bool direct = direct_supported(tmp.path);
+  const bool direct = direct_io_supported(tmp.path);
   // Pieces around the alignment and the chunk size, and an empty one.
   const std::vector<uint64_t> pieces = {1, 4095, 4097, 0, 70000, 300000, 8192, 3, 1 << 20, 511};
   for (IoMode mode : {IoMode::Buffered, IoMode::Auto}) {
@@ -150,7 +133,7 @@ TEST(DirectIo, AppendWritesExactlyTheBytesGiven) {
         EXPECT_EQ(f.direct(), mode != IoMode::Buffered && direct);
         uint64_t seed = 1;
         for (uint64_t n : pieces) {
-          const std::string s = pattern(n, seed++);
+          const std::string s = distinct_bytes(n, seed++);
           f.write_at(s.data(), s.size(), expect.size());
           expect += s;
           EXPECT_EQ(f.size(), expect.size());
@@ -172,7 +155,7 @@ TEST(DirectIo, AppendWritesExactlyTheBytesGiven) {
   EXPECT_EQ(fs::file_size(tmp.path / "empty"), 0u);
   // A length that is a whole number of chunks: no tail to pad.
   {
-    const std::string s = pattern(3 * 4096, 9);
+    const std::string s = distinct_bytes(3 * 4096, 9);
     AppendFile f(tmp.path / "whole", IoMode::Auto, 4096);
     f.append(s.data(), s.size());
     f.finish();
@@ -186,7 +169,7 @@ TEST(DirectIo, SafetensorsSourceReadsTheSameRowsEitherWay) {
   // column windows through a direct and a buffered source; both must give the
   // tensor's bytes as they stand in the file (read here with a plain pread).
   TempDir tmp;
-  const bool direct = direct_supported(tmp.path);
+  const bool direct = direct_io_supported(tmp.path);
   const fs::path file = tmp.path / "model.safetensors";
   write_tiny_safetensors(file, {{"a.norm", DType::BF16, {7}}, {"b.big", DType::BF16, {1000, 333}}});
   const HfCatalog c = read_hf_catalog(tmp.path);
@@ -224,10 +207,10 @@ TEST(DirectIo, RegionsFilledByInterleavedWritersMatch) {
   // unaligned boundaries filled by different writers (ranks) in any order,
   // each front to back in uneven pieces.
   TempDir tmp;
-  const bool direct = direct_supported(tmp.path);
+  const bool direct = direct_io_supported(tmp.path);
   const std::vector<uint64_t> bounds = {0, 100, 5000, 5001, 9000, 300000, 304096, 1000000, 1000003};
   const uint64_t size = bounds.back();
-  const std::string bytes = pattern(size, 5);
+  const std::string bytes = distinct_bytes(size, 5);
   for (IoMode mode : {IoMode::Buffered, IoMode::Auto}) {
     const fs::path p = tmp.path / fmt::format("r-{}", io_mode_name(mode));
     {
@@ -265,7 +248,7 @@ TEST(DirectIo, RegionsFilledByInterleavedWritersMatch) {
 // size, aligned or not, across several blocks, and empty files.
 TEST(DirectIo, DirectCopyIsByteIdenticalForEverySize) {
   TempDir tmp;
-  const bool direct = direct_supported(tmp.path);
+  const bool direct = direct_io_supported(tmp.path);
   const uint64_t block = 64 << 10;
   const std::vector<uint64_t> sizes = {0,
                                        1,
@@ -280,7 +263,7 @@ TEST(DirectIo, DirectCopyIsByteIdenticalForEverySize) {
                                        3 * block + 123,
                                        5 * block + 4096 + 7};
   for (size_t i = 0; i < sizes.size(); ++i) {
-    const std::string data = pattern(sizes[i], i + 3);
+    const std::string data = distinct_bytes(sizes[i], i + 3);
     const fs::path src = tmp.path / fmt::format("src{}", i),
                    dst = tmp.path / fmt::format("dst{}", i);
     write_bytes(src, data);
@@ -303,15 +286,15 @@ TEST(DirectIo, DirectCopyTreeCopiesEveryFile) {
       {"a.safetensors", 100000}, {"empty", 0}, {"sub/b.json", 77}, {"sub/deeper/c", 8192 + 1}};
   uint64_t total = 0;
   for (size_t i = 0; i < files.size(); ++i) {
-    write_bytes(src / files[i].first, pattern(files[i].second, 40 + i));
+    write_bytes(src / files[i].first, distinct_bytes(files[i].second, 40 + i));
     total += files[i].second;
   }
   bool all_direct = false;
   EXPECT_EQ(direct_copy_tree(src, dst, 16 << 10, &all_direct), total);
   for (size_t i = 0; i < files.size(); ++i)
-    EXPECT_TRUE(read_all(dst / files[i].first) == pattern(files[i].second, 40 + i))
+    EXPECT_TRUE(read_all(dst / files[i].first) == distinct_bytes(files[i].second, 40 + i))
         << files[i].first;
-  EXPECT_EQ(all_direct, direct_supported(tmp.path));
+  EXPECT_EQ(all_direct, direct_io_supported(tmp.path));
 }
 
 TEST(DirectIo, DirectCopyOfAMissingFileNamesIt) {
@@ -352,10 +335,10 @@ void evict(const fs::path& p) {
 // larger than the window), at offsets and sizes that are not aligned.
 TEST(DirectIo, RowReadsGiveTheFileBytesOnEveryPath) {
   TempDir tmp;
-  const bool direct = direct_supported(tmp.path);
+  const bool direct = direct_io_supported(tmp.path);
   const fs::path p = tmp.path / "rows";
   const uint64_t size = 9 * (1 << 20) + 12345;
-  const std::string bytes = pattern(size, 9);
+  const std::string bytes = distinct_bytes(size, 9);
   write_bytes(p, bytes);
   struct Case {
     uint64_t offset, row_bytes, piece, rows, dst_stride;
@@ -412,7 +395,7 @@ TEST(DirectIo, AlternatingFilesKeepTheirWindowsAndLoadAheadStopsWhereTold) {
   TempDir tmp;
   const uint64_t size = 4 << 20, piece = 512;
   const fs::path pa = tmp.path / "a", pb = tmp.path / "b";
-  const std::string ba = pattern(size, 3), bb = pattern(size, 4);
+  const std::string ba = distinct_bytes(size, 3), bb = distinct_bytes(size, 4);
   write_bytes(pa, ba);
   write_bytes(pb, bb);
   for (IoMode mode : {IoMode::Buffered, IoMode::Direct}) {
@@ -426,7 +409,7 @@ TEST(DirectIo, AlternatingFilesKeepTheirWindowsAndLoadAheadStopsWhereTold) {
       ASSERT_EQ(got.substr(piece), bb.substr(at, piece)) << io_mode_name(mode) << " at " << at;
     }
   }
-  if (!direct_supported(tmp.path)) GTEST_SKIP() << tmp.path << " refuses O_DIRECT";
+  if (!direct_io_supported(tmp.path)) GTEST_SKIP() << tmp.path << " refuses O_DIRECT";
 
   const auto storage_reads = [] { return read_thread_io_counters().read_bytes; };
   InputFile a(pa, IoMode::Direct), b(pb, IoMode::Direct);
@@ -459,9 +442,9 @@ TEST(DirectIo, AlternatingFilesKeepTheirWindowsAndLoadAheadStopsWhereTold) {
 // (mincore), not by what the call returns.
 TEST(DirectIo, WillReadRowsAsksForANarrowWindowsRowSpanOnly) {
   TempDir tmp;
-  if (!direct_supported(tmp.path)) GTEST_SKIP() << tmp.path << " refuses O_DIRECT";
+  if (!direct_io_supported(tmp.path)) GTEST_SKIP() << tmp.path << " refuses O_DIRECT";
   const fs::path p = tmp.path / "rows";
-  write_bytes(p, pattern(9 << 20, 5));
+  write_bytes(p, distinct_bytes(9 << 20, 5));
   const uint64_t span = 2047 * 1024 + 512;  // 2048 rows of 1 KiB, the first 512 bytes of each
   {
     InputFile buffered(p, IoMode::Buffered);

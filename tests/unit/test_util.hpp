@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/direct_io.hpp"
 #include "core/dtype.hpp"
 #include "core/file.hpp"
 #include "core/shape.hpp"
@@ -49,6 +50,23 @@ struct TempDir {
 inline void write_bytes(const std::filesystem::path& p, const std::string& s) {
   File f(p, File::Mode::Write);
   f.pwrite_exact(s.data(), s.size(), 0);
+}
+
+// Bytes that differ at every position (a counter alone repeats every 256).
+inline std::string distinct_bytes(uint64_t n, uint64_t seed = 1) {
+  std::string s(n, '\0');
+  uint64_t x = 0x9E3779B97F4A7C15ull * seed;
+  for (uint64_t i = 0; i < n; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    s[i] = static_cast<char>(x >> 24);
+  }
+  return s;
+}
+
+// True where `dir` takes O_DIRECT (ext4, xfs; not every tmpfs).
+inline bool direct_io_supported(const std::filesystem::path& dir) {
+  write_bytes(dir / "probe", std::string(4096, 'x'));
+  return InputFile(dir / "probe", IoMode::Direct).direct();
 }
 
 struct TinyTensor {
