@@ -46,8 +46,8 @@ void SafetensorsSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t
       ++r;
     in.pread_rows(d + r * dst_stride, dst_stride, rows - r, chunk, base + r * row_bytes, row_bytes,
                   window_, t.name);
-  } else if (col0 == 0 && cols == t.cols() &&
-             !in.direct()) {  // contiguous in the file, strided in memory
+  } else if (col0 == 0 && cols == t.cols()) {
+    // Contiguous in the file, strided in memory, through the page cache.
     std::vector<iovec> iov(rows);
     for (uint64_t r = 0; r < rows; ++r) iov[r] = {d + r * dst_stride, chunk};
     in.file().preadv_exact(iov, base, t.name);

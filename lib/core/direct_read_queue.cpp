@@ -119,6 +119,9 @@ void DirectReadQueue::release_before(uint64_t job) {
 }
 
 uint64_t DirectReadQueue::take(const InputFile& f, void* dst, uint64_t n, uint64_t offset) {
+  // Nothing was ever asked for (a buffered source, a verify pass): no lock
+  // on this per-read path. started_ is set by want(), on this thread.
+  if (!started_ || no_thread_) return 0;
   auto* d = static_cast<unsigned char*>(dst);
   uint64_t done = 0;
   std::unique_lock<std::mutex> lock(m_);

@@ -62,7 +62,8 @@ class DirectReadQueue {
   void release_before(uint64_t job);
   // Copies the longest prefix of [offset, offset + n) of `f` that the queue
   // holds or is loading (waiting for the load) into dst; returns its length.
-  // A prefix shorter than n means: read the rest as usual.
+  // A prefix shorter than n means: read the rest as usual. Called on the
+  // thread that calls want() (the source's).
   uint64_t take(const InputFile& f, void* dst, uint64_t n, uint64_t offset);
 
   // What the helper read from storage so far (tests, benchmarks).

@@ -32,6 +32,12 @@ struct QueueFile {
 uint64_t storage_reads() {
   return read_io_counters().read_bytes;
 }
+
+// Gives the helper up to two seconds to have read `bytes`, so that what a test
+// takes next is served from the slots rather than dropped as not yet begun.
+void wait_until_loaded(const DirectReadQueue& q, uint64_t bytes) {
+  for (int i = 0; i < 2000 && q.bytes_loaded() < bytes; ++i) usleep(1000);
+}
 }  // namespace
 
 TEST(DirectReadQueue, HandsOutTheFileBytesAndReadsOnlyTheAskedCover) {
@@ -83,7 +89,7 @@ TEST(DirectReadQueue, ServesAJobsRangesInAnyOrderUntilTheJobIsDone) {
   q.set_job(2);
   q.want(in, 6 * kMiB, 7 * kMiB);
   // Wait until the helper has loaded everything (all three fit the slots).
-  for (int i = 0; i < 2000 && q.bytes_loaded() < 3 * kMiB; ++i) usleep(1000);
+  wait_until_loaded(q, 3 * kMiB);
   ASSERT_EQ(q.bytes_loaded(), 3 * kMiB);
   std::string got(kMiB / 2, '\0');
   for (uint64_t half : {uint64_t{0}, kMiB / 2})
@@ -117,7 +123,7 @@ TEST(DirectReadQueue, HoldsNothingItWasNotAskedForOrCannotReadDirectly) {
   // A range past the end of the file: only the bytes that exist are handed out.
   q.set_job(1);
   q.want(direct, 4 * kMiB - 100, 4 * kMiB + 4096);
-  for (int i = 0; i < 2000 && q.bytes_loaded() < 100; ++i) usleep(1000);
+  wait_until_loaded(q, 100);
   std::string tail(100 + 4096, '\0');
   EXPECT_EQ(q.take(direct, tail.data(), tail.size(), 4 * kMiB - 100), 100u);
   EXPECT_EQ(tail.substr(0, 100), f.bytes.substr(4 * kMiB - 100));
@@ -133,6 +139,7 @@ TEST(DirectReadQueue, MoreAskedThanSlotsStillHandsOutTheFileBytes) {
   DirectReadQueue q(kMiB, 2);
   q.set_job(1);
   for (uint64_t i = 0; i < 12; ++i) q.want(in, i * kMiB, (i + 1) * kMiB);
+  wait_until_loaded(q, 2 * kMiB);  // both slots full: the first two are served from them
   std::string got(kMiB, '\0');
   uint64_t from_queue = 0;
   for (uint64_t i = 0; i < 12; ++i) {
@@ -140,6 +147,7 @@ TEST(DirectReadQueue, MoreAskedThanSlotsStillHandsOutTheFileBytes) {
     from_queue += k;
     EXPECT_EQ(got.substr(0, k), f.bytes.substr(i * kMiB, k)) << "range " << i;
   }
+  EXPECT_GE(from_queue, 2 * kMiB) << "nothing came from the slots: only the fallback was tested";
   EXPECT_LE(q.bytes_loaded(), 12 * kMiB);
   EXPECT_GE(q.bytes_loaded(), from_queue);
 }
