@@ -70,6 +70,7 @@ void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const
     try {
       if (st.parts.size() == 1) {
         DatasetSink sink(open.at(first_shard)->begin(first_k));
+        job.hash = true;  // the dataset's xxh3 attribute (end() below)
         r = engine.run(job, source, sink);
       } else {
         for (size_t p = 0; p < st.parts.size(); ++p) {
@@ -77,7 +78,6 @@ void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const
           side.add(open.at(si)->begin(k), st.part_col[p] * elem,
                    plan.shards[si].tensors[k].cols() * elem);
         }
-        job.hash = false;  // each part is hashed by the sink
         r = engine.run(job, source, side);
       }
     } catch (...) {

@@ -55,9 +55,12 @@ struct CopyJob {
   DType src_dtype = DType::BF16;
   DType dst_dtype = DType::BF16;
   ElementOp op = ElementOp::None;
-  // Whether to hash the destination (CopyResult::xxh3); a sink that hashes
-  // its own parts (shards written side by side) turns it off.
-  bool hash = true;
+  // Whether to hash the destination (CopyResult::xxh3). Off unless asked:
+  // only an HDF5 dataset written whole keeps the digest (its xxh3 attribute);
+  // an export, a torch_dist archive (hashed by its writer) and a verify
+  // threw it away, and XXH3 of every output byte was a fifth of a 1-rank
+  // export's CPU samples (docs/performance.md, thirteenth round).
+  bool hash = false;
 };
 
 // Every destination element must come from exactly one segment; the plan

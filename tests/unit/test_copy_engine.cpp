@@ -57,6 +57,7 @@ TEST(CopyEngine, StreamsInBlocksWithinTheBuffer) {
   sink.row_bytes = 16;
   CopyEngine engine(4096);  // two slots of 2048 bytes: 128 rows per block
   CopyJob job{"t", &segs, 1000, 8, DType::BF16, DType::BF16, ElementOp::None};
+  job.hash = true;
   const CopyResult r = engine.run(job, src, sink);
   EXPECT_EQ(sink.blocks, 8u);
   EXPECT_LE(engine.peak_staging_bytes(), 4096u);
@@ -83,7 +84,9 @@ TEST(CopyEngine, WritesLargeBlocksOnAHelperThreadInOrder) {
   MemSink sink;
   sink.row_bytes = cols * 2;
   CopyEngine engine(4u << 20);
-  const CopyResult r = engine.run({"big", &segs, rows, cols, DType::BF16, DType::BF16, ElementOp::None}, src, sink);
+  CopyJob job{"big", &segs, rows, cols, DType::BF16, DType::BF16, ElementOp::None};
+  job.hash = true;
+  const CopyResult r = engine.run(job, src, sink);
   EXPECT_EQ(sink.blocks, 3u);
   EXPECT_EQ(sink.out.size(), rows * cols * 2);
   EXPECT_EQ(sink.other_thread_writes, 2u);  // all but the last, written inline
@@ -104,7 +107,9 @@ TEST(CopyEngine, SplitsATensorThatFitsOneSlotSoWritesOverlapReads) {
   MemSink sink;
   sink.row_bytes = cols * 2;
   CopyEngine engine(256u << 20);
-  const CopyResult r = engine.run({"expert", &segs, rows, cols, DType::BF16, DType::BF16, ElementOp::None}, src, sink);
+  CopyJob job{"expert", &segs, rows, cols, DType::BF16, DType::BF16, ElementOp::None};
+  job.hash = true;
+  const CopyResult r = engine.run(job, src, sink);
   EXPECT_EQ(sink.blocks, 4u);
   EXPECT_EQ(sink.other_thread_writes, 3u);
   ASSERT_EQ(sink.out.size(), rows * cols * 2);
@@ -116,9 +121,12 @@ TEST(CopyEngine, SplitsATensorThatFitsOneSlotSoWritesOverlapReads) {
   MemSink small;
   small.row_bytes = cols * 2;
   std::vector<Segment> half{{0, 0, 0, 0, 0, 256, cols}};
-  engine.run({"small", &half, 256, cols, DType::BF16, DType::BF16, ElementOp::None}, src, small);
+  const CopyResult unhashed = engine.run(
+      {"small", &half, 256, cols, DType::BF16, DType::BF16, ElementOp::None}, src, small);
   EXPECT_EQ(small.blocks, 1u);
   EXPECT_EQ(small.other_thread_writes, 0u);
+  // Not asked for (CopyJob::hash defaults to off): no digest.
+  EXPECT_EQ(unhashed.xxh3, 0u);
 }
 
 TEST(CopyEngine, SinkErrorsReachTheCaller) {
