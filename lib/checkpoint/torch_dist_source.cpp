@@ -346,11 +346,59 @@ InputFile& TorchDistSource::file(const std::string& relative) {
   return it->second;
 }
 
+namespace {
+// How many archives ahead ask_archives_ahead asks for, and the bytes at each
+// end of an archive that hold what read_torch_tensor_item parses: data.pkl
+// and the local headers at its start, the central directory and end records
+// at its end (a few hundred bytes each for one tensor; with 4 KiB, the pages
+// after the first and before the last, tensor bytes that are read directly,
+// came from storage twice: 30 MB more for the benchmark checkpoint).
+constexpr size_t kArchivesAhead = 32;
+constexpr uint64_t kArchiveRecordBytes = 1024;
+}  // namespace
+
+// An archive's records are parsed through the page cache (the buffered
+// handle), but its tensor bytes are read directly, which leaves the page
+// cache empty around them: each archive's end records were one synchronous
+// 4 KiB storage read on the reading thread, between two large reads. A
+// 1-rank export of the 35B-A3B benchmark checkpoint made 4,234 of them,
+// one per expert item (docs/performance.md, thirteenth round). Asked for
+// ahead, they come from storage beside the large reads. A rank reads the
+// archives of a run of chunks in file order (an HF tensor's experts, a
+// layer's keys), though it jumps between runs: from each archive parsed, the
+// next kArchivesAhead in the file are asked for, each once. Where the reads
+// go elsewhere, a few records are asked for that are not parsed (at most 8
+// KiB per archive, of archives of hundreds of KiB or more, once each).
+void TorchDistSource::ask_archives_ahead(const DcpStorage& st) {
+  if (io_.mode == IoMode::Buffered) return;  // the kernel's readahead does it
+  auto [it, fresh] = archives_ahead_.try_emplace(st.relative_path);
+  ArchivesAhead& a = it->second;
+  if (fresh) {
+    for (const auto& [id, s] : ck_.dcp.storage)
+      if (s.relative_path == st.relative_path) a.spans.emplace_back(s.offset, s.length);
+    std::sort(a.spans.begin(), a.spans.end());
+    a.asked.assign(a.spans.size(), false);
+  }
+  const size_t i = static_cast<size_t>(
+      std::lower_bound(a.spans.begin(), a.spans.end(), std::make_pair(st.offset, uint64_t{0})) -
+      a.spans.begin());
+  const File& f = file(st.relative_path).file();
+  for (size_t j = i + 1; j < std::min(a.spans.size(), i + 1 + kArchivesAhead); ++j) {
+    if (a.asked[j]) continue;
+    a.asked[j] = true;
+    const auto [off, len] = a.spans[j];
+    const uint64_t n = std::min(len, kArchiveRecordBytes);
+    f.will_need(off, n);
+    if (len > n) f.will_need(off + len - n, n);
+  }
+}
+
 const TorchTensorItem& TorchDistSource::item(const std::string& key, const DcpChunk& chunk) {
   auto k = std::make_pair(key, chunk.offsets);
   auto it = items_.find(k);
   if (it != items_.end()) return it->second;
   const DcpStorage& st = ck_.dcp.storage_of(key, chunk.offsets);
+  ask_archives_ahead(st);
   const std::string what =
       fmt::format("{} chunk at [{}] in {}", key, fmt::join(chunk.offsets, ", "), st.relative_path);
   TorchTensorItem ti =

@@ -143,12 +143,23 @@ class TorchDistSource : public RowSource {
   void check(Streamed& s, uint64_t digest);
   const std::vector<DistPiece>& pieces(uint32_t id);
   const TorchTensorItem& item(const std::string& key, const DcpChunk& chunk);
+  // Asks the page cache (File::will_need) for the zip records of the
+  // archives that follow `st` in its file (kArchivesAhead of them, each
+  // archive once), before item() parses them; why: see the definition.
+  void ask_archives_ahead(const DcpStorage& st);
   InputFile& file(const std::string& relative);
 
   const MegatronCheckpoint& ck_;
   std::vector<LocalTensorRef> refs_;
   std::map<uint32_t, std::vector<DistPiece>> pieces_;
   std::map<ChunkId, TorchTensorItem> items_;
+  // Per file, its archives (offset, length) in file order, and which of
+  // them have had their records asked for (ask_archives_ahead).
+  struct ArchivesAhead {
+    std::vector<std::pair<uint64_t, uint64_t>> spans;
+    std::vector<bool> asked;
+  };
+  std::map<std::string, ArchivesAhead> archives_ahead_;
   // Per key, its chunks sorted by their offset on the first axis, and the
   // largest extent on it (chunks_near).
   struct ByFirstAxis {
