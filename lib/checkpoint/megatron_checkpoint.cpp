@@ -10,6 +10,7 @@
 #include "checkpoint/manifest.hpp"
 #include "checkpoint/manifest_check.hpp"
 #include "checkpoint/torch_dist_source.hpp"
+#include "core/direct_read_queue.hpp"
 #include "core/error.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
@@ -490,6 +491,10 @@ std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
   return std::make_unique<Hdf5ShardSource>(ck, std::move(refs), io, verify_streamed, shared);
 }
 
+int local_source_io_buffers(IoMode io) {
+  return io == IoMode::Buffered ? 0 : 2 + kDirectReadSlots;
+}
+
 std::string source_checksum_problem(RowSource& source, int rank, int ranks) {
   if (auto* t = dynamic_cast<TorchDistSource*>(&source)) return t->finish_verification(rank, ranks);
   auto* h = dynamic_cast<Hdf5ShardSource*>(&source);
@@ -516,6 +521,7 @@ Hdf5ShardSource::Hdf5ShardSource(const MegatronCheckpoint& ck, std::vector<Local
       refs_(std::move(refs)),
       io_(io),
       windows_(io.chunk_bytes),
+      queue_(io.chunk_bytes, io.mode == IoMode::Buffered ? 0 : kDirectReadSlots),
       verify_(verify),
       shared_(shared) {
   if (!verify_) return;
@@ -793,8 +799,11 @@ void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint
                          d->data_offset + row0 * row_bytes + col0 * es, row_bytes, what);
     return;
   }
-  in.pread_rows(dst, dst_stride, rows, cols * es, d->data_offset + row0 * row_bytes + col0 * es,
-                row_bytes, windows_.of(in), what);
+  const uint64_t at = d->data_offset + row0 * row_bytes + col0 * es;
+  if (cols * es == row_bytes)  // whole rows: what was loaded ahead (prefetch), then the rest
+    pread_rows_queued(queue_, in, dst, dst_stride, rows, row_bytes, at, windows_.of(in), what);
+  else
+    in.pread_rows(dst, dst_stride, rows, cols * es, at, row_bytes, windows_.of(in), what);
 }
 
 uint64_t Hdf5ShardSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
@@ -807,8 +816,14 @@ uint64_t Hdf5ShardSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
       col0 + cols > cols_2d(d->shape))
     return 0;
   const uint64_t es = dtype_size(d->dtype), row_bytes = cols_2d(d->shape) * es;
-  return input(ref.shard).will_read_rows(
-      rows, cols * es, d->data_offset + row0 * row_bytes + col0 * es, row_bytes, max_bytes);
+  InputFile& in = input(ref.shard);
+  const uint64_t at = d->data_offset + row0 * row_bytes + col0 * es;
+  // Whole rows are read directly (read_bytes): loaded ahead. (Rows that
+  // read() reads through the page cache instead, for their checksum, are
+  // never taken; they are released with their job.)
+  if (cols * es == row_bytes && in.direct())
+    return queue_.want(in, at, at + std::min(rows * row_bytes, max_bytes));
+  return in.will_read_rows(rows, cols * es, at, row_bytes, max_bytes);
 }
 
 void Hdf5ShardSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,

@@ -13,6 +13,7 @@
 
 #include "checkpoint/verify_chains.hpp"
 #include "core/direct_io.hpp"
+#include "core/direct_read_queue.hpp"
 #include "core/hash.hpp"
 #include "core/path_safety.hpp"
 #include "engine/copy_engine.hpp"
@@ -128,6 +129,10 @@ std::unique_ptr<RowSource> open_local_source(const MegatronCheckpoint& ck,
                                              std::vector<LocalTensorRef> refs, const IoConfig& io,
                                              bool verify_streamed = false,
                                              const StreamedChecks& shared = {});
+// The direct I/O buffers that source takes out of the configured buffer
+// (engine_buffer_bytes) under `io`: its two read windows (ReadWindows) and
+// its read-ahead slots (DirectReadQueue); none when buffered.
+int local_source_io_buffers(IoMode io);
 // After the last read from a source opened with verify_streamed: the first
 // corruption found, or "". Collective in nothing; rank r also checks the
 // metadata of the files i with i % ranks == r.
@@ -169,10 +174,13 @@ class Hdf5ShardSource : public RowSource {
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
-  // Narrow column windows under direct I/O: their whole rows are read
-  // through the page cache (read(), InputFile::pread_rows).
+  // Under direct I/O: whole rows are loaded ahead (queue_); narrow column
+  // windows, whose whole rows are read through the page cache (read(),
+  // InputFile::pread_rows), are asked of it (InputFile::will_read_rows).
   uint64_t prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                     uint64_t max_bytes) override;
+  void prefetch_job(uint64_t job) override { queue_.set_job(job); }
+  void jobs_done_before(uint64_t job) override { queue_.release_before(job); }
   // The first problem found, or "" (see above).
   std::string finish_verification(int rank, int ranks);
 
@@ -225,6 +233,7 @@ class Hdf5ShardSource : public RowSource {
   std::vector<uint32_t> lru_;
   IoConfig io_;
   ReadWindows windows_;
+  DirectReadQueue queue_;  // after inputs_: its helper stops before they close
   uint64_t bytes_read_ = 0;
   bool verify_ = false;
   StreamedChecks shared_;                   // empty: one link per tensor, this rank's

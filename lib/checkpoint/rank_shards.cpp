@@ -54,7 +54,9 @@ void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const
   const std::vector<ConversionStep> steps = side_by_side_steps(plan, batch);
   std::vector<const std::vector<Segment>*> jobs;
   for (const ConversionStep& st : steps) jobs.push_back(&st.segments);
-  ReadAhead ahead(source, std::move(jobs));
+  // The conversion reads through `ahead`, which asks for what follows as it
+  // reads (a tensor larger than the limit is asked for as it is read).
+  ReadAhead ahead(source, std::move(jobs), kReadAheadBytes, /*follows_reads=*/true);
   for (size_t i = 0; i < steps.size(); ++i) {
     const ConversionStep& st = steps[i];
     ahead.before(i);
@@ -71,14 +73,14 @@ void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const
       if (st.parts.size() == 1) {
         DatasetSink sink(open.at(first_shard)->begin(first_k));
         job.hash = true;  // the dataset's xxh3 attribute (end() below)
-        r = engine.run(job, source, sink);
+        r = engine.run(job, ahead, sink);
       } else {
         for (size_t p = 0; p < st.parts.size(); ++p) {
           const auto& [si, k] = st.parts[p];
           side.add(open.at(si)->begin(k), st.part_col[p] * elem,
                    plan.shards[si].tensors[k].cols() * elem);
         }
-        r = engine.run(job, source, side);
+        r = engine.run(job, ahead, side);
       }
     } catch (...) {
       rethrow_with_context(fmt::format("writing {}", what));

@@ -33,19 +33,10 @@ void SafetensorsSource::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t
   auto* d = static_cast<unsigned char*>(dst);
   const uint64_t base = t.offset + row0 * row_bytes + col0 * es;
   const uint64_t chunk = cols * es;
-  if (col0 == 0 && cols == t.cols() && dst_stride == row_bytes) {
-    const uint64_t n = rows * row_bytes;
-    const uint64_t got = queue_.take(in, d, n, base);
-    if (got < n) in.pread_exact(d + got, n - got, base + got, window_, t.name);
-  } else if (col0 == 0 && cols == t.cols() && in.direct()) {
-    // Contiguous in the file, strided in memory: the rows the queue holds,
-    // then the rest as usual.
-    uint64_t r = 0;
-    while (r < rows &&
-           queue_.take(in, d + r * dst_stride, row_bytes, base + r * row_bytes) == row_bytes)
-      ++r;
-    in.pread_rows(d + r * dst_stride, dst_stride, rows - r, chunk, base + r * row_bytes, row_bytes,
-                  window_, t.name);
+  if (col0 == 0 && cols == t.cols() && (dst_stride == row_bytes || in.direct())) {
+    // Contiguous in the file (strided in memory or not): what the queue
+    // holds, then the rest as usual.
+    pread_rows_queued(queue_, in, d, dst_stride, rows, row_bytes, base, window_, t.name);
   } else if (col0 == 0 && cols == t.cols()) {
     // Contiguous in the file, strided in memory, through the page cache.
     std::vector<iovec> iov(rows);

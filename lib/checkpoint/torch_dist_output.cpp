@@ -144,7 +144,9 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
     }
     for (auto& [tensor, chunks] : tensors)
       for (const Chunk& c : chunks) jobs.push_back(&c.segs);
-    ReadAhead ahead(source, std::move(jobs));
+    // The conversion reads through `ahead`, which asks for what follows as
+    // it reads (a chunk larger than the limit is asked for as it is read).
+    ReadAhead ahead(source, std::move(jobs), kReadAheadBytes, /*follows_reads=*/true);
     size_t job = 0;
     for (const auto& [tensor, chunks] : tensors) {
       const LocalTensor& t = *tensor;
@@ -163,7 +165,7 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
         }
         ArchiveSink sink(w, t.cols() * dtype_size(t.dtype));
         try {
-          engine.run({p.key, &segs, p.rows, t.cols(), t.source_dtype, t.dtype, t.op}, source, sink);
+          engine.run({p.key, &segs, p.rows, t.cols(), t.source_dtype, t.dtype, t.op}, ahead, sink);
         } catch (...) {
           rethrow_with_context(fmt::format("writing {} of {} into {}", p.key, t.global_name, rel));
         }

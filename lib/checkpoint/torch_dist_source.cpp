@@ -22,7 +22,12 @@ namespace fs = std::filesystem;
 
 TorchDistSource::TorchDistSource(const MegatronCheckpoint& ck, std::vector<LocalTensorRef> refs,
                                  IoConfig io, bool verify, const StreamedChecks& shared)
-    : ck_(ck), refs_(std::move(refs)), io_(io), windows_(io.chunk_bytes), verify_(verify) {
+    : ck_(ck),
+      refs_(std::move(refs)),
+      io_(io),
+      windows_(io.chunk_bytes),
+      queue_(io.chunk_bytes, io.mode == IoMode::Buffered ? 0 : kDirectReadSlots),
+      verify_(verify) {
   if (!verify_) return;
   for (const auto& f : ck_.manifest.at("files"))
     for (const auto& t : f.at("tensors"))
@@ -289,10 +294,12 @@ void TorchDistSource::read_span(Streamed* sv, InputFile& f, unsigned char* dst, 
   // Through the page cache: bytes hashed ahead (fill) are there, and bytes
   // that finish_links must hash later are read where it reads them again
   // (not from storage).
-  if (sv && (sv->filled(at, at + n) || (!hashed && sv->broken && left_to_finish(*sv, at, at + n))))
+  if (sv &&
+      (sv->filled(at, at + n) || (!hashed && sv->broken && left_to_finish(*sv, at, at + n)))) {
     f.file().pread_exact(dst, n, at, key);
-  else
-    f.pread_exact(dst, n, at, windows_.of(f), key, until);
+  } else {
+    pread_queued(queue_, f, dst, n, at, windows_.of(f), key, until);  // loaded ahead (prefetch)
+  }
   if (hashed) advance(*sv, dst, at, n);
 }
 
@@ -578,8 +585,7 @@ uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
   if (io_.mode == IoMode::Buffered) return 0;
   uint64_t asked = 0;
   for_each_cut(id, row0, rows, col0, cols, [&](const Cut& k) {
-    // Whole rows are read directly: nothing to ask for, and no row-by-row walk.
-    if (asked >= max_bytes || !column_window(k)) return;
+    if (asked >= max_bytes) return;
     const DistPiece& p = *k.piece;
     const DcpChunk& c = *k.chunk;
     const TorchTensorItem& ti = item(p.key, c);
@@ -588,7 +594,13 @@ uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
     const uint64_t base = ti.data_offset + ti.storage_offset * dtype_size(ti.dtype);
     walk(
         k, row0, rows, col0, cols, cols * dtype_size(ti.dtype),
-        [](uint64_t, uint64_t, uint64_t, uint64_t) {},
+        [&](uint64_t at, uint64_t n, uint64_t, uint64_t) {
+          // The bytes read_span will read directly. (A run that read_span
+          // reads through the page cache instead, for its checksum, is
+          // never taken; it is released with its job.)
+          if (asked < max_bytes)
+            asked += queue_.want(f, base + at, base + at + std::min(n, max_bytes - asked));
+        },
         [&](uint64_t at, uint64_t wrows, uint64_t piece, uint64_t row_bytes, uint64_t, uint64_t) {
           if (asked < max_bytes)
             asked += f.will_read_rows(wrows, piece, base + at, row_bytes, max_bytes - asked);

@@ -37,6 +37,7 @@
 #include "checkpoint/megatron_checkpoint.hpp"
 #include "checkpoint/verify_chains.hpp"
 #include "core/direct_io.hpp"
+#include "core/direct_read_queue.hpp"
 #include "core/file.hpp"
 #include "core/hash.hpp"
 #include "core/nd_box.hpp"
@@ -57,10 +58,15 @@ class TorchDistSource : public RowSource {
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return bytes_read_; }
-  // Narrow column windows under direct I/O (expert fc2 halves): their row
-  // spans are read through the page cache (read_window).
+  // Under direct I/O: runs of whole rows are loaded ahead (queue_); narrow
+  // column windows (expert fc2 halves), read through the page cache
+  // (read_window), are asked of it (InputFile::will_read_rows).
   uint64_t prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                     uint64_t max_bytes) override;
+  void prefetch_job(uint64_t job) override { queue_.set_job(job); }
+  void jobs_done_before(uint64_t job) override { queue_.release_before(job); }
+  // What was read ahead from storage (tests).
+  uint64_t bytes_loaded_ahead() const { return queue_.bytes_loaded(); }
 
   // With verify: hashes the links this rank could not hash as it read (and
   // those of chunks it never read), then checks the region checksums of this
@@ -170,6 +176,7 @@ class TorchDistSource : public RowSource {
   IoConfig io_;
   ReadWindows windows_;
   std::map<std::string, InputFile> files_;
+  DirectReadQueue queue_;  // after files_: its helper stops before they close
   uint64_t bytes_read_ = 0;
   bool verify_ = false;
   int rank_ = 0;

@@ -213,4 +213,27 @@ uint64_t DirectReadQueue::bytes_loaded() const {
   return loaded_;
 }
 
+void pread_queued(DirectReadQueue& queue, InputFile& f, void* dst, uint64_t n, uint64_t offset,
+                  ReadWindow& window, std::string_view what, uint64_t ahead_until) {
+  auto* d = static_cast<unsigned char*>(dst);
+  const uint64_t got = queue.take(f, d, n, offset);
+  if (got < n) f.pread_exact(d + got, n - got, offset + got, window, what, ahead_until);
+}
+
+void pread_rows_queued(DirectReadQueue& queue, InputFile& f, void* dst, uint64_t dst_stride,
+                       uint64_t rows, uint64_t row_bytes, uint64_t offset, ReadWindow& window,
+                       std::string_view what) {
+  auto* d = static_cast<unsigned char*>(dst);
+  if (dst_stride == row_bytes) {
+    pread_queued(queue, f, d, rows * row_bytes, offset, window, what);
+    return;
+  }
+  uint64_t r = 0;
+  while (r < rows &&
+         queue.take(f, d + r * dst_stride, row_bytes, offset + r * row_bytes) == row_bytes)
+    ++r;
+  f.pread_rows(d + r * dst_stride, dst_stride, rows - r, row_bytes, offset + r * row_bytes,
+               row_bytes, window, what);
+}
+
 }  // namespace mb

@@ -29,6 +29,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -104,5 +105,16 @@ class DirectReadQueue {
   std::list<Request>::iterator drop(std::list<Request>::iterator it);
   bool start_helper();
 };
+
+// A source's direct read of [offset, offset + n) of `f` into dst: what
+// `queue` holds of it (take), the rest through `window` (InputFile::pread_exact).
+void pread_queued(DirectReadQueue& queue, InputFile& f, void* dst, uint64_t n, uint64_t offset,
+                  ReadWindow& window, std::string_view what, uint64_t ahead_until = UINT64_MAX);
+// The same for `rows` whole rows of `row_bytes`, contiguous in the file from
+// `offset`, to dst rows `dst_stride` apart: the rows the queue holds, then the
+// rest (InputFile::pread_rows).
+void pread_rows_queued(DirectReadQueue& queue, InputFile& f, void* dst, uint64_t dst_stride,
+                       uint64_t rows, uint64_t row_bytes, uint64_t offset, ReadWindow& window,
+                       std::string_view what);
 
 }  // namespace mb

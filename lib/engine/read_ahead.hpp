@@ -15,25 +15,43 @@
 
 namespace mb {
 
-class ReadAhead {
+class ReadAhead : public RowSource {
  public:
   // `jobs`: the segment lists of the tensors in the order they will be
-  // converted. They must outlive this object.
+  // converted. They must outlive this object. With `follows_reads`, the
+  // conversion reads through this object (read() below), which tops up
+  // what is asked ahead as it reads, so that a job larger than the limit is
+  // asked for the limit's worth ahead of its reads; without, of such a job
+  // only the limit's worth is asked for.
   ReadAhead(RowSource& source, std::vector<const std::vector<Segment>*> jobs,
-            uint64_t ahead_bytes = kReadAheadBytes);
-  // Job `i` is about to run: asks for it, if not yet asked, and for the jobs
-  // after it until what is asked beyond job i reaches ahead_bytes.
+            uint64_t ahead_bytes = kReadAheadBytes, bool follows_reads = false);
+  // Job `i` is about to run: asks for it, if not yet asked, and for what
+  // follows it (segment by segment, in order) until what is asked beyond what
+  // was read reaches ahead_bytes. A job's bytes count as read when it starts,
+  // or, with follows_reads, as they are read.
   void before(size_t i);
+
+  // RowSource: the source's reads; with follows_reads, what they read
+  // (the source's bytes_read()) counts as read of the current job.
+  void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
+            uint64_t dst_stride) override;
+  uint64_t bytes_read() const override { return source_.bytes_read(); }
 
  private:
   RowSource& source_;
   std::vector<const std::vector<Segment>*> jobs_;
-  std::vector<uint64_t> asked_;  // bytes asked for each job asked so far
+  std::vector<uint64_t> asked_;  // bytes asked of each job
   uint64_t ahead_bytes_;
-  uint64_t first_job_;    // the number of job 0 for RowSource::prefetch_job (unique per process)
-  size_t next_ = 0;       // the first job not asked for
-  uint64_t pending_ = 0;  // bytes asked for jobs after the current one
-  uint64_t ask(size_t j);
+  bool follows_reads_;
+  uint64_t first_job_;  // the number of job 0 for RowSource::prefetch_job (unique per process)
+  bool started_ = false;
+  size_t cur_ = 0;         // the job being converted
+  uint64_t consumed_ = 0;  // bytes of job cur_ read (read())
+  // The next segment to ask for: everything before it has been asked.
+  size_t front_job_ = 0, front_seg_ = 0;
+  uint64_t beyond_ = 0;  // bytes asked of the jobs after cur_
+  uint64_t lead() const;
+  void fill();
 };
 
 }  // namespace mb

@@ -19,6 +19,7 @@
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
+#include "engine/read_ahead.hpp"
 #include "formats/safetensors/safetensors_header.hpp"
 #include "pipelines/step_driver.hpp"
 
@@ -432,10 +433,10 @@ class ExportStep : public Step {
 void ExportStep::execute(MpiContext& mpi) {
   // A separate checksum pass (not streamed) shares the page cache with the reads.
   const IoMode src_io = source_io_mode(opt_.io, opt_.verify_checksums && !streamed_);
-  // The direct I/O buffers (the source's two read windows, ReadWindows; the
-  // output's two write-behind buffers) are taken out of the configured buffer.
-  const int io_buffers =
-      (src_io != IoMode::Buffered ? 2 : 0) + (opt_.io != IoMode::Buffered ? 2 : 0);
+  // The direct I/O buffers (the source's read windows and read-ahead slots,
+  // local_source_io_buffers; the output's two write-behind buffers) are taken
+  // out of the configured buffer.
+  const int io_buffers = local_source_io_buffers(src_io) + (opt_.io != IoMode::Buffered ? 2 : 0);
   const auto engine = make_copy_engine(opt_.device, engine_buffer_bytes(opt_.buffer_bytes, io_buffers));
   engine->allow_overflow(opt_.allow_overflow);
   engine->on_block([&](uint64_t b) { progress_->add_bytes(b); });
@@ -458,8 +459,18 @@ void ExportStep::execute(MpiContext& mpi) {
   // two buffers are all the memory writing takes.
   std::unique_ptr<StreamingRegionWriter> writer;
   uint32_t writer_file = UINT32_MAX;
+  // The reads of what follows are issued while a block is converted and
+  // written (the source loads them directly, on a helper thread), also
+  // within a tensor: an HF tensor of fused experts is hundreds of chunks,
+  // read one after another.
+  std::vector<const std::vector<Segment>*> jobs;
+  for (const ExportTensor& t : plan_.tensors)
+    if (t.rank == mpi.rank()) jobs.push_back(&t.segments);
+  ReadAhead ahead(*source, std::move(jobs), kReadAheadBytes, /*follows_reads=*/true);
+  size_t next = 0;
   for (const ExportTensor& t : plan_.tensors) {
     if (t.rank != mpi.rank()) continue;
+    ahead.before(next++);
     auto it = files.find(t.file);
     if (it == files.end())
       it = files.emplace(t.file, RegionFile(out_.staging() / plan_.files[t.file], opt_.io)).first;
@@ -474,7 +485,7 @@ void ExportStep::execute(MpiContext& mpi) {
     FileRegionSink sink(*writer, t.name, cols_2d(t.shape) * dtype_size(t.dtype));
     CopyJob job{t.name, &t.segments, rows_2d(t.shape), cols_2d(t.shape), t.stored_dtype, t.dtype, t.op};
     try {
-      engine->run(job, *source, sink);
+      engine->run(job, ahead, sink);
       writer->end();
     } catch (...) {
       rethrow_with_context(fmt::format("exporting {}", t.name));

@@ -156,13 +156,13 @@ class ReshardStep : public Step {
   void execute(MpiContext& mpi) override {
     const ExportIndex index = build_export_index(ck_->shards, ck_->source.tensors.size());
     const IoMode src_io = reshard_source_io(opt_, streamed_);
-    // A source read directly takes its two windows (ReadWindows) out of the
-    // buffer, the direct writes of the output two write-behind buffers for
-    // each shard open at once (side_by_side.hpp).
+    // A source read directly takes its buffers (local_source_io_buffers) out
+    // of the buffer, the direct writes of the output two write-behind buffers
+    // for each shard open at once (side_by_side.hpp).
     const size_t open_at_once =
         shards_open_at_once(opt_.buffer_bytes, plan_.shards_of_rank(mpi.rank()).size());
     const int io_buffers =
-        (src_io != IoMode::Buffered ? 2 : 0) +
+        local_source_io_buffers(src_io) +
         (opt_.io != IoMode::Buffered
              ? 2 * static_cast<int>(largest_batch(plan_, mpi.rank(), opt_.buffer_bytes))
              : 0);

@@ -251,3 +251,71 @@ TEST(ReadAhead, AJobNotAskedForIsAskedWhenItStarts) {
   ahead.before(4);
   EXPECT_EQ(src.asks.size(), 2u);
 }
+
+// With follows_reads, the conversion reads through the ReadAhead: a job
+// larger than the limit is asked for as it is read, the limit's worth ahead
+// of the reads, and all of it before anything of the next job (a source that
+// loads in the order asked, DirectReadQueue, then loads in the order read).
+TEST(ReadAhead, FollowingReadsAsksALargeJobAsItIsReadAndInOrder) {
+  struct ReadingSource : AskingSource {
+    uint64_t read_bytes = 0;
+    std::vector<uint64_t> jobs;  // prefetch_job before each ask
+    void read(uint32_t, uint64_t, uint64_t rows, uint64_t, uint64_t cols, void*,
+              uint64_t) override {
+      read_bytes += rows * cols;
+    }
+    uint64_t bytes_read() const override { return read_bytes; }
+    void prefetch_job(uint64_t job) override { jobs.push_back(job); }
+  };
+  // Job 0: ten segments of 4 bytes; job 1: one of 4; a limit of 8.
+  std::vector<std::vector<Segment>> jobs(2);
+  for (uint64_t r = 0; r < 10; ++r) jobs[0].push_back(seg(0, r, 1, 4));
+  jobs[1].push_back(seg(1, 0, 1, 4));
+  std::vector<const std::vector<Segment>*> ptrs;
+  for (const auto& j : jobs) ptrs.push_back(&j);
+  ReadingSource src;
+  ReadAhead ahead(src, ptrs, 8, /*follows_reads=*/true);
+  ahead.before(0);
+  EXPECT_EQ(src.asks.size(), 2u);  // rows 0 and 1: the limit's worth
+  const size_t want[10] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 11};
+  for (uint64_t r = 0; r < 10; ++r) {
+    ahead.read(0, r, 1, 0, 4, nullptr, 4);
+    EXPECT_EQ(src.asks.size(), want[r]) << "after reading row " << r;
+  }
+  EXPECT_EQ(src.read_bytes, 40u);  // the reads went to the source
+  EXPECT_EQ(ahead.bytes_read(), 40u);
+  // Every row of job 0, in order, then job 1; each ask tagged with its job.
+  ASSERT_EQ(src.asks.size(), 11u);
+  for (uint64_t r = 0; r < 10; ++r) {
+    EXPECT_EQ(src.asks[r].id, 0u);
+    EXPECT_EQ(src.asks[r].row0, r);
+  }
+  EXPECT_EQ(src.asks[10].id, 1u);
+  ASSERT_EQ(src.jobs.size(), 11u);
+  EXPECT_EQ(src.jobs[9], src.jobs[0]);
+  EXPECT_EQ(src.jobs[10], src.jobs[0] + 1);
+  ahead.before(1);
+  EXPECT_EQ(src.asks.size(), 11u);  // asked once
+}
+
+// Without follows_reads the reads still go through, but count for nothing:
+// of a job larger than the limit only the limit's worth is asked for.
+TEST(ReadAhead, NotFollowingReadsAsksTheLimitOfALargeJob) {
+  struct ReadingSource : AskingSource {
+    uint64_t read_bytes = 0;
+    void read(uint32_t, uint64_t, uint64_t rows, uint64_t, uint64_t cols, void*,
+              uint64_t) override {
+      read_bytes += rows * cols;
+    }
+    uint64_t bytes_read() const override { return read_bytes; }
+  };
+  std::vector<std::vector<Segment>> jobs(1);
+  for (uint64_t r = 0; r < 10; ++r) jobs[0].push_back(seg(0, r, 1, 4));
+  std::vector<const std::vector<Segment>*> ptrs{&jobs[0]};
+  ReadingSource src;
+  ReadAhead ahead(src, ptrs, 8);
+  ahead.before(0);
+  for (uint64_t r = 0; r < 10; ++r) ahead.read(0, r, 1, 0, 4, nullptr, 4);
+  EXPECT_EQ(src.asks.size(), 2u);
+  EXPECT_EQ(src.read_bytes, 40u);
+}
