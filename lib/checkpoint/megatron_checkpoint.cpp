@@ -821,8 +821,10 @@ uint64_t Hdf5ShardSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
   // Whole rows are read directly (read_bytes): loaded ahead. (Rows that
   // read() reads through the page cache instead, for their checksum, are
   // never taken; they are released with their job.)
-  if (cols * es == row_bytes && in.direct())
+  if (cols * es == row_bytes && in.direct()) {
+    if (verify_ && !in_order_.ask(id, row0, rows)) return 0;  // see RowsAskedInOrder
     return queue_.want(in, at, at + std::min(rows * row_bytes, max_bytes));
+  }
   return in.will_read_rows(rows, cols * es, at, row_bytes, max_bytes);
 }
 

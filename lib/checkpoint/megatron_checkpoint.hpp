@@ -234,6 +234,7 @@ class Hdf5ShardSource : public RowSource {
   IoConfig io_;
   ReadWindows windows_;
   DirectReadQueue queue_;  // after inputs_: its helper stops before they close
+  RowsAskedInOrder in_order_;  // with verify_: what queue_ may load
   uint64_t bytes_read_ = 0;
   bool verify_ = false;
   StreamedChecks shared_;                   // empty: one link per tensor, this rank's

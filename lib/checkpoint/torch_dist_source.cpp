@@ -584,6 +584,7 @@ uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
                                    uint64_t cols, uint64_t max_bytes) {
   if (io_.mode == IoMode::Buffered) return 0;
   uint64_t asked = 0;
+  const bool load = !verify_ || in_order_.ask(id, row0, rows);  // see RowsAskedInOrder
   for_each_cut(id, row0, rows, col0, cols, [&](const Cut& k) {
     if (asked >= max_bytes) return;
     const DistPiece& p = *k.piece;
@@ -598,7 +599,7 @@ uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, ui
           // The bytes read_span will read directly. (A run that read_span
           // reads through the page cache instead, for its checksum, is
           // never taken; it is released with its job.)
-          if (asked < max_bytes)
+          if (load && asked < max_bytes)
             asked += queue_.want(f, base + at, base + at + std::min(n, max_bytes - asked));
         },
         [&](uint64_t at, uint64_t wrows, uint64_t piece, uint64_t row_bytes, uint64_t, uint64_t) {

@@ -177,6 +177,7 @@ class TorchDistSource : public RowSource {
   ReadWindows windows_;
   std::map<std::string, InputFile> files_;
   DirectReadQueue queue_;  // after files_: its helper stops before they close
+  RowsAskedInOrder in_order_;  // with verify_: what queue_ may load
   uint64_t bytes_read_ = 0;
   bool verify_ = false;
   int rank_ = 0;

@@ -113,4 +113,27 @@ struct ChainWalk {
   }
 };
 
+// Which of a source's asks for whole rows (RowSource::prefetch) it may load
+// ahead (DirectReadQueue) while it checks its checksums as it reads. A rank
+// that reads a tensor's rows out of order (an expert fc1 at ETP2: shard 0's
+// gate and up rows, then shard 1's) hashes the rows a read skips ahead of it,
+// through the page cache (fills), and its later read of them goes there:
+// loaded ahead as well, they came from storage twice (1.4 GB more in a TP1
+// -> TP2·ETP2 reshard of the benchmark checkpoint). So rows are loaded ahead
+// only at or after the furthest rows already asked of their tensor.
+class RowsAskedInOrder {
+ public:
+  // Whether rows [row0, row0 + rows) of tensor `id` continue what was asked
+  // of it so far (recorded if so).
+  bool ask(uint32_t id, uint64_t row0, uint64_t rows) {
+    uint64_t& end = end_[id];
+    if (row0 < end) return false;
+    end = row0 + rows;
+    return true;
+  }
+
+ private:
+  std::map<uint32_t, uint64_t> end_;  // per tensor, the end of the furthest rows asked
+};
+
 }  // namespace mb
