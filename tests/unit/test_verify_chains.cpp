@@ -116,3 +116,18 @@ TEST(HasherState, SavedAndRestoredContinuesTheSameStream) {
 
 }  // namespace
 }  // namespace mb
+
+// Rows are loaded ahead only in order, per tensor: an expert fc1 read as
+// shard 0's gate and up rows, then shard 1's, has shard 1's gate rows (behind
+// the furthest asked) left to the page cache, where the checksum's fill
+// puts them; its up rows (beyond) are loaded.
+TEST(RowsAskedInOrder, OnlyRowsAtOrAfterTheFurthestAskedOfTheirTensor) {
+  mb::RowsAskedInOrder in_order;
+  EXPECT_TRUE(in_order.ask(7, 0, 256));     // shard 0: gate
+  EXPECT_TRUE(in_order.ask(7, 512, 256));   // shard 0: up
+  EXPECT_FALSE(in_order.ask(7, 256, 256));  // shard 1: gate, skipped over
+  EXPECT_TRUE(in_order.ask(7, 768, 256));   // shard 1: up
+  EXPECT_TRUE(in_order.ask(8, 0, 10));      // another tensor starts afresh
+  EXPECT_FALSE(in_order.ask(7, 0, 1));
+  EXPECT_TRUE(in_order.ask(7, 1024, 0));  // nothing left behind
+}
