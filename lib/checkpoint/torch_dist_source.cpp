@@ -378,14 +378,15 @@ constexpr uint64_t kArchiveRecordBytes = 1024;
 // KiB per archive, of archives of hundreds of KiB or more, once each).
 void TorchDistSource::ask_archives_ahead(const DcpStorage& st) {
   if (io_.mode == IoMode::Buffered) return;  // the kernel's readahead does it
-  auto [it, fresh] = archives_ahead_.try_emplace(st.relative_path);
-  ArchivesAhead& a = it->second;
-  if (fresh) {
+  if (archives_ahead_.empty()) {             // every file's archives, in one pass over .metadata's
     for (const auto& [id, s] : ck_.dcp.storage)
-      if (s.relative_path == st.relative_path) a.spans.emplace_back(s.offset, s.length);
-    std::sort(a.spans.begin(), a.spans.end());
-    a.asked.assign(a.spans.size(), false);
+      archives_ahead_[s.relative_path].spans.emplace_back(s.offset, s.length);
+    for (auto& [file, a] : archives_ahead_) {
+      std::sort(a.spans.begin(), a.spans.end());
+      a.asked.assign(a.spans.size(), false);
+    }
   }
+  ArchivesAhead& a = archives_ahead_.at(st.relative_path);
   const size_t i = static_cast<size_t>(
       std::lower_bound(a.spans.begin(), a.spans.end(), std::make_pair(st.offset, uint64_t{0})) -
       a.spans.begin());
