@@ -36,8 +36,7 @@ class SafetensorsSource : public RowSource {
                     uint64_t max_bytes) override;
   void prefetch_job(uint64_t job) override { queue_.set_job(job); }
   void jobs_done_before(uint64_t job) override { queue_.release_before(job); }
-  // What was read ahead from storage (tests).
-  uint64_t bytes_loaded_ahead() const { return queue_.bytes_loaded(); }
+  uint64_t bytes_loaded_ahead() const override { return queue_.bytes_loaded(); }
 
  private:
   InputFile& file(uint32_t index);

@@ -39,6 +39,10 @@ class RowSource {
   // `job` has done its reads, so what is held for them can go.
   virtual void prefetch_job(uint64_t job) { (void)job; }
   virtual void jobs_done_before(uint64_t job) { (void)job; }
+  // What such a source loaded ahead from storage so far (DirectReadQueue):
+  // logged at debug level, so that a test can tell the queue served reads
+  // and not only the fallback.
+  virtual uint64_t bytes_loaded_ahead() const { return 0; }
 };
 
 class RowSink {

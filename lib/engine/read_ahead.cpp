@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "core/error.hpp"
+#include "core/log.hpp"
 
 namespace mb {
 
@@ -73,6 +74,11 @@ void ReadAhead::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, u
   if (!follows_reads_ || !started_) return;
   consumed_ += source_.bytes_read() - before_read;
   fill();
+}
+
+void log_source_reads(const RowSource& source, std::string_view conversion) {
+  log::debug("{}: read {} bytes from the source, {} loaded ahead directly", conversion,
+             source.bytes_read(), source.bytes_loaded_ahead());
 }
 
 }  // namespace mb

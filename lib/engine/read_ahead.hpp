@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "core/direct_io.hpp"
@@ -36,6 +37,7 @@ class ReadAhead : public RowSource {
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return source_.bytes_read(); }
+  uint64_t bytes_loaded_ahead() const override { return source_.bytes_loaded_ahead(); }
 
  private:
   RowSource& source_;
@@ -53,5 +55,10 @@ class ReadAhead : public RowSource {
   uint64_t lead() const;
   void fill();
 };
+
+// Logs (debug) what a conversion read from `source` and how much of it the
+// source loaded ahead directly: `megabridge ... --log-level debug` shows
+// whether the read-ahead queue served the reads (tests/integration/io_modes.sh).
+void log_source_reads(const RowSource& source, std::string_view conversion);
 
 }  // namespace mb

@@ -498,6 +498,7 @@ void ExportStep::execute(MpiContext& mpi) {
   }
   if (writer) writer->finish();
   writer.reset();
+  log_source_reads(*source, "export");
   for (auto& [f, file] : files) file.file().fsync();
   if (streamed_) stream_problem_ = source_checksum_problem(*source, mpi.rank(), mpi.size());
 }

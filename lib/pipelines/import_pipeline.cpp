@@ -24,6 +24,7 @@
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
 #include "engine/copy_engine.hpp"
+#include "engine/read_ahead.hpp"
 #include "engine/read_once.hpp"
 #include "layout/import_plan.hpp"
 #include "model/megatron_config.hpp"
@@ -168,6 +169,7 @@ class ImportStep : public Step {
       write_read_once(mpi, io, direct);
     else
       write_shards(mpi, *engine, source);
+    if (!opt_.read_once) log_source_reads(source, "import");
   }
 
   std::string settle(MpiContext& mpi) override {

@@ -19,6 +19,7 @@
 #include "dist/mpi_context.hpp"
 #include "dist/progress.hpp"
 #include "dist/test_hooks.hpp"
+#include "engine/read_ahead.hpp"
 #include "model/megatron_config.hpp"
 #include "pipelines/step_driver.hpp"
 
@@ -190,6 +191,7 @@ class ReshardStep : public Step {
                                     progress_->add_tensor();
                                     test_hook_after_tensor(mpi.rank());
                                   }});
+    log_source_reads(*source, "reshard");
     if (streamed_) stream_problem_ = source_checksum_problem(*source, mpi.rank(), mpi.size());
   }
 
