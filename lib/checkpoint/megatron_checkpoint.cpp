@@ -806,11 +806,6 @@ void Hdf5ShardSource::read_bytes(uint32_t id, uint64_t row0, uint64_t rows, uint
     in.pread_rows(dst, dst_stride, rows, cols * es, at, row_bytes, windows_.of(in), what);
 }
 
-uint64_t Hdf5ShardSource::element_bytes(uint32_t id) const {
-  const LocalTensorRef& ref = refs_.at(id);
-  return dtype_size(ck_.shards.at(ref.shard).tensors.at(ref.tensor).dtype);
-}
-
 uint64_t Hdf5ShardSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
                                    uint64_t cols, uint64_t max_bytes) {
   if (io_.mode == IoMode::Buffered || io_.chunk_bytes == 0 || rows == 0) return 0;

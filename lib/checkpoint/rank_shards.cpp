@@ -56,7 +56,7 @@ void write_batch(const ImportPlan& plan, const std::vector<size_t>& batch, const
   for (const ConversionStep& st : steps) jobs.push_back(&st.segments);
   // The conversion reads through `ahead`, which asks for what follows as it
   // reads (a tensor larger than the limit is asked for as it is read).
-  ReadAhead ahead(source, std::move(jobs));
+  ReadAhead ahead(source, std::move(jobs), kReadAheadBytes, /*follows_reads=*/true);
   for (size_t i = 0; i < steps.size(); ++i) {
     const ConversionStep& st = steps[i];
     ahead.before(i);

@@ -37,7 +37,6 @@ class SafetensorsSource : public RowSource {
   void prefetch_job(uint64_t job) override { queue_.set_job(job); }
   void jobs_done_before(uint64_t job) override { queue_.release_before(job); }
   uint64_t bytes_loaded_ahead() const override { return queue_.bytes_loaded(); }
-  uint64_t element_bytes(uint32_t id) const override { return dtype_size(c_.tensors.at(id).dtype); }
 
  private:
   InputFile& file(uint32_t index);

@@ -146,7 +146,7 @@ DistFileResult write_distcp_file(const ImportPlan& plan, int rank, const fs::pat
       for (const Chunk& c : chunks) jobs.push_back(&c.segs);
     // The conversion reads through `ahead`, which asks for what follows as
     // it reads (a chunk larger than the limit is asked for as it is read).
-    ReadAhead ahead(source, std::move(jobs));
+    ReadAhead ahead(source, std::move(jobs), kReadAheadBytes, /*follows_reads=*/true);
     size_t job = 0;
     for (const auto& [tensor, chunks] : tensors) {
       const LocalTensor& t = *tensor;

@@ -581,11 +581,6 @@ void TorchDistSource::walk(const Cut& k, uint64_t row0, uint64_t rows, uint64_t 
   flush();
 }
 
-uint64_t TorchDistSource::element_bytes(uint32_t id) const {
-  const LocalTensorRef& ref = refs_.at(id);
-  return dtype_size(ck_.shards.at(ref.shard).tensors.at(ref.tensor).dtype);
-}
-
 uint64_t TorchDistSource::prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0,
                                    uint64_t cols, uint64_t max_bytes) {
   if (io_.mode == IoMode::Buffered) return 0;

@@ -66,7 +66,6 @@ class TorchDistSource : public RowSource {
   void prefetch_job(uint64_t job) override { queue_.set_job(job); }
   void jobs_done_before(uint64_t job) override { queue_.release_before(job); }
   uint64_t bytes_loaded_ahead() const override { return queue_.bytes_loaded(); }
-  uint64_t element_bytes(uint32_t id) const override;
 
   // With verify: hashes the links this rank could not hash as it read (and
   // those of chunks it never read), then checks the region checksums of this

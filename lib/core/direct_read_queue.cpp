@@ -133,14 +133,8 @@ uint64_t DirectReadQueue::take(const InputFile& f, void* dst, uint64_t n, uint64
     if (it == q_.end()) break;
     if (it->state == State::Queued) {
       // Not begun: the caller reads it now rather than wait for the helper
-      // to reach it behind the requests before it, and with it the rest of
-      // [pos, offset + n): what is queued of that goes too, or the helper
-      // would load those bytes again after the caller has read them. (The
-      // helper takes requests in order, so none after this one has begun.)
-      const uint64_t end = offset + n;
-      for (auto q = it; q != q_.end();)
-        q = q->file == f.id() && q->state == State::Queued && q->start < end ? drop(q)
-                                                                             : std::next(q);
+      // to reach it behind the requests before it.
+      drop(it);
       break;
     }
     cv_.wait(lock, [&] { return it->state != State::Loading; });

@@ -43,12 +43,6 @@ class RowSource {
   // logged at debug level, so that a test can tell the queue served reads
   // and not only the fallback.
   virtual uint64_t bytes_loaded_ahead() const { return 0; }
-  // The size of one element of source tensor `id` as stored: how ReadAhead
-  // cuts a large segment into the pieces it asks for. 1 unless overridden.
-  virtual uint64_t element_bytes(uint32_t id) const {
-    (void)id;
-    return 1;
-  }
 };
 
 class RowSink {

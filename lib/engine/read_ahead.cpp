@@ -15,43 +15,37 @@ std::atomic<uint64_t> next_job_number{1};
 }  // namespace
 
 ReadAhead::ReadAhead(RowSource& source, std::vector<const std::vector<Segment>*> jobs,
-                     uint64_t ahead_bytes)
+                     uint64_t ahead_bytes, bool follows_reads)
     : source_(source),
       jobs_(std::move(jobs)),
       asked_(jobs_.size(), 0),
       ahead_bytes_(ahead_bytes),
+      follows_reads_(follows_reads),
       first_job_(next_job_number.fetch_add(jobs_.size() + 1)) {}
 
 uint64_t ReadAhead::lead() const {
+  if (!follows_reads_) return beyond_;
   return beyond_ + asked_[cur_] - std::min(asked_[cur_], consumed_);
 }
 
-// In read order, so that a source that loads what is asked in the order
+// Segment by segment, so that a source that loads what is asked in the order
 // asked (DirectReadQueue) loads it in the order it is read: the rest of the
-// current job before anything of the next. A segment is asked for at most
-// the limit's worth of rows at a time: asked whole, a source would load the
-// limit's worth of it and leave the rest of a large one (an embedding, 1 GB
-// in one segment) to be read on the conversion's thread, one window at a
-// time.
+// current job before anything of the next.
 void ReadAhead::fill() {
   while (front_job_ < jobs_.size() && lead() < ahead_bytes_) {
     const std::vector<Segment>& segs = *jobs_[front_job_];
-    if (front_seg_ >= segs.size()) {
-      ++front_job_, front_seg_ = 0, front_row_ = 0;
+    // Without follows_reads a job is asked for up to the limit: the reads
+    // of a larger one ask for their own rows ahead as they go
+    // (InputFile::pread_rows, fills).
+    const uint64_t cap =
+        follows_reads_ ? ahead_bytes_ : ahead_bytes_ - std::min(ahead_bytes_, asked_[front_job_]);
+    if (front_seg_ >= segs.size() || cap == 0) {
+      ++front_job_, front_seg_ = 0;
       continue;
     }
-    const Segment& s = segs[front_seg_];
-    const uint64_t row_bytes = s.cols * source_.element_bytes(s.src);
-    const uint64_t left = s.rows - std::min(s.rows, front_row_);
-    const uint64_t rows =
-        row_bytes == 0 ? left : std::min(left, std::max<uint64_t>(1, ahead_bytes_ / row_bytes));
-    uint64_t n = 0;
-    if (rows > 0) {
-      source_.prefetch_job(first_job_ + front_job_);
-      n = source_.prefetch(s.src, s.src_row + front_row_, rows, s.src_col, s.cols, ahead_bytes_);
-    }
-    front_row_ += rows;
-    if (front_row_ >= s.rows) ++front_seg_, front_row_ = 0;
+    const Segment& s = segs[front_seg_++];
+    source_.prefetch_job(first_job_ + front_job_);
+    const uint64_t n = source_.prefetch(s.src, s.src_row, s.rows, s.src_col, s.cols, cap);
     asked_[front_job_] += n;
     if (front_job_ > cur_) beyond_ += n;
   }
@@ -64,7 +58,7 @@ void ReadAhead::before(size_t i) {
   // Jobs up to i are no longer ahead.
   for (size_t j = started_ ? cur_ + 1 : 0; j <= i; ++j) beyond_ -= std::min(beyond_, asked_[j]);
   if (front_job_ < i) {  // not asked yet (the first job, or jobs skipped): from here
-    front_job_ = i, front_seg_ = 0, front_row_ = 0;
+    front_job_ = i, front_seg_ = 0;
     beyond_ = 0;
   }
   if (!started_ || i != cur_) consumed_ = 0;
@@ -73,26 +67,13 @@ void ReadAhead::before(size_t i) {
   fill();
 }
 
-// A large read (the copy engine reads blocks of up to half its buffer, a
-// hundred MiB) is passed on in pieces of half the limit, topping up after
-// each: whole, it would take what was asked ahead (the limit's worth) and
-// read the rest on this thread, one window at a time, with nothing loading
-// ahead of it.
 void ReadAhead::read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols,
                      void* dst, uint64_t dst_stride) {
-  const uint64_t row_bytes = cols * source_.element_bytes(id);
-  const uint64_t piece = started_ && row_bytes > 0
-                             ? std::max<uint64_t>(1, ahead_bytes_ / 2 / row_bytes)
-                             : std::max<uint64_t>(rows, 1);
-  auto* d = static_cast<unsigned char*>(dst);
-  for (uint64_t r = 0; r < rows; r += piece) {
-    const uint64_t n = std::min(piece, rows - r);
-    const uint64_t before_read = source_.bytes_read();
-    source_.read(id, row0 + r, n, col0, cols, d + r * dst_stride, dst_stride);
-    if (!started_) continue;
-    consumed_ += source_.bytes_read() - before_read;
-    fill();
-  }
+  const uint64_t before_read = source_.bytes_read();
+  source_.read(id, row0, rows, col0, cols, dst, dst_stride);
+  if (!follows_reads_ || !started_) return;
+  consumed_ += source_.bytes_read() - before_read;
+  fill();
 }
 
 void log_source_reads(const RowSource& source, std::string_view conversion) {

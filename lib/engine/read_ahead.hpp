@@ -19,39 +19,38 @@ namespace mb {
 class ReadAhead : public RowSource {
  public:
   // `jobs`: the segment lists of the tensors in the order they will be
-  // converted. They must outlive this object. The conversion reads through
-  // this object (read() below), which tops up what is asked ahead as it
-  // reads, so that a job larger than the limit, or a segment larger than
-  // it (an embedding of 1 GB is one), is asked for the limit's worth ahead
-  // of its reads, all of the way.
+  // converted. They must outlive this object. With `follows_reads`, the
+  // conversion reads through this object (read() below), which tops up
+  // what is asked ahead as it reads, so that a job larger than the limit is
+  // asked for the limit's worth ahead of its reads; without, of such a job
+  // only the limit's worth is asked for.
   ReadAhead(RowSource& source, std::vector<const std::vector<Segment>*> jobs,
-            uint64_t ahead_bytes = kReadAheadBytes);
+            uint64_t ahead_bytes = kReadAheadBytes, bool follows_reads = false);
   // Job `i` is about to run: asks for it, if not yet asked, and for what
-  // follows it (in order, a segment's rows at most the limit's worth at a
-  // time) until what is asked beyond what was read reaches ahead_bytes.
+  // follows it (segment by segment, in order) until what is asked beyond what
+  // was read reaches ahead_bytes. A job's bytes count as read when it starts,
+  // or, with follows_reads, as they are read.
   void before(size_t i);
 
-  // RowSource: the source's reads, a large one in pieces of half the limit;
-  // what they read (the source's bytes_read()) counts as read of the
-  // current job, and what follows is asked for after each piece.
+  // RowSource: the source's reads; with follows_reads, what they read
+  // (the source's bytes_read()) counts as read of the current job.
   void read(uint32_t id, uint64_t row0, uint64_t rows, uint64_t col0, uint64_t cols, void* dst,
             uint64_t dst_stride) override;
   uint64_t bytes_read() const override { return source_.bytes_read(); }
   uint64_t bytes_loaded_ahead() const override { return source_.bytes_loaded_ahead(); }
-  uint64_t element_bytes(uint32_t id) const override { return source_.element_bytes(id); }
 
  private:
   RowSource& source_;
   std::vector<const std::vector<Segment>*> jobs_;
   std::vector<uint64_t> asked_;  // bytes asked of each job
   uint64_t ahead_bytes_;
+  bool follows_reads_;
   uint64_t first_job_;  // the number of job 0 for RowSource::prefetch_job (unique per process)
   bool started_ = false;
   size_t cur_ = 0;         // the job being converted
   uint64_t consumed_ = 0;  // bytes of job cur_ read (read())
-  // The next rows to ask for: everything before them has been asked.
+  // The next segment to ask for: everything before it has been asked.
   size_t front_job_ = 0, front_seg_ = 0;
-  uint64_t front_row_ = 0;  // rows of segment front_seg_ already asked
   uint64_t beyond_ = 0;  // bytes asked of the jobs after cur_
   uint64_t lead() const;
   void fill();

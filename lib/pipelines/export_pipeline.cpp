@@ -466,7 +466,7 @@ void ExportStep::execute(MpiContext& mpi) {
   std::vector<const std::vector<Segment>*> jobs;
   for (const ExportTensor& t : plan_.tensors)
     if (t.rank == mpi.rank()) jobs.push_back(&t.segments);
-  ReadAhead ahead(*source, std::move(jobs));
+  ReadAhead ahead(*source, std::move(jobs), kReadAheadBytes, /*follows_reads=*/true);
   size_t next = 0;
   for (const ExportTensor& t : plan_.tensors) {
     if (t.rank != mpi.rank()) continue;

@@ -173,11 +173,9 @@ TEST(CopyEngine, RefusesSegmentsThatDoNotCoverTheTensor) {
 }
 
 namespace {
-// Records what a conversion would ask ahead for: every prefetch, in order,
-// with the job it was asked for, and counts what is read (rows * cols bytes:
-// one-byte elements). Sources 0 and 1 are "narrow" (each asked-for rectangle
-// counts rows * cols bytes, at most max_bytes); source 2 is read directly
-// (nothing to ask for).
+// Records what a conversion would ask ahead for: every prefetch, in order.
+// Sources 0 and 1 are "narrow" (each asked-for rectangle counts rows * cols
+// bytes, at most max_bytes); source 2 is read directly (nothing to ask for).
 class AskingSource : public RowSource {
  public:
   struct Ask {
@@ -185,42 +183,28 @@ class AskingSource : public RowSource {
     uint64_t row0, rows;
   };
   std::vector<Ask> asks;
-  std::vector<uint64_t> jobs;  // the job (prefetch_job) of each ask
-  uint64_t read_bytes = 0;
-  uint64_t elem = 1;  // element bytes
-  void read(uint32_t, uint64_t, uint64_t rows, uint64_t, uint64_t cols, void*, uint64_t) override {
-    read_bytes += rows * cols * elem;
-  }
-  uint64_t bytes_read() const override { return read_bytes; }
-  uint64_t element_bytes(uint32_t) const override { return elem; }
-  void prefetch_job(uint64_t job) override { job_ = job; }
+  void read(uint32_t, uint64_t, uint64_t, uint64_t, uint64_t, void*, uint64_t) override {}
+  uint64_t bytes_read() const override { return 0; }
   uint64_t prefetch(uint32_t id, uint64_t row0, uint64_t rows, uint64_t, uint64_t cols,
                     uint64_t max_bytes) override {
     if (id == 2) return 0;
     asks.push_back({id, row0, rows});
-    jobs.push_back(job_);
-    return std::min(rows * cols * elem, max_bytes);
+    return std::min(rows * cols, max_bytes);
   }
-
- private:
-  uint64_t job_ = 0;
 };
 Segment seg(uint32_t src, uint64_t row0, uint64_t rows, uint64_t cols) {
   return Segment{src, row0, 0, 0, 0, rows, cols};
 }
-// Reads job i through `ahead`, as the copy engine does: segment by segment.
-void read_job(ReadAhead& ahead, const std::vector<Segment>& job) {
-  for (const Segment& s : job) ahead.read(s.src, s.src_row, s.rows, s.src_col, s.cols, nullptr, 0);
-}
 }  // namespace
 
-// ReadAhead asks for each job once, the current one first, then what follows
-// until what is asked and not yet read reaches the limit; as the reads go,
-// it asks for more.
-TEST(ReadAhead, AsksEachJobOnceInOrderWithinTheLimit) {
-  // Jobs of 4, 4, 0 (read directly) and 4 bytes; a limit of 8.
-  const std::vector<std::vector<Segment>> jobs = {
-      {seg(0, 0, 2, 2)}, {seg(1, 0, 4, 1)}, {seg(2, 0, 9, 9)}, {seg(0, 2, 2, 2)}};
+// ReadAhead asks for each job once, the current one first, then the next
+// ones until what is asked beyond the current job reaches the limit; of a job
+// larger than the limit it asks for the limit's worth only.
+TEST(ReadAhead, AsksEachJobOnceAndStaysWithinTheLimit) {
+  // Jobs of 4, 4, 0 (read directly), 4, 40 and 4 bytes; a limit of 8.
+  const std::vector<std::vector<Segment>> jobs = {{seg(0, 0, 2, 2)},  {seg(1, 0, 4, 1)},
+                                                  {seg(2, 0, 9, 9)},  {seg(0, 2, 2, 2)},
+                                                  {seg(1, 4, 40, 1)}, {seg(0, 4, 4, 1)}};
   std::vector<const std::vector<Segment>*> ptrs;
   for (const auto& j : jobs) ptrs.push_back(&j);
   AskingSource src;
@@ -230,20 +214,22 @@ TEST(ReadAhead, AsksEachJobOnceInOrderWithinTheLimit) {
     for (const auto& a : src.asks) v.push_back({a.id, a.row0});
     return v;
   };
-  ahead.before(0);  // job 0, then job 1: 8 bytes not yet read, the limit
-  EXPECT_EQ(asked_rows0(), (std::vector<std::pair<uint32_t, uint64_t>>{{0, 0}, {1, 0}}));
-  read_job(ahead, jobs[0]);  // 4 ahead: job 2 has nothing to ask, job 3 is asked
+  ahead.before(0);  // job 0, then 1 (4 ahead), 2 (nothing), 3 (8 ahead: the limit)
   EXPECT_EQ(asked_rows0(), (std::vector<std::pair<uint32_t, uint64_t>>{{0, 0}, {1, 0}, {0, 2}}));
-  for (size_t i = 1; i < jobs.size(); ++i) {
-    ahead.before(i);
-    read_job(ahead, jobs[i]);
-  }
-  EXPECT_EQ(src.asks.size(), 3u);  // every job asked once
-  EXPECT_EQ(src.read_bytes, 4u + 4u + 81u + 4u);
-  ASSERT_EQ(src.jobs.size(), 3u);  // each ask tagged with its job
-  EXPECT_EQ(src.jobs[1], src.jobs[0] + 1);
-  EXPECT_EQ(src.jobs[2], src.jobs[0] + 3);
-  EXPECT_THROW(ahead.before(4), Error);
+  ahead.before(1);  // 4 ahead (job 3): job 4 is asked, its first 8 bytes' worth only
+  ASSERT_EQ(src.asks.size(), 4u);
+  EXPECT_EQ(src.asks[3].id, 1u);
+  EXPECT_EQ(src.asks[3].row0, 4u);
+  ahead.before(2);
+  ahead.before(3);
+  EXPECT_EQ(src.asks.size(), 4u);  // job 4's 8 bytes still ahead: nothing new
+  ahead.before(4);                 // nothing ahead once job 4 starts: job 5 is asked
+  ASSERT_EQ(src.asks.size(), 5u);
+  EXPECT_EQ(src.asks[4].row0, 4u);
+  EXPECT_EQ(src.asks[4].id, 0u);
+  ahead.before(5);
+  EXPECT_EQ(src.asks.size(), 5u);  // every job asked once
+  EXPECT_THROW(ahead.before(6), Error);
 }
 
 // A job reached without having been asked for (jobs skipped, as a resumed
@@ -259,28 +245,36 @@ TEST(ReadAhead, AJobNotAskedForIsAskedWhenItStarts) {
   AskingSource src;
   ReadAhead ahead(src, ptrs, 4);
   ahead.before(3);
-  ASSERT_EQ(src.asks.size(), 1u);  // job 3: the limit
+  ASSERT_EQ(src.asks.size(), 2u);  // job 3, then job 4
   EXPECT_EQ(src.asks[0].row0, 3u);
-  read_job(ahead, jobs[3]);
-  ASSERT_EQ(src.asks.size(), 2u);  // then job 4
   EXPECT_EQ(src.asks[1].row0, 4u);
   ahead.before(4);
   EXPECT_EQ(src.asks.size(), 2u);
 }
 
-// A job larger than the limit is asked for as it is read, the limit's worth
-// ahead of the reads, and all of it before anything of the next job (a source
-// that loads in the order asked, DirectReadQueue, then loads in the order
-// read).
-TEST(ReadAhead, AsksALargeJobAsItIsReadAndInOrder) {
+// With follows_reads, the conversion reads through the ReadAhead: a job
+// larger than the limit is asked for as it is read, the limit's worth ahead
+// of the reads, and all of it before anything of the next job (a source that
+// loads in the order asked, DirectReadQueue, then loads in the order read).
+TEST(ReadAhead, FollowingReadsAsksALargeJobAsItIsReadAndInOrder) {
+  struct ReadingSource : AskingSource {
+    uint64_t read_bytes = 0;
+    std::vector<uint64_t> jobs;  // prefetch_job before each ask
+    void read(uint32_t, uint64_t, uint64_t rows, uint64_t, uint64_t cols, void*,
+              uint64_t) override {
+      read_bytes += rows * cols;
+    }
+    uint64_t bytes_read() const override { return read_bytes; }
+    void prefetch_job(uint64_t job) override { jobs.push_back(job); }
+  };
   // Job 0: ten segments of 4 bytes; job 1: one of 4; a limit of 8.
   std::vector<std::vector<Segment>> jobs(2);
   for (uint64_t r = 0; r < 10; ++r) jobs[0].push_back(seg(0, r, 1, 4));
   jobs[1].push_back(seg(1, 0, 1, 4));
   std::vector<const std::vector<Segment>*> ptrs;
   for (const auto& j : jobs) ptrs.push_back(&j);
-  AskingSource src;
-  ReadAhead ahead(src, ptrs, 8);
+  ReadingSource src;
+  ReadAhead ahead(src, ptrs, 8, /*follows_reads=*/true);
   ahead.before(0);
   EXPECT_EQ(src.asks.size(), 2u);  // rows 0 and 1: the limit's worth
   const size_t want[10] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 11};
@@ -304,30 +298,24 @@ TEST(ReadAhead, AsksALargeJobAsItIsReadAndInOrder) {
   EXPECT_EQ(src.asks.size(), 11u);  // asked once
 }
 
-// One segment larger than the limit (an embedding is one segment of 1 GB) is
-// asked for a piece of the limit's worth of rows at a time, as it is read,
-// every row of it: asked whole, the source would load the limit's worth and
-// leave the rest to the conversion's own reads, one window at a time.
-TEST(ReadAhead, AsksALargeSegmentPieceByPieceAsItIsRead) {
-  // Job 0: one segment of 40 rows of 2 two-byte elements (160 bytes); job 1:
-  // one row. A limit of 16 bytes: 4 rows.
-  const std::vector<std::vector<Segment>> jobs = {{seg(0, 0, 40, 2)}, {seg(1, 0, 1, 2)}};
-  std::vector<const std::vector<Segment>*> ptrs;
-  for (const auto& j : jobs) ptrs.push_back(&j);
-  AskingSource src;
-  src.elem = 2;
-  ReadAhead ahead(src, ptrs, 16);
+// Without follows_reads the reads still go through, but count for nothing:
+// of a job larger than the limit only the limit's worth is asked for.
+TEST(ReadAhead, NotFollowingReadsAsksTheLimitOfALargeJob) {
+  struct ReadingSource : AskingSource {
+    uint64_t read_bytes = 0;
+    void read(uint32_t, uint64_t, uint64_t rows, uint64_t, uint64_t cols, void*,
+              uint64_t) override {
+      read_bytes += rows * cols;
+    }
+    uint64_t bytes_read() const override { return read_bytes; }
+  };
+  std::vector<std::vector<Segment>> jobs(1);
+  for (uint64_t r = 0; r < 10; ++r) jobs[0].push_back(seg(0, r, 1, 4));
+  std::vector<const std::vector<Segment>*> ptrs{&jobs[0]};
+  ReadingSource src;
+  ReadAhead ahead(src, ptrs, 8);
   ahead.before(0);
-  ASSERT_EQ(src.asks.size(), 1u);
-  EXPECT_EQ(src.asks[0].row0, 0u);
-  EXPECT_EQ(src.asks[0].rows, 4u);
-  for (uint64_t r = 0; r < 40; r += 2) ahead.read(0, r, 2, 0, 2, nullptr, 4);
-  // Ten pieces of four rows, in order, then job 1.
-  ASSERT_EQ(src.asks.size(), 11u);
-  for (uint64_t i = 0; i < 10; ++i) {
-    EXPECT_EQ(src.asks[i].id, 0u);
-    EXPECT_EQ(src.asks[i].row0, 4 * i);
-    EXPECT_EQ(src.asks[i].rows, 4u);
-  }
-  EXPECT_EQ(src.asks[10].id, 1u);
+  for (uint64_t r = 0; r < 10; ++r) ahead.read(0, r, 1, 0, 4, nullptr, 4);
+  EXPECT_EQ(src.asks.size(), 2u);
+  EXPECT_EQ(src.read_bytes, 40u);
 }
