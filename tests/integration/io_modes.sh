@@ -16,16 +16,21 @@ if ! dd if=/dev/zero of="$work/probe" bs=4096 count=1 oflag=direct status=none 2
   exit 77
 fi
 
-# Each direct run logs (debug) what its source read and how much of it the
-# source's read-ahead queue loaded directly; every rank that read anything
-# must have been served by the queue, or only the fallback was compared.
-#   quiet_or_log IO LOG: the flags for a run under --io IO
+# Each direct run logs (debug) what each rank's source read and how much the
+# source's read-ahead queue loaded directly. Both ranks must report, and a
+# rank that read anything must have had a good part of it (a quarter at
+# least; 0.9-1.2x here, the queue loading alignment padding too) loaded by the
+# queue, or only the synchronous fallback was compared. (A quarter, not all:
+# a rank that reaches a range before the helper has begun it reads it itself.)
+#   quiet_or_log IO: the flags for a run under --io IO
 quiet_or_log() { if [ "$1" = direct ]; then echo "--log-level debug"; else echo "--quiet"; fi; }
 check_ahead() {  # LOG WHAT
   local lines
   lines=$(grep -E "debug: $2: read [0-9]+ bytes from the source" "$1" || true)
-  if [ -z "$lines" ]; then echo "FAIL: $1 has no '$2: read ...' line"; exit 1; fi
-  echo "$lines" | awk -v what="$2" '$6 > 0 && $11 == 0 { print "FAIL: " what " read nothing ahead: " $0; bad = 1 }
+  if [ "$(echo "$lines" | grep -c .)" -ne 2 ]; then
+    echo "FAIL: $1 should have one '$2: read ...' line per rank:"; echo "$lines"; exit 1
+  fi
+  echo "$lines" | awk -v what="$2" '$6 > 0 && 4 * $11 < $6 { print "FAIL: " what ": the queue loaded under a quarter of what was read: " $0; bad = 1 }
     END { exit bad }'
 }
 
